@@ -1,0 +1,1 @@
+"""Dataset sources, mask normalisation, resizing, sampling and the synthetic EM generator."""

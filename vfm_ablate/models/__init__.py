@@ -1,0 +1,1 @@
+"""Backbones (registry), the study's segmentation head, LoRA, and the assembled segmenter."""

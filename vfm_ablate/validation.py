@@ -1,0 +1,97 @@
+"""Validate plain data (from YAML/CLI) into typed objects once, at the edge, with readable errors."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every config object: unknown keys are errors, objects are immutable after validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Walk `loc` through nested models to find the valid keys where an unknown key appeared."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or current is None:
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            # dict-valued or list-valued fields: descend into their model type if any
+            current = None
+            continue
+        current = _model_in_annotation(fields[part].annotation)
+    if current is None or not hasattr(current, "model_fields"):
+        return []
+    return list(current.model_fields)
+
+
+def _model_in_annotation(annotation: Any) -> type[BaseModel] | None:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in_annotation(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(model: type[BaseModel], err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid {model.__name__}:"]
+    for e in err.errors():
+        loc = tuple(e.get("loc", ()))
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if e.get("type") == "extra_forbidden":
+            key = str(loc[-1]) if loc else "?"
+            valid = _field_names(model, loc)
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            allowed = f" Valid keys here: {', '.join(sorted(valid))}." if valid else ""
+            lines.append(f"  - unknown key '{where}'.{hint}{allowed}")
+        else:
+            got = e.get("input")
+            got_s = repr(got)
+            if len(got_s) > 80:
+                got_s = got_s[:77] + "..."
+            lines.append(f"  - {where}: {e.get('msg')} (got {got_s})")
+    return "\n".join(lines)
+
+
+def validate(model: type[M], data: Any, source: str | Path = "<config>") -> M:
+    """Turn plain data into `model`, raising ConfigError that names the source, the key and a suggestion."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(model, err, str(source))) from None
+
+
+def suggest(value: str, choices: list[str] | set[str], what: str, source: str = "") -> str:
+    """Message for an unknown name (backbone, dataset) with the closest valid one."""
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    prefix = f"{source}: " if source else ""
+    return f"{prefix}unknown {what} '{value}'.{hint} Known: {', '.join(sorted(choices))}."
+
+
+def load_yaml(path: str | Path) -> Any:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: file not found")
+    try:
+        return yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
