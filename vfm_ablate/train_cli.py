@@ -1,0 +1,55 @@
+"""`vfm-ablate train`: run one trial from a YAML file and/or flags, write its output folder, print its metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="run one trial (no Ray, no MLflow) and write its output folder")
+    p.add_argument("--config", type=Path, help="trial YAML (TrialSpec keys, optional inline backbones:/datasets:)")
+    p.add_argument("--backbone", help="backbone entry name (see `vfm-ablate backbones`)")
+    p.add_argument("--regime", choices=["frozen", "lora", "full"])
+    p.add_argument("--train", nargs="+", metavar="DATASET", help="train dataset names")
+    p.add_argument("--test", nargs="+", metavar="DATASET", help="test dataset names (default: the train ones)")
+    p.add_argument("--epochs", type=int, help="optim.max_epochs")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--weights", choices=["pretrained", "random"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, e.g. optim.lr=1e-4")
+    p.add_argument("--out", type=Path, default=Path("vfm_runs/train"), help="output folder")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .overrides import apply_overrides, set_dotted
+    from .train import run_trial
+    from .trialfile import parse_trial_file
+    from .validation import load_yaml
+
+    data: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    flag_values = {
+        "backbone": args.backbone,
+        "regime": args.regime,
+        "data.train": args.train,
+        "data.test": args.test,
+        "optim.max_epochs": args.epochs,
+        "seed": args.seed,
+        "weights": args.weights,
+    }
+    for key, value in flag_values.items():
+        if value is not None:
+            set_dotted(data, key, value)
+    apply_overrides(data, args.set)
+    trial = parse_trial_file(data, args.config or "<flags>")
+
+    class PrintEpochs:
+        def epoch_end(self, epoch: int, metrics: dict[str, float], save_checkpoint: object) -> None:
+            print(f"epoch {epoch:4d}  train_loss {metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}", flush=True)
+
+    result = run_trial(trial.spec, args.out, reporter=PrintEpochs(), backbones=trial.backbones, datasets=trial.datasets)
+    print(json.dumps({k: round(v, 6) for k, v in sorted(result.metrics.items())}, indent=2))
+    print(f"outputs in {result.out_dir}")
+    return 0
