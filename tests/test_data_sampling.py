@@ -1,0 +1,75 @@
+"""Validation hold-out and the natural / balanced / weighted batch regimes."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from vfm_ablate.data.sampling import epoch_batches, split_validation
+from vfm_ablate.errors import ConfigError
+
+
+@pytest.mark.parametrize("n,expected", [(2, 1), (5, 1), (17, 2), (20, 2), (165, 17), (148, 15)])
+def test_split_validation_sizes(n: int, expected: int) -> None:
+    train, val = split_validation(n, 0.1, split_seed=0)
+    assert len(val) == expected
+    assert sorted(train + val) == list(range(n)) and not set(train) & set(val)
+
+
+def test_split_validation_is_seeded() -> None:
+    assert split_validation(50, 0.1, 3) == split_validation(50, 0.1, 3)
+    vals = {tuple(split_validation(50, 0.1, s)[1]) for s in range(10)}
+    assert len(vals) > 5  # different split seeds hold out different images
+
+
+def test_split_validation_needs_two_images() -> None:
+    with pytest.raises(ConfigError, match="at least 2"):
+        split_validation(1, 0.1, 0)
+
+
+def test_natural_sees_every_item_once_shuffled() -> None:
+    batches = epoch_batches([17, 3], "natural", 2, np.random.default_rng(0))
+    items = [it for b in batches for it in b]
+    assert len(batches) == 10 and all(len(b) == 2 for b in batches)
+    assert sorted(items) == [(0, i) for i in range(17)] + [(1, i) for i in range(3)]
+    again = epoch_batches([17, 3], "natural", 2, np.random.default_rng(0))
+    other = epoch_batches([17, 3], "natural", 2, np.random.default_rng(1))
+    assert again == batches and other != batches
+    assert [b for b in epoch_batches([5], "natural", 2, np.random.default_rng(0))][-1].__len__() == 1
+
+
+def test_balanced_one_plus_one() -> None:
+    batches = epoch_batches([148, 17], "balanced", 2, np.random.default_rng(0))
+    assert len(batches) == 148  # epoch length: the largest dataset seen once
+    assert all(sorted(d for d, _ in b) == [0, 1] for b in batches)
+    big = [i for b in batches for d, i in b if d == 0]
+    small = Counter(i for b in batches for d, i in b if d == 1)
+    assert sorted(big) == list(range(148))
+    assert set(small) == set(range(17)) and max(small.values()) - min(small.values()) <= 1  # cycles evenly
+
+
+def test_balanced_with_k_per_dataset() -> None:
+    batches = epoch_batches([6, 4, 9], "balanced", 6, np.random.default_rng(0))
+    assert len(batches) == 5  # ceil(9 / 2)
+    assert all(Counter(d for d, _ in b) == {0: 2, 1: 2, 2: 2} for b in batches)
+    with pytest.raises(ConfigError, match="multiple of 3"):
+        epoch_batches([6, 4, 9], "balanced", 2, np.random.default_rng(0))
+
+
+def test_weighted_follows_weights() -> None:
+    batches = epoch_batches([500, 500], "weighted", 4, np.random.default_rng(0), weights=[3, 1])
+    draws = Counter(d for b in batches for d, _ in b)
+    assert sum(draws.values()) == 1000
+    assert 0.70 < draws[0] / 1000 < 0.80
+    assert all(0 <= i < 500 for b in batches for _, i in b)
+    with pytest.raises(ConfigError, match="one weight per dataset"):
+        epoch_batches([5, 5], "weighted", 2, np.random.default_rng(0), weights=[1])
+    with pytest.raises(ConfigError, match="non-negative"):
+        epoch_batches([5, 5], "weighted", 2, np.random.default_rng(0), weights=[1, -1])
+
+
+def test_unknown_sampling() -> None:
+    with pytest.raises(ConfigError, match="unknown sampling 'balance'"):
+        epoch_batches([3], "balance", 2, np.random.default_rng(0))

@@ -1,0 +1,217 @@
+"""`data check`: everything a user needs to trust a dataset before a sweep trains on it.
+
+Uses the loader's own listing, pairing and reading (sources.py, masks.py), so a
+dataset that checks clean is exactly what training reads. Problems (broken:
+the loader would refuse it) name the file; anomalies are worth a look but do
+not stop anything (mixed mask encodings, empty masks, masks covering most of
+the image, files ignored as non-images).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, DataError
+from ..validation import validate
+from .entries import DatasetEntry
+from .masks import TIFF_SUFFIXES
+from .sources import IMAGE_SUFFIXES, list_slices, read_slice, read_stacks, seeded_test_indices
+
+LARGE_FOREGROUND = 0.5  # a mask covering more than this is probably inverted or mis-decoded
+
+
+@dataclass(frozen=True)
+class SliceFinding:
+    """What one slice looked like on disk."""
+
+    split: str  # train / test / unlabelled
+    image: str
+    mask: str | None
+    shape: tuple[int, int]
+    dtype: str
+    encoding: str | None  # mask encoding as read (masks.read_mask), None without a mask
+    foreground: float | None  # foreground fraction after normalisation
+
+
+@dataclass
+class CheckReport:
+    """Findings for one dataset: per-slice facts, problems (broken, each names a file) and anomalies."""
+
+    name: str
+    layout: str
+    path: str | None
+    split_note: str
+    slices: list[SliceFinding] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    anomalies: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(s.split for s in self.slices))
+
+    def encodings(self) -> dict[str, list[str]]:
+        """Mask encoding -> the mask files that carry it."""
+        out: dict[str, list[str]] = defaultdict(list)
+        for s in self.slices:
+            if s.encoding is not None and s.mask is not None:
+                out[s.encoding].append(s.mask)
+        return dict(out)
+
+    def encoding_of(self, mask_name: str) -> str | None:
+        """The encoding of the mask whose path ends with `mask_name` (e.g. 'mitochondria/01.png')."""
+        for s in self.slices:
+            if s.mask is not None and s.mask.endswith(mask_name):
+                return s.encoding
+        return None
+
+    def _short(self, source: str) -> str:
+        if self.path:
+            root = str(Path(self.path).expanduser().resolve())
+            if source.startswith(root + "/"):
+                return source[len(root) + 1 :]
+        return source
+
+    def format(self) -> str:
+        """Human-readable report, one line per slice."""
+        lines = [f"dataset {self.name}  (layout {self.layout}, path {self.path or '-'})"]
+        counts = self.counts()
+        lines.append(
+            "  slices: "
+            + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("train", "test", "unlabelled"))
+            + f"  [{self.split_note}]"
+        )
+        shapes = Counter(f"{s.shape[0]}x{s.shape[1]} {s.dtype}" for s in self.slices)
+        if shapes:
+            lines.append("  images: " + "; ".join(f"{k} ({v})" for k, v in shapes.most_common()))
+        encodings = self.encodings()
+        if encodings:
+            lines.append("  mask encodings:")
+            for enc, files in sorted(encodings.items(), key=lambda kv: -len(kv[1])):
+                names = ", ".join(self._short(f) for f in files[:12]) + (" ..." if len(files) > 12 else "")
+                lines.append(f"    {enc}: {len(files)} file(s): {names}")
+        if self.slices:
+            lines.append("  per slice (split, image, mask, encoding, foreground %):")
+            for s in self.slices:
+                fg = "-" if s.foreground is None else f"{100 * s.foreground:.2f}"
+                mask = self._short(s.mask) if s.mask else "-"
+                lines.append(f"    {s.split:<10} {self._short(s.image)}  {mask}  {s.encoding or '-'}  {fg}")
+        lines.append("  anomalies: " + ("none" if not self.anomalies else ""))
+        lines.extend(f"    - {a}" for a in self.anomalies)
+        lines.append("  problems: " + ("none" if not self.problems else ""))
+        lines.extend(f"    - {p}" for p in self.problems)
+        lines.append("  => OK" if self.ok else f"  => BROKEN ({len(self.problems)} problem(s))")
+        return "\n".join(lines)
+
+
+def _check_synthetic(entry: DatasetEntry, report: CheckReport) -> None:
+    from .sources import load_dataset
+
+    ds = load_dataset(entry, 0)
+    for split, slices in (("train", ds.train), ("test", ds.test)):
+        for s in slices:
+            assert s.mask is not None
+            report.slices.append(
+                SliceFinding(split, s.source, s.source, s.image.shape, str(s.image.dtype), "generated bool",
+                             float(s.mask.mean()))
+            )
+
+
+def check_dataset(entry: DatasetEntry, split_seed: int = 0) -> CheckReport:
+    """Read every file of `entry` the way training does and collect findings; never raises for bad data."""
+    listing = list_slices(entry)
+    predefined = listing.test is not None or entry.layout == "synthetic"
+    note = "test split predefined by the layout" if predefined else (
+        f"seeded split: {listing.test_count} test slice(s) by split_seed {split_seed}"
+        if listing.labelled else "unlabelled"
+    )
+    report = CheckReport(entry.name, entry.layout, entry.path, note, problems=list(listing.problems))
+    if entry.layout == "synthetic":
+        _check_synthetic(entry, report)
+        return report
+    refs: list[tuple[str, Any]] = []
+    if listing.test is None and listing.labelled:
+        test_idx = set(seeded_test_indices(len(listing.labelled), listing.test_count, split_seed))
+        refs += [("test" if i in test_idx else "train", r) for i, r in enumerate(listing.labelled)]
+    else:
+        refs += [("train", r) for r in listing.labelled] + [("test", r) for r in listing.test or []]
+    refs += [("unlabelled", r) for r in listing.unlabelled]
+    try:
+        stacks = read_stacks([r for _, r in refs])
+    except DataError as err:
+        report.problems.append(str(err))
+        return report
+    rule = entry.mask_rule
+    for split, ref in refs:
+        try:
+            s, encoding = read_slice(ref, rule, stacks)
+        except DataError as err:
+            report.problems.append(str(err))
+            continue
+        fg = None if s.mask is None else float(s.mask.mean())
+        report.slices.append(
+            SliceFinding(split, ref.source, ref.mask_source, s.image.shape, str(s.image.dtype), encoding, fg)
+        )
+        if s.mask is not None and fg == 0.0:
+            report.anomalies.append(f"{ref.mask_source}: empty mask (no foreground; raw file is constant)")
+        elif fg is not None and fg > LARGE_FOREGROUND:
+            report.anomalies.append(
+                f"{ref.mask_source}: foreground covers {100 * fg:.1f}% of the slice (inverted or mis-decoded mask?)"
+            )
+    encodings = report.encodings()
+    if len(encodings) > 1:
+        report.anomalies.append(
+            f"{len(encodings)} different mask encodings ({'; '.join(sorted(encodings))}); "
+            "all are normalised by the same documented rule"
+        )
+    report.anomalies.extend(f"{p}: ignored (not an image file)" for p in listing.ignored)
+    return report
+
+
+def detect_entry(path: str | Path, layout: str | None = None, options: dict[str, Any] | None = None) -> DatasetEntry:
+    """A DatasetEntry for a folder (or TIFF stack) on disk: `layout` as given, or recognised from its contents."""
+    p = Path(path)
+    opts = dict(options or {})
+    name = p.resolve().name or str(p)
+    source = f"data check {p}"
+    if layout is not None:
+        base: dict[str, Any] = {"name": name, "layout": layout, "path": str(p)}
+        if p.is_file():
+            base["path"] = str(p.parent)
+            base["image_stack"] = p.name
+        return validate(DatasetEntry, {**base, **opts}, source)
+    if p.is_file():
+        if p.suffix.lower() in TIFF_SUFFIXES:
+            return validate(
+                DatasetEntry,
+                {"name": name, "layout": "unlabelled", "path": str(p.parent), "image_stack": p.name, **opts},
+                source,
+            )
+        raise ConfigError(f"{p}: a single file is checked as a TIFF stack; give a folder or a .tif/.tiff stack")
+    if not p.is_dir():
+        raise DataError(f"{p}: no such folder or file")
+    data: dict[str, Any]
+    if (p / "Train_In").is_dir() and (p / "Train_Out").is_dir():
+        data = {"layout": "lucchi_pp"}
+    elif (p / "stack1" / "raw").is_dir() and (p / "stack1" / "mitochondria").is_dir():
+        data = {"layout": "vnc"}
+    elif (p / "train" / "images").is_dir() and (p / "train" / "masks").is_dir():
+        data = {"layout": "folder", "image_dir": "train/images", "mask_dir": "train/masks"}
+        if (p / "test" / "images").is_dir() and (p / "test" / "masks").is_dir():
+            data.update(test_image_dir="test/images", test_mask_dir="test/masks")
+    elif (p / "images").is_dir() and (p / "masks").is_dir():
+        data = {"layout": "folder"}
+    elif any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir() if q.is_file()):
+        data = {"layout": "unlabelled"}
+    else:
+        raise ConfigError(
+            f"{p}: cannot tell the layout (looked for Train_In/Train_Out (lucchi_pp), stack1/raw + "
+            "stack1/mitochondria (vnc), [train/]images + [train/]masks (folder), or image files (unlabelled)); "
+            "pass --layout and --set options"
+        )
+    return validate(DatasetEntry, {"name": name, "path": str(p), **data, **opts}, source)
