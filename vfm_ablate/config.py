@@ -32,7 +32,7 @@ class ResizeSpec(StrictModel):
     # fixed: exactly (height, width) (must be patch multiples)
     # native: keep size, crop nothing, only snap down to a patch multiple
     policy: Literal["longest_edge", "fixed", "native"] = "longest_edge"
-    # None -> the study's choice for the backbone's patch size: 1022 for 14, 1008 for 16, else 64*patch//... (see data.transforms)
+    # None -> data.transforms.default_target(patch): the largest patch multiple below 1024 (1022 for 14, 1008 for 16)
     target: int | None = Field(None, ge=1)
     size: tuple[int, int] | None = None
 

@@ -26,7 +26,7 @@ from .config import TrialSpec
 from .data.entries import DatasetEntry, resolve_dataset
 from .data.sampling import epoch_batches, split_validation
 from .data.sources import LoadedDataset, Slice, load_dataset
-from .data.transforms import image_to_tensor, mask_to_tensor, target_size
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, mask_to_tensor, target_size
 from .errors import ConfigError, DataError
 from .features import FeatureCache, backbone_fingerprint
 from .metrics import IoUAccumulator
@@ -89,10 +89,15 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-def _prepare(slices: list[Slice], dataset: str, split: str, entry: BackboneEntry, spec: TrialSpec) -> list[Item]:
-    mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+def _normalisation(spec: TrialSpec, entry: BackboneEntry) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet statistics for every backbone (the study's choice) unless the trial asks for the backbone's own."""
     if spec.data.normalisation == "backbone":
-        mean, std = entry.mean, entry.std
+        return entry.mean, entry.std
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _prepare(slices: list[Slice], dataset: str, split: str, entry: BackboneEntry, spec: TrialSpec) -> list[Item]:
+    mean, std = _normalisation(spec, entry)
     items = []
     for i, s in enumerate(slices):
         if s.mask is None:
@@ -244,9 +249,7 @@ def _diagnostics(
     from .embeddings import dataset_embeddings
 
     names = spec.diagnostics.datasets or [*spec.data.test_datasets, *spec.data.unlabelled]
-    mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    if spec.data.normalisation == "backbone":
-        mean, std = entry.mean, entry.std
+    mean, std = _normalisation(spec, entry)
     model.eval()
     embeddings = {}
     for name in names:
@@ -362,7 +365,7 @@ def run_trial(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            running += float(loss) * len(items)
+            running += float(loss.detach()) * len(items)
             count += len(items)
         val_loss = _validation_loss(fwd, loss_fn, val_items, spec.optim.batch_size)
         if not math.isfinite(val_loss):

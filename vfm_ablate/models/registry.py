@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..errors import ConfigError
 from ..validation import StrictModel, suggest
@@ -37,6 +37,14 @@ class BackboneEntry(StrictModel):
     gpu_fraction_frozen: float = Field(0.25, gt=0, le=8)
     gpu_fraction_adapted: float = Field(0.5, gt=0, le=8)
     gpu_memory_gb: float = Field(8.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "BackboneEntry":
+        if self.kind == "cnn" and self.library != "timm":
+            raise ValueError(f"kind 'cnn' is built through timm features_only; library '{self.library}' is not supported")
+        if self.checkpoint_key_map == "by_position" and self.checkpoint is None:
+            raise ValueError("checkpoint_key_map 'by_position' describes a local 'checkpoint' file; set 'checkpoint' too")
+        return self
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
