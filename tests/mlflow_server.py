@@ -1,0 +1,133 @@
+"""A real `mlflow server` for tests: 127.0.0.1, a free port, a temporary SQLite backend and artifact store.
+
+Use it with `from tests.mlflow_server import mlflow_server` (the fixture) in a test module. The server runs in
+its own process group, which is killed at teardown so no uvicorn worker outlives the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT_S = 120.0  # the server imports all of MLflow; on a busy 2-core machine that takes ~10-30 s
+
+
+@dataclass
+class MlflowServer:
+    """A running server: `uri` is what clients pass as tracking URI."""
+
+    uri: str
+    port: int
+    backend_uri: str
+    artifacts_dir: Path
+    log_path: Path
+    process: subprocess.Popen
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _mlflow_command() -> list[str]:
+    beside = Path(sys.executable).with_name("mlflow")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("mlflow")
+    return [found] if found else [sys.executable, "-m", "mlflow"]
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_mlflow_server(root: Path, timeout_s: float = START_TIMEOUT_S, attempts: int = 3) -> MlflowServer:
+    """Start a server storing everything under `root`; retries on another port if the chosen one was taken."""
+    root.mkdir(parents=True, exist_ok=True)
+    backend_uri = f"sqlite:///{root / 'server.db'}"
+    artifacts = root / "artifacts"
+    last_error = ""
+    for attempt in range(attempts):
+        port = _free_port()
+        log_path = root / f"server-{attempt}.log"
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", PYTHONUNBUFFERED="1")
+        env.pop("MLFLOW_TRACKING_URI", None)
+        cmd = _mlflow_command() + [
+            "server",
+            "--backend-store-uri", backend_uri,
+            "--artifacts-destination", str(artifacts),
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--workers", "1",
+        ]  # fmt: skip
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
+        server = MlflowServer(f"http://127.0.0.1:{port}", port, backend_uri, artifacts, log_path, proc)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if _healthy(port):
+                return server
+            time.sleep(0.25)
+        last_error = f"exit code {proc.poll()}; log:\n{server.log_tail()}"
+        stop_mlflow_server(server)
+    raise RuntimeError(f"mlflow server did not become healthy after {attempts} attempts ({last_error})")
+
+
+def stop_mlflow_server(server: MlflowServer, grace_s: float = 10.0) -> None:
+    """Kill the server's whole process group (uvicorn runs in a child process)."""
+    proc = server.process
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        pgid = None
+    if pgid is not None:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    if pgid is not None:
+        try:
+            os.killpg(pgid, signal.SIGKILL)  # stragglers of the group (uvicorn worker) even if the leader exited
+        except ProcessLookupError:
+            pass
+    if proc.poll() is None:
+        proc.wait(timeout=grace_s)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A fresh server per test module; stopped (process group killed) when the module's tests are done."""
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow_server"))
+    try:
+        yield server
+    finally:
+        stop_mlflow_server(server)

@@ -1,0 +1,265 @@
+"""Sweep/trial tracking against a real `mlflow server` on 127.0.0.1: structure, records, statuses, resume, REST API."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import pickle
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.mlflow_server import MlflowServer, mlflow_server  # noqa: F401  (fixture)
+from vfm_ablate.config import DataSpec, LoraSpec, TrialSpec
+from vfm_ablate.errors import ConfigError, VfmAblateError
+from vfm_ablate.tracking import SweepTracker, TrialTracker
+
+pytestmark = pytest.mark.slow
+
+FINAL_METRICS = {
+    "iou_fg/lucchi_pp": 0.71,
+    "iou_fg/vnc": 0.83,
+    "macro_iou_fg": 0.77,
+    "pooled_iou_fg": 0.74,
+    "params/total": 26_000_000.0,
+    "params/trainable": 4_271_000.0,
+    "params/head": 3_829_000.0,
+    "params/lora": 442_000.0,
+    "params/trainable_pct": 16.4,
+    "epochs_run": 3.0,
+    "best_epoch": 2.0,
+    "wall_time_s": 12.5,
+    "diag/frozen/fd": 79.3,
+    "diag/frozen/probe_acc": 1.0,
+    "diag/frozen/probe_auc": 1.0,
+    "diag/adapted/fd": 45.0,
+}
+
+
+def trial_params(seed: int, regime: str = "lora") -> tuple[str, dict[str, str]]:
+    """A real trial's params: TrialSpec.flat_params() plus the runner's backbone facts."""
+    spec = TrialSpec(
+        backbone="dinov2_vits14_reg",
+        regime=regime,
+        lora=LoraSpec(rank=16),
+        data=DataSpec(train=["lucchi_pp", "vnc"], sampling="balanced"),
+        seed=seed,
+        split_seed=seed,
+    )
+    params = spec.flat_params()
+    params.update({"backbone.family": "dinov2", "backbone.scale": "S", "backbone.embed_dim": "384", "backbone.params": "22000000"})
+    return spec.trial_id(), params
+
+
+def write_trial_outputs(folder: Path) -> Path:
+    """The files the trial engine leaves in its output folder."""
+    (folder / "overlays").mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"metrics": FINAL_METRICS}))
+    (folder / "lora_targets.json").write_text(json.dumps(["blocks.0.attn.qkv", "blocks.0.attn.proj"]))
+    (folder / "config.yaml").write_text("trial_id: x\n")
+    (folder / "overlays" / "vnc_00.png").write_bytes(b"\x89PNG fake but bytes are bytes")
+    (folder / "pca_frozen.png").write_bytes(b"\x89PNG pca")
+    (folder / "trainable_checkpoint.pt").write_bytes(b"weights")
+    return folder
+
+
+def children_of(client: MlflowClient, experiment: str, sweep_id: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], f"tags.`vfm.sweep_id` = '{sweep_id}' and tags.`vfm.role` = 'trial'")
+
+
+def test_sweep_parent_child_records_and_failed_trial(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    uri = mlflow_server.uri
+    sweep = SweepTracker(uri, "exp-structure", "paper-grid", "sweepA")
+    parent_id = sweep.start({"sweep.file": "grid.yaml", "sweep.trials": "2"}, tags={"vfm.user_tag": "x"})
+
+    ok_id, ok_params = trial_params(seed=0)
+    ok = TrialTracker(uri, "exp-structure", parent_id, "sweepA", ok_id)
+    ok_run = ok.open(ok_params, tags={"vfm.sweep_name": "paper-grid"})
+    for epoch in range(3):
+        ok.log_epoch(epoch, {"train_loss": 1.0 - 0.1 * epoch, "val_loss": 1.1 - 0.1 * epoch})
+    ok.log_final(FINAL_METRICS)
+    ok.log_artifacts(str(write_trial_outputs(tmp_path / "ok")))
+    ok.close("FINISHED")
+
+    bad_id, bad_params = trial_params(seed=1)
+    bad = TrialTracker(uri, "exp-structure", parent_id, "sweepA", bad_id)
+    bad_run = bad.open(bad_params)
+    bad.log_epoch(0, {"train_loss": 0.9})
+    bad.close("FAILED", error="RuntimeError: CUDA out of memory at epoch 1")
+
+    sweep.reconcile({ok_id: "FINISHED", bad_id: "FAILED"})
+    sweep.finish("FINISHED")
+
+    client = MlflowClient(uri)
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    children = {r.info.run_id: r for r in children_of(client, "exp-structure", "sweepA")}
+    assert set(children) == {ok_run, bad_run}
+    for run in children.values():
+        assert run.data.tags["mlflow.parentRunId"] == parent_id
+        assert run.data.tags["vfm.sweep_id"] == "sweepA"
+
+    good = client.get_run(ok_run)
+    assert good.info.status == "FINISHED"
+    assert good.data.tags["vfm.trial_id"] == ok_id
+    assert good.data.params == ok_params  # every setting, exactly as given (empty values included)
+    for key, value in FINAL_METRICS.items():
+        assert good.data.metrics[key] == pytest.approx(value)
+    history = client.get_metric_history(ok_run, "train_loss")
+    assert sorted((m.step, round(m.value, 6)) for m in history) == [(0, 1.0), (1, 0.9), (2, 0.8)]
+
+    top = {f.path for f in client.list_artifacts(ok_run)}
+    assert {"metrics.json", "lora_targets.json", "config.yaml", "overlays", "pca_frozen.png", "trainable_checkpoint.pt"} <= top
+    assert [f.path for f in client.list_artifacts(ok_run, "overlays")] == ["overlays/vnc_00.png"]
+    downloaded = Path(client.download_artifacts(ok_run, "lora_targets.json", str(tmp_path / "dl")))
+    assert json.loads(downloaded.read_text()) == ["blocks.0.attn.qkv", "blocks.0.attn.proj"]
+
+    failed = client.get_run(bad_run)
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["vfm.error"] == "RuntimeError: CUDA out of memory at epoch 1"
+    error_txt = Path(client.download_artifacts(bad_run, "error.txt", str(tmp_path / "dl2")))
+    assert "CUDA out of memory" in error_txt.read_text()
+
+
+def test_resumed_sweep_reopens_trial_without_duplicates(mlflow_server: MlflowServer) -> None:
+    uri = mlflow_server.uri
+    trial_id, params = trial_params(seed=3)
+
+    launch1 = SweepTracker(uri, "exp-resume", "grid", "sweepR")
+    parent1 = launch1.start({"sweep.file": "grid.yaml"})
+    first = TrialTracker(uri, "exp-resume", parent1, "sweepR", trial_id)
+    run_id = first.open(params)
+    for epoch in range(3):
+        first.log_epoch(epoch, {"train_loss": 1.0 - 0.1 * epoch})
+    # the driver is interrupted: the trial never closes its run; the launch's end must not leave it RUNNING
+    launch1.finish("KILLED")
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert client.get_run(parent1).info.status == "KILLED"
+
+    launch2 = SweepTracker(uri, "exp-resume", "grid", "sweepR")
+    parent2 = launch2.start({"sweep.file": "grid.yaml"})
+    assert parent2 != parent1
+    assert client.get_run(parent2).data.tags["vfm.launch"] == "2"
+    # the resumed trial arrives in a fresh process: the tracker travels pickled, like Ray ships it
+    second = pickle.loads(pickle.dumps(TrialTracker(uri, "exp-resume", parent2, "sweepR", trial_id)))
+    assert second.open(params) == run_id
+    reopened = client.get_run(run_id)
+    assert reopened.info.status == "RUNNING"
+    assert reopened.data.tags["vfm.attempt"] == "2"
+    assert reopened.data.tags["vfm.launch_run_id"] == parent2
+    # resumed from the epoch-1 checkpoint: epochs 1 and 2 come again, then new ones
+    for epoch in range(1, 5):
+        second.log_epoch(epoch, {"train_loss": 2.0 + epoch})
+    second.log_final({"macro_iou_fg": 0.5})
+    second.close("FINISHED")
+    launch2.finish("FINISHED")
+
+    runs = children_of(client, "exp-resume", "sweepR")
+    assert [r.info.run_id for r in runs] == [run_id]
+    steps = sorted((m.step, round(m.value, 6)) for m in client.get_metric_history(run_id, "train_loss"))
+    assert steps == [(0, 1.0), (1, 0.9), (2, 0.8), (3, 5.0), (4, 6.0)]  # one value per epoch, first kept
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert client.get_run(run_id).data.params == params
+
+    changed = dict(params, **{"optim.lr": "0.1"})
+    with pytest.raises(VfmAblateError, match="optim.lr"):
+        TrialTracker(uri, "exp-resume", parent2, "sweepR", trial_id).open(changed)
+
+
+def test_reconcile_ends_runs_of_dead_trials(mlflow_server: MlflowServer) -> None:
+    uri = mlflow_server.uri
+    sweep = SweepTracker(uri, "exp-reconcile", "grid", "sweepC")
+    parent = sweep.start({})
+    (a_id, a_params), (b_id, b_params) = trial_params(seed=5), trial_params(seed=6, regime="frozen")
+    a = TrialTracker(uri, "exp-reconcile", parent, "sweepC", a_id)
+    b = TrialTracker(uri, "exp-reconcile", parent, "sweepC", b_id)
+    a_run, b_run = a.open(a_params), b.open(b_params)
+    b.close("FINISHED")
+    # a's worker died without close(); Ray says it errored
+    sweep.reconcile({a_id: "FAILED", b_id: "FAILED"})
+    client = MlflowClient(uri)
+    assert client.get_run(a_run).info.status == "FAILED"
+    assert client.get_run(b_run).info.status == "FINISHED"  # only RUNNING runs are touched
+    with pytest.raises(ConfigError, match="DONE"):
+        sweep.reconcile({a_id: "DONE"})
+    sweep.finish()
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+def _trial_in_other_process(tracker_bytes: bytes, params: dict[str, str]) -> str:
+    tracker = pickle.loads(tracker_bytes)
+    run_id = tracker.open(params)
+    tracker.log_epoch(0, {"train_loss": 0.5, "val_loss": 0.6})
+    tracker.log_final({"macro_iou_fg": 0.42})
+    tracker.close("FINISHED")
+    return run_id
+
+
+def test_trial_tracker_works_from_another_process(mlflow_server: MlflowServer) -> None:
+    """Like a Ray worker: only the pickled tracker (with its URI) reaches the trial process."""
+    uri = mlflow_server.uri
+    sweep = SweepTracker(uri, "exp-remote", "grid", "sweepW")
+    parent = sweep.start({})
+    trial_id, params = trial_params(seed=7)
+    payload = pickle.dumps(TrialTracker(uri, "exp-remote", parent, "sweepW", trial_id))
+    with mp.get_context("spawn").Pool(1) as pool:
+        run_id = pool.apply(_trial_in_other_process, (payload, params))
+    sweep.finish()
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.metrics["macro_iou_fg"] == pytest.approx(0.42)
+
+
+def test_rest_api_lists_runs_with_our_metric_names(mlflow_server: MlflowServer) -> None:
+    """What the MLflow UI reads: the server's REST API returns the experiment's runs and their metrics."""
+    uri = mlflow_server.uri
+    sweep = SweepTracker(uri, "exp-rest", "grid", "sweepX")
+    parent = sweep.start({"sweep.file": "grid.yaml"})
+    trial_id, params = trial_params(seed=9)
+    trial = TrialTracker(uri, "exp-rest", parent, "sweepX", trial_id)
+    run_id = trial.open(params)
+    trial.log_epoch(0, {"train_loss": 0.7, "val_loss": 0.8})
+    trial.log_final(FINAL_METRICS)
+    trial.close("FINISHED")
+    sweep.finish()
+
+    def call(path: str, body: dict | None = None) -> dict:
+        url = f"http://127.0.0.1:{mlflow_server.port}{path}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    experiment = call("/api/2.0/mlflow/experiments/get-by-name?experiment_name=exp-rest")["experiment"]
+    found = call(
+        "/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [experiment["experiment_id"]], "filter": "tags.`vfm.role` = 'trial'", "max_results": 100},
+    )["runs"]
+    assert [r["info"]["run_id"] for r in found] == [run_id]
+    metric_names = {m["key"] for m in found[0]["data"]["metrics"]}
+    assert set(FINAL_METRICS) | {"train_loss", "val_loss"} <= metric_names
+    tags = {t["key"]: t["value"] for t in found[0]["data"]["tags"]}
+    assert tags["mlflow.parentRunId"] == parent
+    html = urllib.request.urlopen(f"http://127.0.0.1:{mlflow_server.port}/", timeout=30).read()
+    assert b"<html" in html.lower() or b"<!doctype html" in html.lower()
+
+
+def test_misuse_gives_clear_errors(mlflow_server: MlflowServer) -> None:
+    with pytest.raises(ConfigError, match="sweep id"):
+        SweepTracker(mlflow_server.uri, "exp-bad", "grid", "has space")
+    tracker = TrialTracker(mlflow_server.uri, "exp-bad", None, "s1", "t1")
+    with pytest.raises(VfmAblateError, match="before open"):
+        tracker.log_epoch(0, {"train_loss": 1.0})
+    tracker.open({"seed": "0"})
+    with pytest.raises(VfmAblateError, match="'train_loss': expected a number"):
+        tracker.log_epoch(0, {"train_loss": "abc"})  # type: ignore[dict-item]
+    with pytest.raises(VfmAblateError, match="does not exist"):
+        tracker.log_artifacts("/nonexistent/out")
+    with pytest.raises(ConfigError, match="RUNNING"):
+        tracker.close("RUNNING")
+    tracker.close("KILLED")
+    assert MlflowClient(mlflow_server.uri).get_run(tracker.run_id).info.status == "KILLED"

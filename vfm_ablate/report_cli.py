@@ -1,0 +1,55 @@
+"""`vfm-ablate report SWEEP.yaml|EXPERIMENT`: paper-style tables and figures read back from MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="tables (mean ± std over seeds) and figures of a sweep, read from MLflow",
+        description=(
+            "Read a sweep's trial runs from MLflow and print/write paper-style tables (rows backbone family × scale, "
+            "columns training data × test metric × regime; cells mean ± std (n) over seeds, failed runs shown as "
+            "such) plus a scale plot and a regime bar chart."
+        ),
+    )
+    p.add_argument("target", help="a sweep file (its tracking experiment is read) or an MLflow experiment name")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: the sweep file's tracking.uri, else ./mlflow.db as `vfm-ablate run` uses)",
+    )
+    p.add_argument("--out", type=Path, help="output folder (default: ./reports/<experiment>)")
+    p.add_argument("--metric", default="iou_fg", help="metric family: <metric>/<dataset>, macro_<metric>, pooled_<metric>")
+    p.add_argument("--sweep-id", help="only runs of this sweep id (tag vfm.sweep_id); default: every sweep in the experiment")
+    p.set_defaults(func=_run)
+
+
+def resolve_target(target: str, tracking_uri: str | None) -> tuple[str, str]:
+    """(experiment, tracking URI) for a sweep file or an experiment name; the same defaults as `vfm-ablate run`."""
+    from .tracking import local_tracking_uri
+
+    if target.endswith((".yaml", ".yml")) or Path(target).is_file():
+        from .sweepspec import load_sweep
+
+        sweep = load_sweep(target)
+        return sweep.experiment_name, tracking_uri or sweep.tracking.uri or local_tracking_uri(Path.cwd())
+    return target, tracking_uri or local_tracking_uri(Path.cwd())
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .report import load_runs, summary_table, to_markdown, write_report
+
+    experiment, uri = resolve_target(args.target, args.tracking_uri)
+    runs = load_runs(uri, experiment, sweep_id=args.sweep_id)
+    table = summary_table(runs, metric=args.metric)
+    out = args.out or Path("reports") / re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
+    paths = write_report(table, out, runs=runs)
+    print(f"experiment '{experiment}' at {uri}: {len(runs)} trial runs")
+    print(to_markdown(table))
+    for kind, path in paths.items():
+        print(f"wrote {kind}: {path}")
+    return 0
