@@ -27,13 +27,14 @@ from .data.entries import DatasetEntry, resolve_dataset
 from .data.sampling import epoch_batches, split_validation
 from .data.sources import LoadedDataset, Slice, load_dataset
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, mask_to_tensor, target_size
+from .device import resolve_device
 from .errors import ConfigError, DataError
 from .features import FeatureCache, backbone_fingerprint
 from .metrics import IoUAccumulator
 from .models.registry import BackboneEntry, get_entry
 from .models.segmenter import Segmenter, build_segmenter
+from .trial_outputs import CHECKPOINT_FILE, CONFIG_FILE, LORA_TARGETS_FILE, METRICS_FILE, OVERLAYS_DIR, STATE_FILE
 
-STATE_FILE = "train_state.pt"
 
 
 class TrialReporter(Protocol):
@@ -67,14 +68,6 @@ class NonFiniteLossError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------- setup helpers
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was requested but no CUDA device is visible to this trial")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def seed_everything(seed: int) -> None:
@@ -214,7 +207,7 @@ def _write_overlays(out_dir: Path, items: list[Item], preds: dict[str, list[np.n
 
     if per_dataset <= 0:
         return
-    folder = out_dir / "overlays"
+    folder = out_dir / OVERLAYS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     seen: dict[str, int] = defaultdict(int)
     for it in items:
@@ -260,7 +253,7 @@ def _diagnostics(
         )
     if len(embeddings) < 2:
         raise ConfigError(f"diagnostics need at least two datasets, got {names}")
-    metrics = domain_metrics(embeddings, seed=spec.seed)
+    metrics = domain_metrics(embeddings, seed=spec.seed, pca_dim=spec.diagnostics.pca_dim)
     pca_plot(embeddings, out_dir / f"pca_{stage}.png", title=f"{spec.backbone} ({stage})")
     return {f"diag/{stage}/{k}": float(v) for k, v in metrics.items()}
 
@@ -416,7 +409,7 @@ def run_trial(
     if device.type == "cuda":
         metrics["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
 
-    _write_outputs(out_dir, spec, entry, model, metrics, state, counts)
+    _write_outputs(out_dir, spec, entry, model, metrics, state, counts, {n: resolve_dataset(n, datasets) for n in loaded})
     return TrialResult(metrics=metrics, history=list(state["history"]), out_dir=out_dir, lora_targets=list(model.lora_targets))
 
 
@@ -428,9 +421,10 @@ def _write_outputs(
     metrics: dict[str, float],
     state: dict[str, Any],
     counts: dict[str, float],
+    dataset_entries: dict[str, DatasetEntry],
 ) -> None:
-    (out_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "history": state["history"]}, indent=2))
-    (out_dir / "lora_targets.json").write_text(
+    (out_dir / METRICS_FILE).write_text(json.dumps({"metrics": metrics, "history": state["history"]}, indent=2))
+    (out_dir / LORA_TARGETS_FILE).write_text(
         json.dumps(
             {
                 "regime": spec.regime,
@@ -443,7 +437,12 @@ def _write_outputs(
             indent=2,
         )
     )
-    config = {"trial_id": spec.trial_id(), "trial": spec.model_dump(mode="json"), "backbone_entry": entry.model_dump(mode="json")}
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    config = {
+        "trial_id": spec.trial_id(),
+        "trial": spec.model_dump(mode="json"),
+        "backbone_entry": entry.model_dump(mode="json"),
+        "dataset_entries": {name: e.model_dump(mode="json", exclude_unset=True) for name, e in dataset_entries.items()},
+    }
+    (out_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     if spec.save_checkpoint:
-        torch.save(model.trainable_state_dict(), out_dir / "trainable_checkpoint.pt")
+        torch.save(model.trainable_state_dict(), out_dir / CHECKPOINT_FILE)
