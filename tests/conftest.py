@@ -1,0 +1,6 @@
+"""Suite-wide settings: one torch thread per process so parallel Ray workers don't oversubscribe 2 cores."""
+from __future__ import annotations
+
+import torch
+
+torch.set_num_threads(1)

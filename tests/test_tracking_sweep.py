@@ -1,0 +1,99 @@
+"""End to end: a small real sweep (Ray Tune + trial engine) tracked on a real `mlflow server`, then queried back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.mlflow_server import MlflowServer, mlflow_server  # noqa: F401  (fixture)
+from vfm_ablate.report import load_runs, summary_table
+from vfm_ablate.sweepspec import load_sweep
+
+pytestmark = pytest.mark.slow
+
+SWEEP = """
+name: e2e
+datasets:
+  syn_a: {layout: synthetic, domain: a, n_train: 4, n_test: 2, size: [32, 32], seed: 3}
+  gone: {layout: folder, path: /nonexistent/vfm-ablate-gone}   # the deliberately failing trial
+base:
+  backbone: tiny_vit_p14
+  weights: random
+  data: {train: [syn_a], resize: {policy: longest_edge, target: 28}}
+  optim: {max_epochs: 2, lr: 0.001}
+  num_overlays: 1
+axes:  # two trials, so both run at once on two CPUs
+  - {regime: [lora]}
+  - {regime: [frozen], data.train: [[gone]]}
+tracking: {experiment: e2e-sweep}
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def test_sweep_runs_are_complete_and_not_duplicated_on_resume(mlflow_server: MlflowServer, ray_local, tmp_path: Path) -> None:
+    from vfm_ablate.sweep import run_sweep
+
+    sweep_file = tmp_path / "e2e.yaml"
+    sweep_file.write_text(SWEEP)
+    sweep = load_sweep(sweep_file)
+    kwargs = {"tracking_uri": mlflow_server.uri, "workdir": tmp_path, "storage_path": str(tmp_path / "ray")}
+    first = run_sweep(sweep, **kwargs)
+    assert sorted(t.status for t in first.trials) == ["FAILED", "FINISHED"]
+    failed_id = next(t.trial_id for t in first.trials if t.status == "FAILED")
+
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("e2e-sweep")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("vfm.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("vfm.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert parent.info.status != "RUNNING"
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        tid = child.data.tags["vfm.trial_id"]
+        spec = next(t.spec for t in first.trials if t.trial_id == tid)
+        for key, value in spec.flat_params().items():
+            assert child.data.params[key] == value, key
+        assert child.data.params["backbone.family"] == "tiny"
+        if tid == failed_id:
+            assert child.info.status == "FAILED"
+            assert "gone" in child.data.tags["vfm.error"]
+            assert "error.txt" in {f.path for f in client.list_artifacts(child.info.run_id)}
+            continue
+        assert child.info.status == "FINISHED"
+        for name in ("iou_fg/syn_a", "params/total", "params/trainable", "params/head", "params/lora",
+                     "params/trainable_pct", "epochs_run", "best_epoch", "wall_time_s", "train_loss", "val_loss"):  # fmt: skip
+            assert name in child.data.metrics, name
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "train_loss")) == [0, 1]
+        artifacts = {f.path for f in client.list_artifacts(child.info.run_id)}
+        assert {"metrics.json", "lora_targets.json", "config.yaml", "overlays"} <= artifacts
+        assert child.data.metrics["params/lora"] > 0 and child.data.params["lora.rank"] == "16"
+
+    # resume, retrying the failed trial: a new parent for the launch, the same child runs, no duplicates
+    second = run_sweep(sweep, resume=True, retry_failed=True, **kwargs)
+    assert sorted(t.status for t in second.trials) == ["FAILED", "FINISHED"]
+    runs = client.search_runs([experiment.experiment_id])
+    children_after = [r for r in runs if r.data.tags.get("vfm.role") == "trial"]
+    assert sorted(r.info.run_id for r in children_after) == sorted(r.info.run_id for r in children)
+    assert len([r for r in runs if r.data.tags.get("vfm.role") == "sweep"]) == 2
+    retried = next(r for r in children_after if r.data.tags["vfm.trial_id"] == failed_id)
+    assert retried.data.tags["vfm.attempt"] == "2" and retried.info.status == "FAILED"
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+    table = summary_table(load_runs(mlflow_server.uri, "e2e-sweep"))
+    row = ("tiny", "tiny", "tiny_vit_p14")
+    assert table.cells.loc[row, ("gone", "gone", "frozen", "")] == "failed (1)"
+    assert table.cells.loc[row, ("syn_a", "syn_a", "lora", "")].endswith("(1)")
+    assert table.cells.shape == (1, 2)
