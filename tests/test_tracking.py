@@ -169,6 +169,26 @@ def test_resumed_sweep_reopens_trial_without_duplicates(mlflow_server: MlflowSer
         TrialTracker(uri, "exp-resume", parent2, "sweepR", trial_id).open(changed)
 
 
+def test_launch_after_a_killed_driver_ends_its_stale_runs(mlflow_server: MlflowServer) -> None:
+    uri = mlflow_server.uri
+    trial_id, params = trial_params(seed=4)
+    launch1 = SweepTracker(uri, "exp-stale", "grid", "sweepS")
+    parent1 = launch1.start({})
+    run_id = TrialTracker(uri, "exp-stale", parent1, "sweepS", trial_id).open(params)
+    # driver SIGKILLed: neither finish() nor close() ever runs
+    client = MlflowClient(uri)
+    assert client.get_run(parent1).info.status == "RUNNING"
+    launch2 = SweepTracker(uri, "exp-stale", "grid", "sweepS")
+    parent2 = launch2.start({})
+    assert client.get_run(parent1).info.status == "KILLED"
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert client.get_run(parent2).info.status == "RUNNING"
+    assert TrialTracker(uri, "exp-stale", parent2, "sweepS", trial_id).open(params) == run_id
+    assert client.get_run(run_id).info.status == "RUNNING"
+    launch2.finish("FINISHED")
+    assert client.get_run(run_id).info.status == "KILLED"  # re-opened but never closed by this launch either
+
+
 def test_reconcile_ends_runs_of_dead_trials(mlflow_server: MlflowServer) -> None:
     uri = mlflow_server.uri
     sweep = SweepTracker(uri, "exp-reconcile", "grid", "sweepC")

@@ -298,6 +298,7 @@ class SweepTracker:
             self.experiment_id,
             f"tags.`{SWEEP_ID_TAG}` = {_quote(self.sweep_id)} and tags.`{ROLE_TAG}` = 'sweep'",
         )
+        self._end_stale_launches(client, earlier)
         launch = len(earlier) + 1
         all_tags = {
             **(tags or {}),
@@ -313,6 +314,24 @@ class SweepTracker:
         self.run_id = run.info.run_id
         _log_params(client, self.run_id, params)
         return self.run_id
+
+    def _end_stale_launches(self, client: Any, launches: list[Any]) -> None:
+        """A launch whose driver was SIGKILLed left its parent (and the trials it ran) RUNNING: end them as KILLED.
+
+        A new launch of the same sweep id only starts once the old driver is gone (`--resume` needs its storage),
+        so any launch still RUNNING here is dead. Its trials that this launch runs again are re-opened as RUNNING.
+        """
+        stale = [r for r in launches if r.info.status == "RUNNING"]
+        if not stale:
+            return
+        stale_ids = {r.info.run_id for r in stale}
+        for run in self._running_children():
+            if run.data.tags.get(LAUNCH_RUN_TAG) in stale_ids:
+                _retry_locked(lambda: client.set_terminated(run.info.run_id, "KILLED"), "end stale trial run")
+        for run in stale:
+            _log.warning("launch run %s of sweep %s was left RUNNING (driver killed): marking it KILLED",
+                         run.info.run_id, self.sweep_id)
+            _retry_locked(lambda: client.set_terminated(run.info.run_id, "KILLED"), "end stale launch run")
 
     def reconcile(self, finished: dict[str, str]) -> None:
         """Set the final status of trials whose run is still RUNNING (e.g. the trial process died before close())."""
