@@ -67,7 +67,8 @@ def child_ray(n: int, epochs: int | None, work: Path, concurrent: int, tracking:
     import ray
 
     from vfm_ablate.config import TrialSpec
-    from vfm_ablate.sweep import TrialStore, run_sweep
+    from vfm_ablate.sweep import run_sweep
+    from vfm_ablate.sweep_store import TrialStore
     from vfm_ablate.sweepspec import parse_sweep, plan
 
     imported = time.perf_counter()

@@ -14,7 +14,8 @@ import pytest
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from vfm_ablate.sweep import TrialStore, run_sweep  # noqa: E402
+from vfm_ablate.sweep import run_sweep  # noqa: E402
+from vfm_ablate.sweep_store import TrialStore  # noqa: E402
 from vfm_ablate.sweepspec import parse_sweep  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,8 @@ import yaml
 
 from vfm_ablate.cli import main
 from vfm_ablate.errors import ConfigError
-from vfm_ablate.sweep import TrialStore, run_sweep
+from vfm_ablate.sweep import run_sweep
+from vfm_ablate.sweep_store import TrialStore
 from vfm_ablate.sweepspec import documented_trial_count, expand, load_sweep, parse_sweep, plan, resolved_entries
 
 REPO = Path(__file__).resolve().parents[1]

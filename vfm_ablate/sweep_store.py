@@ -1,0 +1,136 @@
+"""Durable per-trial records of a sweep under `<storage>/<sweep name>`, on any filesystem pyarrow reaches.
+
+The trial writes its own records (attempts, outputs, result.json); `--resume` trusts them over Ray's experiment
+state, which is saved only every few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .sweepspec import (
+    SweepSpec,
+)
+
+STORAGE_ENV = "VFM_ABLATE_STORAGE_PATH"  # a cluster's shared results location (set once in cluster.yaml / sbatch)
+DEFAULT_STORAGE = "./ray_results"
+
+
+
+
+class TrialStore:
+    """Per-trial records under `<storage>/<sweep>` on any filesystem pyarrow reaches (local, NFS, s3://, gs://)."""
+
+    def __init__(self, root: str):
+        import pyarrow.fs as pafs
+
+        self.root = root
+        if "://" in root:
+            self._fs, self._base = pafs.FileSystem.from_uri(root)
+        else:
+            self._fs, self._base = pafs.LocalFileSystem(), str(Path(root).resolve())
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:  # ship only the root to Ray workers
+        return (TrialStore, (self.root,))
+
+    def _path(self, rel: str) -> str:
+        return f"{self._base.rstrip('/')}/{rel}" if rel else self._base
+
+    def write_text(self, rel: str, text: str) -> None:
+        """Write-then-rename, so a reader never sees half a file (rename is atomic on local/NFS stores)."""
+        path = self._path(rel)
+        self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        tmp = f"{path}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+        with self._fs.open_output_stream(tmp) as out:
+            out.write(text.encode())
+        self._fs.move(tmp, path)
+
+    def write_json(self, rel: str, payload: Any) -> None:
+        self.write_text(rel, json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+    def read_json(self, rel: str) -> Any | None:
+        import pyarrow.fs as pafs
+
+        path = self._path(rel)
+        if self._fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self._fs.open_input_stream(path) as src:
+            return json.loads(src.read().decode())
+
+    def list_names(self, rel: str) -> list[str]:
+        import pyarrow.fs as pafs
+
+        infos = self._fs.get_file_info(pafs.FileSelector(self._path(rel), allow_not_found=True))
+        return sorted(i.base_name for i in infos if ".tmp-" not in i.base_name)
+
+    def upload_dir(self, local: Path, rel: str) -> None:
+        import pyarrow.fs as pafs
+
+        dest = self._path(rel)
+        self._fs.create_dir(dest, recursive=True)
+        pafs.copy_files(str(local), dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self._fs)
+
+    # ---- trial records
+
+    def result(self, trial_id: str) -> dict[str, Any] | None:
+        return self.read_json(f"trials/{trial_id}/result.json")
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for tid in self.list_names("trials"):
+            record = self.result(tid)
+            if record is not None:
+                out[tid] = record
+        return out
+
+    def attempts(self, trial_id: str) -> list[dict[str, Any]]:
+        names = self.list_names(f"trials/{trial_id}/attempts")
+        return [a for a in (self.read_json(f"trials/{trial_id}/attempts/{n}") for n in names) if a is not None]
+
+    def start_attempt(self, trial_id: str, info: dict[str, Any]) -> str:
+        name = f"{time.time_ns()}-{os.getpid()}.json"
+        self.write_json(f"trials/{trial_id}/attempts/{name}", {**info, "start": time.time(), "status": "RUNNING"})
+        return name
+
+    def end_attempt(
+        self, trial_id: str, name: str, status: str, error: BaseException | None = None, **extra: Any
+    ) -> None:
+        rel = f"trials/{trial_id}/attempts/{name}"
+        record = self.read_json(rel) or {}
+        update: dict[str, Any] = {"end": time.time(), "status": status, **extra}
+        if error is not None:
+            update["error"] = error_summary(error)
+            update["traceback"] = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        self.write_json(rel, {**record, **update})
+
+    def last_error(self, trial_id: str) -> str | None:
+        errors = [a["error"] for a in self.attempts(trial_id) if a.get("error")]
+        return errors[-1] if errors else None
+
+
+def error_summary(err: BaseException) -> str:
+    """`Type: message` on one line: what the progress view and the result table show for a failed trial."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def resolve_storage_path(sweep: SweepSpec, given: str | None) -> str:
+    """--storage-path, else the sweep file's run.storage_path, else $VFM_ABLATE_STORAGE_PATH, else ./ray_results."""
+    return given or sweep.run.storage_path or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def storage_root(storage_path: str, sweep_name: str, workdir: Path) -> str:
+    """`<storage>/<sweep name>`: relative local paths resolve against the working folder; URIs stay as given."""
+    if "://" in storage_path:
+        return f"{storage_path.rstrip('/')}/{sweep_name}"
+    base = Path(storage_path).expanduser()
+    if not base.is_absolute():
+        base = workdir / base
+    return str((base / sweep_name).resolve())
+
+

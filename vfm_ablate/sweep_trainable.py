@@ -1,0 +1,248 @@
+"""The Ray Tune trainable around `train.run_trial`: per-epoch reports and checkpoints, trial records, MLflow,
+per-trial CPU/GPU bundles. Runs inside Ray workers; everything it needs arrives pickled in a `TrialContext`.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import socket
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import TrialSpec
+from .data.entries import DatasetEntry
+from .models.registry import BackboneEntry
+from .sweep_store import TrialStore
+from .sweepspec import (
+    spec_with_samples,
+)
+
+HEADLINE = "iou_fg"  # the one IoU per trial shown in progress/tables: macro over test datasets, or the single one
+
+
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where trials log (picklable: shipped to every trial)."""
+
+    uri: str
+    experiment: str
+    parent_run_id: str | None
+    sweep_id: str
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Everything a trial needs besides its config; resolved once on the driver (absolute paths, inline entries)."""
+
+    store: TrialStore
+    backbones: dict[str, BackboneEntry]
+    datasets: dict[str, DatasetEntry]
+    checkpoint_every: int = 1
+    checkpoint_min_interval_s: float = 0.0
+    tracking: TrackingTarget | None = None
+
+
+def unwrap_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's own config: grid mode nests it under "trial" (the grid_search key), search mode does not."""
+    return config["trial"] if "trial" in config else config
+
+
+def trial_spec_from_config(config: dict[str, Any]) -> TrialSpec:
+    """The TrialSpec a Ray trial runs: its grid point plus, in search mode, the sampled values (dotted keys)."""
+    config = unwrap_config(config)
+    spec = TrialSpec.model_validate(config["spec"])
+    return spec_with_samples(spec, dict(config.get("search") or {}))
+
+
+def headline_iou(metrics: dict[str, Any]) -> float | None:
+    """macro_iou_fg with several test datasets, else the single iou_fg/<dataset>."""
+    if "macro_iou_fg" in metrics:
+        return float(metrics["macro_iou_fg"])
+    per = [float(v) for k, v in metrics.items() if k.startswith("iou_fg/")]
+    return per[0] if len(per) == 1 else None
+
+
+class _TuneReporter:
+    """run_trial's reporter inside a Ray trial: every epoch -> tune.report and MLflow; the training state goes
+    with it every `every` epochs once `min_interval_s` have passed (a checkpoint of the study's head + optimiser
+    is ~60 MB: every epoch would cost more than a short epoch itself)."""
+
+    def __init__(self, every: int, min_interval_s: float, tracker: Any | None):
+        self.every = every
+        self.min_interval_s = min_interval_s
+        self.tracker = tracker
+        self.seconds = 0.0  # spent here (MLflow, checkpoint, tune.report): the per-trial cost of the sweep machinery
+        self.epochs = 0  # reported by this attempt (a resumed attempt reports only the epochs it still had to run)
+        self._last_checkpoint = time.monotonic()
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float], save_checkpoint: Callable[[Path], None]) -> None:
+        from ray import tune
+
+        start = time.perf_counter()
+        self.epochs += 1
+        if self.tracker is not None:
+            self.tracker.log_epoch(epoch, metrics)
+        due = time.monotonic() - self._last_checkpoint >= self.min_interval_s
+        if (epoch + 1) % self.every == 0 and due:
+            self._last_checkpoint = time.monotonic()
+            with tempfile.TemporaryDirectory(prefix="vfm-ckpt-") as folder:
+                save_checkpoint(Path(folder))
+                tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
+        else:
+            tune.report(dict(metrics))
+        self.seconds += time.perf_counter() - start
+
+
+def _final_report(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The last tune.report: test metrics, plus val_loss = the selected (best) model's validation loss."""
+    out = dict(metrics)
+    out["val_loss"] = float(metrics.get("best_val_loss", float("nan")))
+    iou = headline_iou(metrics)
+    if iou is not None:
+        out[HEADLINE] = iou
+    out["trial_done"] = 1.0
+    return out
+
+
+def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Body of every Ray trial: skip if already finished, else (resume and) run the trial engine and record it."""
+    import ray
+    from ray import tune
+
+    from .train import run_trial
+
+    config = unwrap_config(config)
+    spec = trial_spec_from_config(config)
+    tid = spec.trial_id()
+    done = ctx.store.result(tid)
+    if done is not None:  # finished in an earlier launch whose driver died before Ray saved that
+        tune.report(_final_report(done["metrics"]))
+        return
+
+    checkpoint = tune.get_checkpoint()
+    node_id = ray.get_runtime_context().get_node_id()
+    attempt = ctx.store.start_attempt(
+        tid,
+        {
+            "trial_id": tid,
+            "ray_trial_id": tune.get_context().get_trial_id(),
+            "node_id": node_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "resumed": checkpoint is not None,
+            "cpu": config.get("cpu"),
+            "gpu": config.get("gpu"),
+        },
+    )
+    tracker = None
+    reporter = _TuneReporter(ctx.checkpoint_every, ctx.checkpoint_min_interval_s, None)
+    out_dir = Path(tempfile.mkdtemp(prefix=f"vfm-{tid}-"))
+    try:
+        tracker = reporter.tracker = _open_tracker(ctx, spec, tid, node_id)
+        kwargs = {"reporter": reporter, "backbones": ctx.backbones, "datasets": ctx.datasets}
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                result = run_trial(spec, out_dir, resume_from=Path(folder), **kwargs)
+        else:
+            result = run_trial(spec, out_dir, **kwargs)
+        ctx.store.upload_dir(out_dir, f"trials/{tid}/outputs")
+        if tracker is not None:
+            tracker.log_final(result.metrics)
+            tracker.log_artifacts(str(out_dir))
+            tracker.close("FINISHED")
+        record = {
+            "trial_id": tid,
+            "spec": spec.model_dump(mode="json"),
+            "metrics": result.metrics,
+            "lora_targets": result.lora_targets,
+            "node_id": node_id,
+            "finished": time.time(),
+        }
+        ctx.store.write_json(f"trials/{tid}/result.json", record)
+        ctx.store.end_attempt(tid, attempt, "FINISHED", reporting_s=reporter.seconds, epochs_run=reporter.epochs)
+    except BaseException as err:
+        status = "FAILED" if isinstance(err, Exception) else "KILLED"
+        ctx.store.end_attempt(tid, attempt, status, err, reporting_s=reporter.seconds, epochs_run=reporter.epochs)
+        _after_failure(ctx, tid, out_dir, tracker, status, err)
+        raise  # Ray records the trial as errored (and retries it per max_failures)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        _release_memory()
+    tune.report(_final_report(result.metrics))
+
+
+def _after_failure(ctx: TrialContext, tid: str, out_dir: Path, tracker: Any | None, status: str, err: BaseException) -> None:
+    """Keep what a failed trial wrote (partial outputs) and close its MLflow run; never hide the trial's own error."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    try:
+        if any(out_dir.iterdir()):
+            ctx.store.upload_dir(out_dir, f"trials/{tid}/outputs")
+        if tracker is not None and tracker.run_id is not None:
+            text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            tracker.close(status, error=text if status == "FAILED" else None)
+    except Exception:  # the store or MLflow may be what failed: the trial's error is the one to raise
+        log.exception("trial %s: could not record its failure everywhere", tid)
+
+
+def _open_tracker(ctx: TrialContext, spec: TrialSpec, tid: str, node_id: str) -> Any | None:
+    if ctx.tracking is None:
+        return None
+    from .tracking import TrialTracker
+
+    t = ctx.tracking
+    entry = ctx.backbones[spec.backbone]
+    tracker = TrialTracker(t.uri, t.experiment, t.parent_run_id, t.sweep_id, tid)
+    params = {
+        **spec.flat_params(),
+        "backbone.family": entry.family,
+        "backbone.scale": entry.scale,
+        "backbone.embed_dim": str(entry.embed_dim),
+    }
+    tracker.open(params, {"vfm.node_id": node_id, "vfm.outputs": f"{ctx.store.root}/trials/{tid}/outputs"})
+    return tracker
+
+
+def _release_memory() -> None:
+    """Actors are reused between trials: give the GPU memory this trial held back before the next one starts.
+
+    Only on GPUs: a full gc.collect() costs ~0.3 s with torch loaded (a tenth of a demo trial), and on CPU the
+    interpreter's own collector frees the trial's cycles soon enough."""
+    import torch
+
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def make_trainable(ctx: TrialContext) -> Any:
+    """The Ray Tune function trainable, with each trial's CPU/GPU ask taken from its config."""
+    from ray import tune
+
+    def vfm_trial(config: dict[str, Any]) -> None:
+        run_one_trial(config, ctx)
+
+    return tune.with_resources(vfm_trial, resources=trial_resources)
+
+
+def trial_resources(config: dict[str, Any]) -> Any:
+    """One bundle per trial: the config's `cpu` and (when non-zero) `gpu`."""
+    from ray import tune
+
+    config = unwrap_config(config)
+    bundle = {"CPU": float(config["cpu"])}
+    if float(config.get("gpu", 0)) > 0:
+        bundle["GPU"] = float(config["gpu"])
+    return tune.PlacementGroupFactory([bundle])
+
+
