@@ -7,9 +7,15 @@ One trial reads a dataset that does not exist: it is recorded as failed while th
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -87,3 +93,55 @@ def test_trials_spread_over_gpu_workers_and_a_failure_does_not_stop_the_sweep(
     peak = max_concurrent([(a["start"], a["end"], a["gpu"]) for a in attempts])
     assert 0.5 < peak <= gpus
     assert store.result(failed.trial_id) is None
+
+
+def test_on_a_cluster_without_gpus_yet_trials_wait_for_a_gpu_node(tmp_path: Path) -> None:
+    """`vfm-ablate run --address` to an autoscaling cluster that starts with a CPU head only (cluster.yaml): the GPU
+    asks stay, the trial waits, and it runs on the GPU node once one joins (added here as the autoscaler would)."""
+    sweep_file = tmp_path / "autoscale.yaml"
+    sweep_file.write_text(
+        yaml.safe_dump(
+            {
+                "base": {
+                    "backbone": "tiny_vit_p14",
+                    "weights": "random",
+                    "device": "cpu",
+                    "num_overlays": 0,
+                    "data": {"train": ["sa"], "resize": {"policy": "native"}},
+                    "optim": {"max_epochs": 1},
+                },
+                "datasets": {"sa": TINY_DATA},
+                "resources": {"cpu": 1, "gpu": 0.5},
+                "tracking": {"enabled": False},
+            }
+        )
+    )
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
+    log_path = tmp_path / "driver.log"
+    driver = None
+    try:
+        with open(log_path, "w") as log:
+            driver = subprocess.Popen(
+                [sys.executable, "-m", "vfm_ablate", "run", str(sweep_file), "--address", cluster.address,
+                 "--storage-path", str(tmp_path / "results")],
+                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            deadline = time.monotonic() + 120
+            while "no GPUs yet" not in log_path.read_text() and driver.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert "no GPUs yet" in log_path.read_text(), log_path.read_text()[-3000:]
+            time.sleep(5)
+            trials = tmp_path / "results" / "autoscale" / "trials"
+            assert not list(trials.glob("*/attempts/*.json")), "a GPU trial started on a cluster without GPUs"
+            added_at = time.time()
+            gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)
+            assert driver.wait(timeout=300) == 0, log_path.read_text()[-3000:]
+    finally:
+        if driver is not None and driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        cluster.shutdown()
+    [attempt_file] = list(trials.glob("*/attempts/*.json"))
+    attempt = json.loads(attempt_file.read_text())
+    assert attempt["status"] == "FINISHED" and attempt["gpu"] == 0.5
+    assert attempt["node_id"] == gpu_node.node_id and attempt["start"] >= added_at

@@ -105,8 +105,15 @@ def run_sweep(
         if len(alive) > 1 and "://" not in root:
             print(f"note: {len(alive)} Ray nodes: {root} must be a filesystem that every node mounts (else use a URI)", file=out)
         if ray.cluster_resources().get("GPU", 0) <= 0 and any(t.resources.gpu > 0 for t in trials):
-            print("the Ray cluster has no GPUs: trials ask for 0 GPUs and run on CPUs", file=out)
-            trials = without_gpus(trials)
+            if address is None and len(alive) == 1:
+                print("the Ray cluster has no GPUs: trials ask for 0 GPUs and run on CPUs", file=out)
+                trials = without_gpus(trials)
+            else:  # a cluster whose autoscaler adds GPU nodes on demand (cluster.yaml starts with none)
+                print(
+                    "note: the Ray cluster has no GPUs yet: trials keep their GPU asks and wait for GPU nodes "
+                    "(the autoscaler adds them on demand); set `resources: {gpu: 0}` to run on CPUs",
+                    file=out,
+                )
         backbones, datasets = resolved_entries(sweep, trials)
         target, tracker = _start_tracking(sweep, the_plan, sid, tracking_uri, workdir, resume, out)
         ctx = TrialContext(
