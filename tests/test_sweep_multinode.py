@@ -20,14 +20,12 @@ import yaml
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from tests.sweep_helpers import TINY_DATA, tiny_base  # noqa: E402
 from vfm_ablate.sweep import run_sweep  # noqa: E402
 from vfm_ablate.sweep_store import TrialStore  # noqa: E402
 from vfm_ablate.sweepspec import parse_sweep  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-TINY_DATA = {"layout": "synthetic", "domain": "a", "n_train": 4, "n_test": 2, "size": [32, 32]}
-
 
 @pytest.fixture()
 def two_gpu_workers():
@@ -58,14 +56,7 @@ def test_trials_spread_over_gpu_workers_and_a_failure_does_not_stop_the_sweep(
     sweep = parse_sweep(
         {
             "name": "multinode",
-            "base": {
-                "backbone": "tiny_vit_p14",
-                "weights": "random",
-                "device": "cpu",
-                "num_overlays": 0,
-                "data": {"train": ["sa"], "resize": {"policy": "native"}},
-                "optim": {"max_epochs": 2},
-            },
+            "base": tiny_base({"max_epochs": 2}),
             "axes": [
                 {"regime": ["frozen", "lora"], "seed": [0, 1]},
                 {"data.train": [["sa", "broken"]]},
@@ -102,14 +93,7 @@ def test_on_a_cluster_without_gpus_yet_trials_wait_for_a_gpu_node(tmp_path: Path
     sweep_file.write_text(
         yaml.safe_dump(
             {
-                "base": {
-                    "backbone": "tiny_vit_p14",
-                    "weights": "random",
-                    "device": "cpu",
-                    "num_overlays": 0,
-                    "data": {"train": ["sa"], "resize": {"policy": "native"}},
-                    "optim": {"max_epochs": 1},
-                },
+                "base": tiny_base({"max_epochs": 1}),
                 "datasets": {"sa": TINY_DATA},
                 "resources": {"cpu": 1, "gpu": 0.5},
                 "tracking": {"enabled": False},

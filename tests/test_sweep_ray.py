@@ -20,14 +20,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from tests.sweep_helpers import TINY_DATA, tiny_base  # noqa: E402
 from vfm_ablate.sweep import run_sweep  # noqa: E402
 from vfm_ablate.sweep_store import TrialStore  # noqa: E402
 from vfm_ablate.sweepspec import parse_sweep  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-TINY_DATA = {"layout": "synthetic", "domain": "a", "n_train": 4, "n_test": 2, "size": [32, 32]}
-
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -46,15 +44,7 @@ def test_search_sweep_samples_stops_and_tracks(
     sweep = parse_sweep(
         {
             "name": "search",
-            "base": {
-                "backbone": "tiny_vit_p14",
-                "regime": "lora",
-                "weights": "random",
-                "device": "cpu",
-                "num_overlays": 0,
-                "data": {"train": ["sa"], "resize": {"policy": "native"}},
-                "optim": {"max_epochs": 2},
-            },
+            "base": tiny_base({"max_epochs": 2}, regime="lora"),
             "search": {
                 "num_samples": 3,
                 "space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}, "lora.alpha": {"uniform": [8, 64]}},
@@ -115,14 +105,7 @@ def test_a_trial_whose_worker_dies_continues_from_its_checkpoint(local_ray: None
     sweep = parse_sweep(
         {
             "name": "retry",
-            "base": {
-                "backbone": "tiny_vit_p14",
-                "weights": "random",
-                "device": "cpu",
-                "num_overlays": 0,
-                "data": {"train": ["sa"], "resize": {"policy": "native"}},
-                "optim": {"max_epochs": 6, "patience": 100},
-            },
+            "base": tiny_base({"max_epochs": 6, "patience": 100}),
             "datasets": {"sa": TINY_DATA},
             "run": {"max_failures": 1, "checkpoint_min_interval_s": 0},
         },

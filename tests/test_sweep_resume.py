@@ -16,21 +16,16 @@ import psutil
 import pytest
 import yaml
 
+from tests.sweep_helpers import TINY_DATA, tiny_base
+
 pytestmark = pytest.mark.slow
 
 SWEEP = {
     "name": "resumable",
-    "base": {
-        "backbone": "tiny_vit_p14",
-        "weights": "random",
-        "device": "cpu",
-        "num_overlays": 0,
-        "data": {"train": ["sa"], "resize": {"policy": "native"}},
-        "optim": {"max_epochs": 2},
-    },
+    "base": tiny_base({"max_epochs": 2}),
     "axes": {"regime": ["frozen", "lora"]},
     "repeats": 2,
-    "datasets": {"sa": {"layout": "synthetic", "domain": "a", "n_train": 4, "n_test": 2, "size": [32, 32]}},
+    "datasets": {"sa": TINY_DATA},
     "run": {"num_cpus": 2, "max_concurrent_trials": 1},
 }
 
