@@ -19,7 +19,6 @@ from .sweepspec import (
 )
 
 
-
 class ProgressView:
     """Ray Tune callback printing one line per trial event: running / done / failed and the best IoU so far.
 

@@ -17,6 +17,7 @@ from .sweep_trainable import (
     unwrap_config,
 )
 from .sweepspec import (
+    LABEL_COLUMNS,
     PlannedTrial,
     SweepPlan,
     SweepSpec,
@@ -24,8 +25,6 @@ from .sweepspec import (
 )
 
 RESULTS_CSV = "results.csv"
-
-
 
 
 @dataclass
@@ -57,10 +56,6 @@ class SweepOutcome:
     @property
     def ok(self) -> bool:
         return all(t.status in ("FINISHED", "STOPPED") for t in self.trials)
-
-
-
-
 
 
 def collect_outcome(sweep: SweepSpec, the_plan: SweepPlan, store: TrialStore, paths: list[str]) -> SweepOutcome:
@@ -142,9 +137,8 @@ def outcome_rows(outcome: SweepOutcome) -> list[dict[str, str]]:
 def format_outcome(outcome: SweepOutcome) -> str:
     rows = outcome_rows(outcome)
     sampled = sorted({k for t in outcome.trials for k in t.sampled})
-    label = ["id", "backbone", "regime", "rank", "train", "sampling", "seed"]
-    rest = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in label and c not in sampled]
-    columns = [*label, *sampled, *rest]
+    rest = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in LABEL_COLUMNS and c not in sampled]
+    columns = [*LABEL_COLUMNS, *sampled, *rest]
     rows = [{c: r.get(c, "-") for c in columns} for r in rows]
     counts = ", ".join(
         f"{outcome.count(s)} {s.lower()}" for s in ("FINISHED", "FAILED", "STOPPED", "NOT RUN") if outcome.count(s)
@@ -163,12 +157,11 @@ def write_results_csv(store: TrialStore, outcome: SweepOutcome) -> None:
     keys = sorted({k for t in outcome.trials for k, v in t.metrics.items() if isinstance(v, (int, float))})
     buf = io.StringIO()
     writer = csv.writer(buf)
-    label_cols = ["id", "backbone", "regime", "rank", "train", "sampling", "seed"]
     sampled = sorted({k for t in outcome.trials for k in t.sampled})
-    writer.writerow([*label_cols, *sampled, "status", "attempts", *keys, "error"])
+    writer.writerow([*LABEL_COLUMNS, *sampled, "status", "attempts", *keys, "error"])
     for t, row in zip(outcome.trials, outcome_rows(outcome)):
         writer.writerow(
-            [row[c] for c in label_cols]
+            [row[c] for c in LABEL_COLUMNS]
             + [t.sampled.get(k, "") for k in sampled]
             + [t.status, t.attempts]
             + [t.metrics.get(k, "") for k in keys]

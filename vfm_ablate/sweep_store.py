@@ -21,8 +21,6 @@ STORAGE_ENV = "VFM_ABLATE_STORAGE_PATH"  # a cluster's shared results location (
 DEFAULT_STORAGE = "./ray_results"
 
 
-
-
 class TrialStore:
     """Per-trial records under `<storage>/<sweep>` on any filesystem pyarrow reaches (local, NFS, s3://, gs://)."""
 

@@ -27,8 +27,6 @@ from .sweepspec import (
 HEADLINE = "iou_fg"  # the one IoU per trial shown in progress/tables: macro over test datasets, or the single one
 
 
-
-
 @dataclass(frozen=True)
 class TrackingTarget:
     """Where trials log (picklable: shipped to every trial)."""

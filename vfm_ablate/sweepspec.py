@@ -309,6 +309,9 @@ class PlannedTrial:
         return trial_label(self.spec, self.trial_id)
 
 
+LABEL_COLUMNS = ("id", "backbone", "regime", "rank", "train", "sampling", "seed")  # the keys of trial_label, in order
+
+
 def trial_label(s: TrialSpec, trial_id: str | None = None) -> dict[str, str]:
     """The columns of the dry-run / result tables: what tells one trial of a study from another."""
     multi = len(s.data.train) > 1
