@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         n = _one_pass(entry, args.patch)
         warm.append(n / (time.perf_counter() - t0))
     c, w = statistics.median(cold), statistics.median(warm)
-    print(f"VNC stack1: {n} slices 1024x1024 -> resized for patch {args.patch}; "
-          f"torch threads {torch.get_num_threads()}, cpu {os.cpu_count()}, repeats {args.repeats}")
+    print(
+        f"VNC stack1: {n} slices 1024x1024 -> resized for patch {args.patch}; "
+        f"torch threads {torch.get_num_threads()}, cpu {os.cpu_count()}, repeats {args.repeats}"
+    )
     print(f"cold   (read + decode + resize): {c:8.1f} images/s")
     print(f"cached (resize only)           : {w:8.1f} images/s")
     print(f"cached / cold                  : {w / c:8.2f}x")

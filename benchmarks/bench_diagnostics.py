@@ -7,7 +7,8 @@ Fréchet distance (full D and on a joint 16-component PCA), its effective rank, 
 ROC-AUC (30 % held out, and 5-fold cross-validated), and the unbiased linear MMD^2 with its permutation p-value.
 Writes a joint PCA plot of the three sets plus one per pair, and the embeddings.
 
-    python benchmarks/bench_diagnostics.py [--target 1008] [--out vfm_runs/bench_diagnostics] [--device cpu] [--threads 1]
+    python benchmarks/bench_diagnostics.py [--target 1008] [--out vfm_runs/bench_diagnostics] \
+        [--device cpu] [--threads 1]
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from vfm_ablate.config import ResizeSpec
 from vfm_ablate.data.entries import resolve_dataset
 from vfm_ablate.data.sources import load_dataset
 from vfm_ablate.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from vfm_ablate.diagnostics import RankDeficiencyWarning, frechet_distance, linear_mmd, linear_probe, pca_plot
-from vfm_ablate.embeddings import dataset_embeddings
+from vfm_ablate.diagnostics.embeddings import dataset_embeddings
+from vfm_ablate.diagnostics.measures import RankDeficiencyWarning, frechet_distance, linear_mmd, linear_probe, pca_plot
 from vfm_ablate.models.backbones import build_backbone
 from vfm_ablate.models.registry import get_entry
 
@@ -51,14 +52,18 @@ def main() -> None:
     vnc = load_dataset(resolve_dataset("vnc"), split_seed=0)
     stack2 = load_dataset(resolve_dataset("vnc_stack2"), split_seed=0)
     sets = {"lucchi_pp": lucchi.test, "vnc": [*vnc.train, *vnc.test], "vnc_stack2": stack2.unlabelled}
-    print(f"data: {', '.join(f'{k} n={len(v)} {v[0].image.shape}' for k, v in sets.items())} "
-          f"({time.perf_counter() - started:.1f} s)")
+    print(
+        f"data: {', '.join(f'{k} n={len(v)} {v[0].image.shape}' for k, v in sets.items())} "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
 
     entry = get_entry("efficientnet_lite0")
     backbone = build_backbone(entry, pretrained=True).to(args.device)
     report = backbone.load_report
-    print(f"backbone {entry.name}: {report['source']}, loaded {report['loaded']} tensors, "
-          f"missing {report['missing']}, unexpected {report['unexpected']}; D={entry.embed_dim}")
+    print(
+        f"backbone {entry.name}: {report['source']}, loaded {report['loaded']} tensors, "
+        f"missing {report['missing']}, unexpected {report['unexpected']}; D={entry.embed_dim}"
+    )
 
     resize = ResizeSpec(policy="longest_edge", target=args.target)
     embeddings: dict[str, np.ndarray] = {}
@@ -67,13 +72,17 @@ def main() -> None:
         embeddings[name] = dataset_embeddings(backbone, slices, resize, IMAGENET_MEAN, IMAGENET_STD, batch_size=2)
     n_images = sum(len(s) for s in sets.values())
     embed_s = time.perf_counter() - t0
-    print(f"embedded {n_images} images at longest edge {args.target} on {args.device} in {embed_s:.1f} s "
-          f"({1000 * embed_s / n_images:.0f} ms/image)")
+    print(
+        f"embedded {n_images} images at longest edge {args.target} on {args.device} in {embed_s:.1f} s "
+        f"({1000 * embed_s / n_images:.0f} ms/image)"
+    )
 
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez(args.out / "embeddings.npz", **embeddings)
-    header = (f"{'pair':<24} {'FD':>9} {'rank':>5} {f'FD@pca{args.pca_dim}':>10} {'probe acc':>9} {'AUROC':>6} "
-              f"{'cv5 acc':>7} {'cv5 AUC':>7} {'MMD^2':>9} {'p':>7} {'ms':>6}")
+    header = (
+        f"{'pair':<24} {'FD':>9} {'rank':>5} {f'FD@pca{args.pca_dim}':>10} {'probe acc':>9} {'AUROC':>6} "
+        f"{'cv5 acc':>7} {'cv5 AUC':>7} {'MMD^2':>9} {'p':>7} {'ms':>6}"
+    )
     print(header)
     for a, b in PAIRS:
         t = time.perf_counter()
@@ -86,13 +95,20 @@ def main() -> None:
         probe_cv = linear_probe({a: x, b: y}, seed=args.seed, cv=5)
         mmd = linear_mmd(x, y, permutations=1000, seed=args.seed)
         ms = 1000 * (time.perf_counter() - t)
-        print(f"{a + ' vs ' + b:<24} {fd.value:>9.3f} {fd.effective_rank:>5d} {fd_pca.value:>10.3f} "
-              f"{probe.accuracy:>9.3f} {probe.roc_auc:>6.3f} {probe_cv.accuracy:>7.3f} {probe_cv.roc_auc:>7.3f} "
-              f"{mmd.mmd2:>9.3f} {mmd.p_value:>7.4f} {ms:>6.0f}")
+        print(
+            f"{a + ' vs ' + b:<24} {fd.value:>9.3f} {fd.effective_rank:>5d} {fd_pca.value:>10.3f} "
+            f"{probe.accuracy:>9.3f} {probe.roc_auc:>6.3f} {probe_cv.accuracy:>7.3f} {probe_cv.roc_auc:>7.3f} "
+            f"{mmd.mmd2:>9.3f} {mmd.p_value:>7.4f} {ms:>6.0f}"
+        )
         ratio = pca_plot({a: x, b: y}, args.out / f"pca_{a}_vs_{b}.png", f"{entry.name} frozen: {a} vs {b}")
         print(f"{'':<24} PCA explained variance PC1 {100 * ratio[0]:.1f} %, PC2 {100 * ratio[1]:.1f} %")
-    ratio = pca_plot(embeddings, args.out / "pca_all.png", f"{entry.name} frozen (ImageNet), longest edge {args.target}")
-    print(f"joint PCA of all three sets: PC1 {100 * ratio[0]:.1f} %, PC2 {100 * ratio[1]:.1f} % -> {args.out / 'pca_all.png'}")
+    ratio = pca_plot(
+        embeddings, args.out / "pca_all.png", f"{entry.name} frozen (ImageNet), longest edge {args.target}"
+    )
+    print(
+        f"joint PCA of all three sets: PC1 {100 * ratio[0]:.1f} %, PC2 {100 * ratio[1]:.1f} % "
+        f"-> {args.out / 'pca_all.png'}"
+    )
     print(f"total {time.perf_counter() - started:.1f} s")
 
 

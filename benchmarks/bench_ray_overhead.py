@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _trial_dicts(n: int, epochs: int | None) -> list[dict]:
     """The first n demo trials (distinct trial ids), with the demo's settings (and `epochs` if given)."""
-    from vfm_ablate.sweepspec import load_sweep, plan
+    from vfm_ablate.sweep.plan import plan
+    from vfm_ablate.sweep.spec import load_sweep
 
     demo = load_sweep(REPO / "sweeps" / "demo.yaml")
     trials = plan(demo).trials
@@ -51,7 +52,7 @@ def _trial_dicts(n: int, epochs: int | None) -> list[dict]:
 def child_loop(n: int, epochs: int | None, work: Path) -> dict:
     t0 = time.perf_counter()
     from vfm_ablate.config import TrialSpec
-    from vfm_ablate.train import run_trial
+    from vfm_ablate.trial import run_trial
 
     imported = time.perf_counter()
     bodies = []
@@ -67,9 +68,10 @@ def child_ray(n: int, epochs: int | None, work: Path, concurrent: int, tracking:
     import ray
 
     from vfm_ablate.config import TrialSpec
-    from vfm_ablate.sweep import run_sweep
-    from vfm_ablate.sweep_store import TrialStore
-    from vfm_ablate.sweepspec import parse_sweep, plan
+    from vfm_ablate.sweep.driver import run_sweep
+    from vfm_ablate.sweep.plan import plan
+    from vfm_ablate.sweep.spec import parse_sweep
+    from vfm_ablate.sweep.store import TrialStore
 
     imported = time.perf_counter()
     cpus = os.cpu_count() or 2
@@ -173,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             ]
         parts.append(f"trial bodies {sum(bodies):.1f} s (median {sorted(bodies)[len(bodies) // 2]:.1f} s)")
         if "reporting_s" in report:
-            parts.append(f"of which tune.report + checkpoints{' + MLflow' if 'mlflow' in mode else ''} {report['reporting_s']:.1f} s")
+            parts.append(
+                f"of which tune.report + checkpoints{' + MLflow' if 'mlflow' in mode else ''} "
+                f"{report['reporting_s']:.1f} s"
+            )
         print(f"{mode:13s} " + " | ".join(parts), flush=True)
     loop_wall, loop = results["loop"]
     ray_wall, ray1 = results["ray-1"]
@@ -183,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Ray's own costs in ray-1: ray.init {ray1['ray_init_s']:.1f} s + ray.shutdown {ray1['ray_shutdown_s']:.1f} s "
         f"(fixed), first worker start {ray1['first_trial_start_s']:.1f} s of which ~{loop['imports_s']:.1f} s are the "
-        f"imports the loop pays too (net ~{worker_start:.1f} s), and {ray1['reporting_s'] / args.trials:.2f} s per trial "
+        f"imports the loop pays too (net ~{worker_start:.1f} s), "
+        f"and {ray1['reporting_s'] / args.trials:.2f} s per trial "
         f"in tune.report + per-epoch checkpoints ({100 * ray1['reporting_s'] / sum(ray1['trial_bodies_s']):.1f} % of "
         f"the trial bodies), {ray1['between_trials_s'] / max(args.trials - 1, 1):.2f} s between consecutive trials "
         f"({ray1['between_trials_s']:.1f} s in all: Tune ends one trial, saves state, resets the actor, starts the "

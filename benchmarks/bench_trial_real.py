@@ -18,7 +18,7 @@ from pathlib import Path
 from _shared import require_shared_data
 
 from vfm_ablate.config import TrialSpec
-from vfm_ablate.train import run_trial
+from vfm_ablate.trial import run_trial
 from vfm_ablate.validation import validate
 
 
@@ -48,25 +48,38 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=10, help="early-stopping patience (study: 20)")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW lr (study: 5e-5, needs far more epochs)")
     parser.add_argument("--ratio-epochs", type=int, default=5)
-    parser.add_argument("--ratio-target", type=int, default=None,
-                        help="longest edge of the cache-vs-recompute trials (default: --target); the backbone's share "
-                             "of a trial, and so the cache's gain, grows with the input size")
-    parser.add_argument("--ratio-backbone", default="efficientnet_lite0",
-                        help="registry entry for the ratio trials (random init unless efficientnet_lite0)")
+    parser.add_argument(
+        "--ratio-target",
+        type=int,
+        default=None,
+        help="longest edge of the cache-vs-recompute trials (default: --target); the backbone's share "
+        "of a trial, and so the cache's gain, grows with the input size",
+    )
+    parser.add_argument(
+        "--ratio-backbone",
+        default="efficientnet_lite0",
+        help="registry entry for the ratio trials (random init unless efficientnet_lite0)",
+    )
     parser.add_argument("--skip-iou", action="store_true", help="only the cache-vs-recompute ratio")
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="bench_trial_")))
     args = parser.parse_args()
     require_shared_data()
 
-    print(f"protocol: EfficientNet-Lite0 (ImageNet, local checkpoint), frozen, longest edge {args.target}, "
-          f"lr {args.lr}, <= {args.epochs} epochs, patience {args.patience}; outputs in {args.out}")
+    print(
+        f"protocol: EfficientNet-Lite0 (ImageNet, local checkpoint), frozen, longest edge {args.target}, "
+        f"lr {args.lr}, <= {args.epochs} epochs, patience {args.patience}; outputs in {args.out}"
+    )
     rows = []
-    for name, train, extra in [] if args.skip_iou else [
-        ("vnc", ["vnc"], {}),
-        ("lucchi_pp subset", ["lucchi_pp"], {}),
-        ("paired natural", ["lucchi_pp", "vnc"], {"sampling": "natural"}),
-        ("paired balanced", ["lucchi_pp", "vnc"], {"sampling": "balanced"}),
-    ]:
+    for name, train, extra in (
+        []
+        if args.skip_iou
+        else [
+            ("vnc", ["vnc"], {}),
+            ("lucchi_pp subset", ["lucchi_pp"], {}),
+            ("paired natural", ["lucchi_pp", "vnc"], {"sampling": "natural"}),
+            ("paired balanced", ["lucchi_pp", "vnc"], {"sampling": "balanced"}),
+        ]
+    ):
         t0 = time.perf_counter()
         res = run_trial(trial(train, args, **extra), args.out / name.replace(" ", "_"))
         m = res.metrics
@@ -79,23 +92,36 @@ def main() -> None:
     times = {}
     for mode in ("memory", "off"):
         spec = trial(["vnc"], ratio_args, backbone=args.ratio_backbone, feature_cache=mode, num_overlays=0)
-        spec = spec.model_copy(update={"optim": spec.optim.model_copy(update={"max_epochs": args.ratio_epochs, "patience": 1000})})
+        spec = spec.model_copy(
+            update={"optim": spec.optim.model_copy(update={"max_epochs": args.ratio_epochs, "patience": 1000})}
+        )
         t0 = time.perf_counter()
         m = run_trial(spec, args.out / f"ratio_{mode}").metrics
         times[mode] = (time.perf_counter() - t0, m["backbone_extractions"])
     (t_mem, n_mem), (t_off, n_off) = times["memory"], times["off"]
-    print(f"\nfrozen VNC trial, {args.ratio_backbone}, longest edge {ratio_args.target}, {args.ratio_epochs} epochs: cached {t_mem:.1f} s "
-          f"({int(n_mem)} backbone passes) vs recomputed {t_off:.1f} s ({int(n_off)} passes): speed-up x{t_off / t_mem:.2f}")
+    print(
+        f"\nfrozen VNC trial, {args.ratio_backbone}, longest edge {ratio_args.target}, {args.ratio_epochs} epochs: "
+        f"cached {t_mem:.1f} s "
+        f"({int(n_mem)} backbone passes) vs recomputed {t_off:.1f} s ({int(n_off)} passes): "
+        f"speed-up x{t_off / t_mem:.2f}"
+    )
 
 
 def print_iou_table(rows: list) -> None:
     print("\ntest IoU_fg (frozen EfficientNet-Lite0 + study head)")
-    print(f"{'train data':<18} {'lucchi_pp':>10} {'vnc':>8} {'macro':>8} {'pooled':>8} {'epochs':>7} {'best':>5} {'time s':>7}")
+    print(
+        f"{'train data':<18} {'lucchi_pp':>10} {'vnc':>8} {'macro':>8} {'pooled':>8} "
+        f"{'epochs':>7} {'best':>5} {'time s':>7}"
+    )
     for name, m, dt in rows:
+
         def f(key: str) -> str:
             return f"{m[key]:.3f}" if key in m else "-"
-        print(f"{name:<18} {f('iou_fg/lucchi_pp'):>10} {f('iou_fg/vnc'):>8} {f('macro_iou_fg'):>8} "
-              f"{f('pooled_iou_fg'):>8} {int(m['epochs_run']):>7} {int(m['best_epoch']):>5} {dt:>7.1f}")
+
+        print(
+            f"{name:<18} {f('iou_fg/lucchi_pp'):>10} {f('iou_fg/vnc'):>8} {f('macro_iou_fg'):>8} "
+            f"{f('pooled_iou_fg'):>8} {int(m['epochs_run']):>7} {int(m['best_epoch']):>5} {dt:>7.1f}"
+        )
 
 
 if __name__ == "__main__":

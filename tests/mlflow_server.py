@@ -1,6 +1,7 @@
 """A real `mlflow server` for tests: 127.0.0.1, a free port, a temporary SQLite backend and artifact store.
 
-Use it with `from tests.mlflow_server import mlflow_server` (the fixture) in a test module. The server runs in
+tests/conftest.py registers this module as a plugin, so every test can ask for the `mlflow_server` fixture.
+The server runs in
 its own process group, which is killed at teardown so no uvicorn worker outlives the tests.
 """
 
@@ -84,7 +85,9 @@ def start_mlflow_server(root: Path, timeout_s: float = START_TIMEOUT_S, attempts
             "--workers", "1",
         ]  # fmt: skip
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True
+            )
         server = MlflowServer(f"http://127.0.0.1:{port}", port, backend_uri, artifacts, log_path, proc)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

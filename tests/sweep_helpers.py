@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 TINY_DATA = {"layout": "synthetic", "domain": "a", "n_train": 4, "n_test": 2, "size": [32, 32]}
@@ -18,3 +20,12 @@ def tiny_base(optim: dict[str, Any], **settings: Any) -> dict[str, Any]:
         "optim": optim,
         **settings,
     }
+
+
+_HEADER_TRIALS = re.compile(r"^#\s*Trials:\s*(\d+)", re.MULTILINE)
+
+
+def documented_trial_count(path: str | Path) -> int | None:
+    """The `# Trials: N` count a sweep file's header comment promises (checked against the expansion)."""
+    match = _HEADER_TRIALS.search(Path(path).read_text())
+    return int(match.group(1)) if match else None

@@ -15,9 +15,8 @@ from vfm_ablate.errors import ConfigError
 
 
 @pytest.fixture
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
-    """Call `vfm-ablate` main with only the data command registered (other commands are other modules')."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["vfm_ablate.data.cli"])
+def run(capsys: pytest.CaptureFixture):
+    """Call `vfm-ablate` main in this process, capturing what it prints."""
 
     def _run(*argv: str) -> tuple[int, str, str]:
         rc = cli.main(list(argv))
@@ -29,8 +28,9 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
 
 def test_synth_then_check_is_clean(run, tmp_path: Path) -> None:
     out_dir = tmp_path / "demo"
-    rc, out, _ = run("data", "synth", str(out_dir), "--domain", "b", "--n-train", "3", "--n-test", "2",
-                     "--size", "32", "48")
+    rc, out, _ = run(
+        "data", "synth", str(out_dir), "--domain", "b", "--n-train", "3", "--n-test", "2", "--size", "32", "48"
+    )
     assert rc == 0 and "vfm-ablate data check" in out
     assert len(list((out_dir / "test" / "masks").glob("*.png"))) == 2
     rc, out, err = run("data", "check", str(out_dir))
@@ -92,8 +92,19 @@ def test_detect_layouts(tmp_path: Path) -> None:
 
 def test_check_with_layout_and_set_options(run, tmp_path: Path) -> None:
     write_folder(tmp_path, "a", 4, 1, (32, 32), 0)
-    rc, out, err = run("data", "check", str(tmp_path), "--layout", "folder", "--set", "image_dir=train/images",
-                       "--set", "mask_dir=train/masks", "--set", "test_count=1")
+    rc, out, err = run(
+        "data",
+        "check",
+        str(tmp_path),
+        "--layout",
+        "folder",
+        "--set",
+        "image_dir=train/images",
+        "--set",
+        "mask_dir=train/masks",
+        "--set",
+        "test_count=1",
+    )
     assert rc == 0, err
     assert "train 3, test 1" in out and "seeded split: 1 test slice(s) by split_seed 0" in out
     rc, _, err = run("data", "check", str(tmp_path), "--set", "mask_dri=x")

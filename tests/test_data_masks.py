@@ -35,8 +35,20 @@ def _save(path: Path, img: Image.Image) -> Path:
 
 @pytest.mark.parametrize(
     "kind",
-    ["8bit_0_255", "8bit_antialiased", "1bit", "8bit_0_1", "rgba_const_alpha", "rgb", "palette", "16bit",
-     "16bit_0_1", "16bit_8bit_values", "tiff_bool", "tiff_0_255"],
+    [
+        "8bit_0_255",
+        "8bit_antialiased",
+        "1bit",
+        "8bit_0_1",
+        "rgba_const_alpha",
+        "rgb",
+        "palette",
+        "16bit",
+        "16bit_0_1",
+        "16bit_8bit_values",
+        "tiff_bool",
+        "tiff_0_255",
+    ],
 )
 def test_every_encoding_gives_the_same_foreground(tmp_path: Path, kind: str) -> None:
     truth = _truth()

@@ -97,4 +97,6 @@ def test_data_check_flags_nothing_and_names_the_encodings() -> None:
     assert len(test_out) == 17 and all(s.encoding.startswith("RGBA") for s in test_out)
     assert vnc.counts() == {"train": 17, "test": 3} and lucchi.counts() == {"train": 17, "test": 17}
     text = vnc.format()
-    assert "1-bit: 3 file(s): stack1/mitochondria/01.png, stack1/mitochondria/07.png, stack1/mitochondria/18.png" in text
+    assert (
+        "1-bit: 3 file(s): stack1/mitochondria/01.png, stack1/mitochondria/07.png, stack1/mitochondria/18.png" in text
+    )

@@ -51,8 +51,13 @@ def test_lucchi_layout_pairs_by_number_not_sorted_position(tmp_path: Path) -> No
 
 def test_folder_layout_pairs_by_stem_and_splits_by_seed(tmp_path: Path) -> None:
     for k in range(10):
-        _write_pair(tmp_path / "images", tmp_path / "masks", f"s{k:02d}.tif" if k % 2 else f"s{k:02d}.png",
-                    f"s{k:02d}.png", value=k + 1)
+        _write_pair(
+            tmp_path / "images",
+            tmp_path / "masks",
+            f"s{k:02d}.tif" if k % 2 else f"s{k:02d}.png",
+            f"s{k:02d}.png",
+            value=k + 1,
+        )
     entry = DatasetEntry(name="f", layout="folder", path=str(tmp_path), test_count=3)
     a, b, c = load_dataset(entry, 0), load_dataset(entry, 0), load_dataset(entry, 1)
     assert a is b  # cached
@@ -70,8 +75,9 @@ def test_folder_layout_pairs_by_stem_and_splits_by_seed(tmp_path: Path) -> None:
 def test_synthetic_folder_round_trip(tmp_path: Path) -> None:
     entry = write_folder(tmp_path / "syn", "b", n_train=3, n_test=2, size=(32, 40), seed=5)
     ds = load_dataset(entry, 0)
-    built = load_dataset(DatasetEntry(name="m", layout="synthetic", domain="b", n_train=3, n_test=2, size=(32, 40),
-                                      seed=5), 0)
+    built = load_dataset(
+        DatasetEntry(name="m", layout="synthetic", domain="b", n_train=3, n_test=2, size=(32, 40), seed=5), 0
+    )
     assert len(ds.train) == 3 and len(ds.test) == 2
     for on_disk, in_memory in zip(ds.train + ds.test, built.train + built.test):
         np.testing.assert_array_equal(on_disk.image, in_memory.image)
@@ -85,8 +91,9 @@ def test_tiff_stack_layout(tmp_path: Path) -> None:
         masks[k].flat[: k + 1] = 255
     tifffile.imwrite(tmp_path / "img.tif", imgs, photometric="minisblack")
     tifffile.imwrite(tmp_path / "lbl.tif", masks, photometric="minisblack")
-    entry = DatasetEntry(name="t", layout="tiff_stack", path=str(tmp_path), image_stack="img.tif",
-                         mask_stack="lbl.tif", test_count=2)
+    entry = DatasetEntry(
+        name="t", layout="tiff_stack", path=str(tmp_path), image_stack="img.tif", mask_stack="lbl.tif", test_count=2
+    )
     ds = load_dataset(entry, 3)
     assert len(ds.train) == 4 and len(ds.test) == 2
     for s in ds.train + ds.test:
@@ -98,8 +105,7 @@ def test_tiff_stack_layout(tmp_path: Path) -> None:
 def test_tiff_stack_page_count_mismatch(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "img.tif", np.zeros((5, 8, 8), np.uint8), photometric="minisblack")
     tifffile.imwrite(tmp_path / "lbl.tif", np.zeros((4, 8, 8), np.uint8), photometric="minisblack")
-    entry = DatasetEntry(name="t", layout="tiff_stack", path=str(tmp_path), image_stack="img.tif",
-                         mask_stack="lbl.tif")
+    entry = DatasetEntry(name="t", layout="tiff_stack", path=str(tmp_path), image_stack="img.tif", mask_stack="lbl.tif")
     with pytest.raises(DataError, match=r"lbl\.tif: mask stack has 4 pages but image stack .*img\.tif has 5"):
         load_dataset(entry, 0)
 

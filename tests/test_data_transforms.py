@@ -12,7 +12,6 @@ from vfm_ablate.data.transforms import (
     IMAGENET_STD,
     image_to_tensor,
     mask_to_tensor,
-    pad_batch,
     target_size,
 )
 from vfm_ablate.errors import ConfigError, DataError
@@ -87,14 +86,3 @@ def test_tensor_input_errors() -> None:
         image_to_tensor(np.zeros((4, 4), np.float32), (4, 4))
     with pytest.raises(DataError, match="2-D"):
         mask_to_tensor(np.zeros((2, 4, 4), bool), (4, 4))
-
-
-def test_pad_batch_marks_padding_invalid() -> None:
-    a, b = torch.ones(3, 28, 42), torch.ones(3, 42, 42)
-    ma, mb = torch.ones(28, 42, dtype=torch.int64), torch.ones(42, 42, dtype=torch.int64)
-    x, y, valid = pad_batch([a, b], [ma, mb])
-    assert x.shape == (2, 3, 42, 42) and y.shape == (2, 42, 42)
-    assert valid[0, :28].all() and not valid[0, 28:].any() and valid[1].all()
-    assert (x[0, :, 28:] == 0).all() and (y[0, 28:] == 0).all()
-    with pytest.raises(ValueError, match="item 1"):
-        pad_batch([a, b], [ma, ma])

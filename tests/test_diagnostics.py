@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from vfm_ablate.diagnostics import (
+from vfm_ablate.diagnostics.measures import (
     FrechetResult,
     RankDeficiencyWarning,
     domain_metrics,
@@ -108,7 +108,9 @@ def test_fd_of_few_wide_samples_matches_the_covariance_formula():
     x, y = rng.normal(size=(165, 512)), rng.normal(size=(20, 512)) * 1.3 + 0.1
     with pytest.warns(RankDeficiencyWarning):
         fast = frechet_distance(x, y)
-    slow = frechet_distance_from_moments(x.mean(axis=0), np.cov(x, rowvar=False), y.mean(axis=0), np.cov(y, rowvar=False))
+    slow = frechet_distance_from_moments(
+        x.mean(axis=0), np.cov(x, rowvar=False), y.mean(axis=0), np.cov(y, rowvar=False)
+    )
     assert fast.value == pytest.approx(slow, rel=1e-6)
     assert fast.effective_rank == 19
 
@@ -276,9 +278,19 @@ def test_domain_metrics_pairwise_names_are_valid_mlflow_metric_names():
     from mlflow.utils.validation import _validate_metric_name
 
     rng = np.random.default_rng(18)
-    emb = {"lucchi_pp": rng.normal(size=(30, 8)), "vnc": rng.normal(size=(30, 8)) + 2, "vnc stack2": rng.normal(size=(30, 8)) + 2}
+    emb = {
+        "lucchi_pp": rng.normal(size=(30, 8)),
+        "vnc": rng.normal(size=(30, 8)) + 2,
+        "vnc stack2": rng.normal(size=(30, 8)) + 2,
+    }
     metrics = domain_metrics(emb, seed=0, mmd_permutations=50)
-    assert {"fd/lucchi_pp_vs_vnc", "fd/lucchi_pp_vs_vnc_stack2", "fd/vnc_vs_vnc_stack2", "probe_acc", "probe_auc"} <= set(metrics)
+    assert {
+        "fd/lucchi_pp_vs_vnc",
+        "fd/lucchi_pp_vs_vnc_stack2",
+        "fd/vnc_vs_vnc_stack2",
+        "probe_acc",
+        "probe_auc",
+    } <= set(metrics)
     assert "fd" not in metrics and len([k for k in metrics if k.startswith("mmd_pvalue/")]) == 3
     assert metrics["fd/vnc_vs_vnc_stack2"] < metrics["fd/lucchi_pp_vs_vnc"]
     for key in metrics:

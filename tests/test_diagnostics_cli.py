@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from vfm_ablate import diagnose_cli
+from vfm_ablate.cli import diagnose as diagnose_cli
 from vfm_ablate.config import TrialSpec
 from vfm_ablate.data.entries import DatasetEntry
 from vfm_ablate.errors import CheckpointError, ConfigError
@@ -50,8 +50,8 @@ def entries_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def lora_trial(tmp_path_factory) -> Path:
-    """A real LoRA trial (train.run_trial) on a tiny ViT whose 'pretrained' weights are a local checkpoint file."""
-    from vfm_ablate.train import run_trial
+    """A real LoRA trial (trial.run_trial) on a tiny ViT whose 'pretrained' weights are a local checkpoint file."""
+    from vfm_ablate.trial import run_trial
 
     root = tmp_path_factory.mktemp("trial")
     torch.manual_seed(0)
@@ -81,8 +81,15 @@ def test_checkpoint_reproduces_the_trials_frozen_and_adapted_diagnostics(lora_tr
     trial_metrics = json.loads((lora_trial / "metrics.json").read_text())["metrics"]
     out = tmp_path / "diag"
     rc = diagnose(
-        "--checkpoint", str(lora_trial / "trainable_checkpoint.pt"), "--datasets", "syn_a", "syn_b",
-        "--entries", str(entries_file), "--out", str(out),  # seed, split seed, resize: the trial's
+        "--checkpoint",
+        str(lora_trial / "trainable_checkpoint.pt"),
+        "--datasets",
+        "syn_a",
+        "syn_b",
+        "--entries",
+        str(entries_file),
+        "--out",
+        str(out),  # seed, split seed, resize: the trial's
     )
     assert rc == 0
     report = json.loads((out / "metrics.json").read_text())
@@ -106,9 +113,25 @@ def test_checkpoint_reproduces_the_trials_frozen_and_adapted_diagnostics(lora_tr
 def test_standalone_run_prints_metrics_and_writes_outputs(entries_file, tmp_path, capsys):
     out = tmp_path / "diag"
     rc = diagnose(
-        "--backbone", "tiny_vit_p14", "--weights", "random", "--datasets", "syn_a", "syn_b", "--split", "all",
-        "--entries", str(entries_file), "--resize-target", "42", "--pca-dim", "3", "--permutations", "99",
-        "--out", str(out),
+        "--backbone",
+        "tiny_vit_p14",
+        "--weights",
+        "random",
+        "--datasets",
+        "syn_a",
+        "syn_b",
+        "--split",
+        "all",
+        "--entries",
+        str(entries_file),
+        "--resize-target",
+        "42",
+        "--pca-dim",
+        "3",
+        "--permutations",
+        "99",
+        "--out",
+        str(out),
     )
     assert rc == 0
     report = json.loads((out / "metrics.json").read_text())
@@ -126,27 +149,86 @@ def test_standalone_run_prints_metrics_and_writes_outputs(entries_file, tmp_path
 
 def test_user_errors_name_what_is_wrong(lora_trial, entries_file, tmp_path):
     with pytest.raises(ConfigError, match="unknown dataset 'syn_bb'. Did you mean 'syn_b'"):
-        diagnose("--backbone", "tiny_vit_p14", "--weights", "random", "--datasets", "syn_a", "syn_bb",
-                 "--entries", str(entries_file), "--out", str(tmp_path))
+        diagnose(
+            "--backbone",
+            "tiny_vit_p14",
+            "--weights",
+            "random",
+            "--datasets",
+            "syn_a",
+            "syn_bb",
+            "--entries",
+            str(entries_file),
+            "--out",
+            str(tmp_path),
+        )
     with pytest.raises(ConfigError, match="at least two datasets"):
-        diagnose("--backbone", "tiny_vit_p14", "--weights", "random", "--datasets", "syn_a",
-                 "--entries", str(entries_file), "--out", str(tmp_path))
+        diagnose(
+            "--backbone",
+            "tiny_vit_p14",
+            "--weights",
+            "random",
+            "--datasets",
+            "syn_a",
+            "--entries",
+            str(entries_file),
+            "--out",
+            str(tmp_path),
+        )
     with pytest.raises(ConfigError, match="unknown backbone 'efficientnet_lite'. Did you mean 'efficientnet_lite0'"):
-        diagnose("--backbone", "efficientnet_lite", "--datasets", "syn_a", "syn_b",
-                 "--entries", str(entries_file), "--out", str(tmp_path))
+        diagnose(
+            "--backbone",
+            "efficientnet_lite",
+            "--datasets",
+            "syn_a",
+            "syn_b",
+            "--entries",
+            str(entries_file),
+            "--out",
+            str(tmp_path),
+        )
     ckpt = lora_trial / "trainable_checkpoint.pt"
     with pytest.raises(ConfigError, match="trained with backbone 'tiny_local'"):
-        diagnose("--checkpoint", str(ckpt), "--backbone", "tiny_vit_p14", "--datasets", "syn_a", "syn_b",
-                 "--entries", str(entries_file), "--out", str(tmp_path))
+        diagnose(
+            "--checkpoint",
+            str(ckpt),
+            "--backbone",
+            "tiny_vit_p14",
+            "--datasets",
+            "syn_a",
+            "syn_b",
+            "--entries",
+            str(entries_file),
+            "--out",
+            str(tmp_path),
+        )
     lonely = tmp_path / "lonely" / "trainable_checkpoint.pt"
     lonely.parent.mkdir()
     lonely.write_bytes(ckpt.read_bytes())
     with pytest.raises(CheckpointError, match="config.yaml is not next to it"):
-        diagnose("--checkpoint", str(lonely), "--datasets", "syn_a", "syn_b",
-                 "--entries", str(entries_file), "--out", str(tmp_path))
+        diagnose(
+            "--checkpoint",
+            str(lonely),
+            "--datasets",
+            "syn_a",
+            "syn_b",
+            "--entries",
+            str(entries_file),
+            "--out",
+            str(tmp_path),
+        )
     config = yaml.safe_load((lora_trial / "config.yaml").read_text())
     config["trial"]["weights"] = "random"
     (lonely.parent / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(CheckpointError, match="LoRA trial started from random weights"):
-        diagnose("--checkpoint", str(lonely), "--datasets", "syn_a", "syn_b",
-                 "--entries", str(entries_file), "--out", str(tmp_path))
+        diagnose(
+            "--checkpoint",
+            str(lonely),
+            "--datasets",
+            "syn_a",
+            "syn_b",
+            "--entries",
+            str(entries_file),
+            "--out",
+            str(tmp_path),
+        )

@@ -8,8 +8,8 @@ import torch
 
 from vfm_ablate.config import ResizeSpec
 from vfm_ablate.data.sources import Slice
-from vfm_ablate.data.transforms import image_to_tensor, pad_batch
-from vfm_ablate.embeddings import dataset_embeddings
+from vfm_ablate.data.transforms import image_to_tensor
+from vfm_ablate.diagnostics.embeddings import dataset_embeddings
 from vfm_ablate.errors import ConfigError, DataError
 from vfm_ablate.models.backbones import build_backbone
 from vfm_ablate.models.registry import get_entry
@@ -26,7 +26,9 @@ def vit():
 
 def _slices(shapes: list[tuple[int, int]], seed: int = 0) -> list[Slice]:
     rng = np.random.default_rng(seed)
-    return [Slice(image=rng.integers(0, 256, s, dtype=np.uint8), mask=None, source=f"img{i}") for i, s in enumerate(shapes)]
+    return [
+        Slice(image=rng.integers(0, 256, s, dtype=np.uint8), mask=None, source=f"img{i}") for i, s in enumerate(shapes)
+    ]
 
 
 def test_mixed_sizes_are_embedded_like_single_images_in_input_order(vit):
@@ -36,11 +38,13 @@ def test_mixed_sizes_are_embedded_like_single_images_in_input_order(vit):
     assert emb.shape == (5, 48) and emb.dtype == np.float32
     vit.eval()
     with torch.no_grad():
-        singles = [vit.embed(image_to_tensor(s.image, s.image.shape, MEAN, STD)[None], "mean")[0].numpy() for s in slices]
+        singles = [
+            vit.embed(image_to_tensor(s.image, s.image.shape, MEAN, STD)[None], "mean")[0].numpy() for s in slices
+        ]
     np.testing.assert_allclose(emb, np.stack(singles), rtol=1e-5, atol=1e-6)
     # what zero padding into one batch would have given for the small images: visibly different
     tensors = [image_to_tensor(s.image, s.image.shape, MEAN, STD) for s in slices]
-    padded, _, _ = pad_batch(tensors, [torch.zeros(t.shape[1:], dtype=torch.int64) for t in tensors])
+    padded = _zero_padded(tensors)
     with torch.no_grad():
         padded_emb = vit.embed(padded, "mean").numpy()
     assert np.abs(padded_emb[0] - emb[0]).max() > 1e-3
@@ -84,3 +88,13 @@ def test_bad_inputs_are_named(vit):
         dataset_embeddings(vit, [], NATIVE, MEAN, STD)
     with pytest.raises(ConfigError, match="batch_size must be >= 1"):
         dataset_embeddings(vit, _slices([(42, 42)]), NATIVE, MEAN, STD, batch_size=0)
+
+
+def _zero_padded(images: list[torch.Tensor]) -> torch.Tensor:
+    """Mixed-size images zero-padded bottom/right into one batch: what the loader must never do."""
+    h = max(int(t.shape[-2]) for t in images)
+    w = max(int(t.shape[-1]) for t in images)
+    out = images[0].new_zeros((len(images), images[0].shape[0], h, w))
+    for i, img in enumerate(images):
+        out[i, :, : img.shape[-2], : img.shape[-1]] = img
+    return out

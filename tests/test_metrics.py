@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import jaccard_score
 
-from vfm_ablate.metrics import IoUAccumulator
+from vfm_ablate.trial.metrics import IoUAccumulator
 
 
 def _random_masks(rng, n, shape, p):

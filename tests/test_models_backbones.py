@@ -1,4 +1,5 @@
-"""Backbones turn images into the grid the head reads: final norm applied, CLS/registers dropped, any patch-multiple size."""
+"""Backbones turn images into the grid the head reads: final norm applied, CLS/registers dropped, any patch-multiple
+size."""
 
 from __future__ import annotations
 
@@ -94,7 +95,9 @@ def test_vit_rejects_sizes_that_are_not_patch_multiples() -> None:
         _backbone("tiny_vit_p14")(torch.randn(1, 1, 56, 56))
 
 
-@pytest.mark.parametrize(("name", "size"), [("tiny_vit_p14", (28, 42)), ("tiny_vit_p16", (32, 48)), ("tiny_openclip", (32, 48))])
+@pytest.mark.parametrize(
+    ("name", "size"), [("tiny_vit_p14", (28, 42)), ("tiny_vit_p16", (32, 48)), ("tiny_openclip", (32, 48))]
+)
 def test_gradients_flow_to_the_input(name: str, size: tuple[int, int]) -> None:
     x = torch.randn(1, 3, *size, requires_grad=True)
     _backbone(name)(x).sum().backward()

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from vfm_ablate.cli import backbones as models_cli
 from vfm_ablate.config import LoraSpec
 from vfm_ablate.errors import CheckpointError, ConfigError
-from vfm_ablate.models import cli as models_cli
 from vfm_ablate.models.backbones import build_backbone
 from vfm_ablate.models.lora import apply_lora, matching_modules, target_suffixes
 from vfm_ablate.models.registry import BackboneEntry, get_entry, list_entries
@@ -123,7 +123,12 @@ def test_hub_failure_says_what_was_tried_and_how_to_use_a_local_file(monkeypatch
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # this machine has no internet anyway
     entry = get_entry("tiny_vit_p14").model_copy(
-        update={"name": "hub_vit", "model_id": "vit_small_patch14_dinov2", "num_prefix_tokens": 1, "pretrained_tag": "lvd142m"}
+        update={
+            "name": "hub_vit",
+            "model_id": "vit_small_patch14_dinov2",
+            "num_prefix_tokens": 1,
+            "pretrained_tag": "lvd142m",
+        }
     )
     with pytest.raises(CheckpointError) as info:
         build_backbone(entry, pretrained=True)

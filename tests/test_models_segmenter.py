@@ -1,4 +1,5 @@
-"""Regimes do what they say: frozen trains only the head, LoRA only adapters + head (starting equal to frozen), full all."""
+"""Regimes do what they say: frozen trains only the head, LoRA only adapters + head (starting equal to frozen),
+full all."""
 
 from __future__ import annotations
 
@@ -100,7 +101,9 @@ def test_lora_on_the_cnn_keeps_its_batchnorm_statistics_fixed() -> None:
 def test_bad_lora_targets_name_the_targets() -> None:
     with pytest.raises(ConfigError, match=r"\['attn.qkvx'\] match no module.*blocks.0.attn.qkv"):
         _segmenter("tiny_vit_p14", "lora", lora=LoraSpec(targets=["attn.qkvx"]))
-    with pytest.raises(ConfigError, match="inside an nn.MultiheadAttention.*target the attention module itself \\('attn'\\)"):
+    with pytest.raises(
+        ConfigError, match="inside an nn.MultiheadAttention.*target the attention module itself \\('attn'\\)"
+    ):
         _segmenter("tiny_openclip", "lora", lora=LoraSpec(targets=["attn.out_proj"]))
     with pytest.raises(ConfigError, match="matches 'blocks.0.attn', a Attention"):
         _segmenter("tiny_vit_p14", "lora", lora=LoraSpec(targets=["attn"]))
@@ -115,7 +118,9 @@ def test_full_regime_trains_everything() -> None:
     before = _backbone_state(seg)
     _step(seg, _images("tiny_vit_p14"))
     assert seg.backbone.training
-    assert not torch.equal(before["net.patch_embed.proj.weight"], seg.backbone.state_dict()["net.patch_embed.proj.weight"])
+    assert not torch.equal(
+        before["net.patch_embed.proj.weight"], seg.backbone.state_dict()["net.patch_embed.proj.weight"]
+    )
     assert set(seg.trainable_state_dict()) == set(seg.state_dict())
 
 

@@ -10,11 +10,13 @@ import pytest
 from PIL import Image
 
 from vfm_ablate.cli import main
+from vfm_ablate.cli.report import resolve_target
 from vfm_ablate.config import DataSpec, LoraSpec, TrialSpec
 from vfm_ablate.errors import VfmAblateError
-from vfm_ablate.report import load_runs, summary_table, to_markdown
-from vfm_ablate.report_cli import resolve_target
-from vfm_ablate.tracking import SweepTracker, TrialTracker, default_tracking_uri
+from vfm_ablate.report.runs import load_runs
+from vfm_ablate.report.tables import summary_table, to_markdown
+from vfm_ablate.tracking.runs import SweepTracker, TrialTracker
+from vfm_ablate.tracking.store import default_tracking_uri
 
 EXPERIMENT = "paper-grid"
 BACKBONES = {  # registry name -> (family, scale, backbone parameter count)
@@ -120,7 +122,9 @@ def test_table_cells_equal_independent_mean_and_std(store) -> None:
         assert rec["n"].iloc[0] == n
 
     # failures are shown in the cell they belong to, next to the numbers of the finished repeats
-    assert cells.loc[("dinov2", "B", "dinov2_vitb14_reg"), ("lucchi_pp", "lucchi_pp", "lora", "")].endswith("(2); failed (1)")
+    assert cells.loc[("dinov2", "B", "dinov2_vitb14_reg"), ("lucchi_pp", "lucchi_pp", "lora", "")].endswith(
+        "(2); failed (1)"
+    )
     all_failed = ("dinov2", "S", "dinov2_vits14_reg")
     for test in ("lucchi_pp", "vnc", "macro", "pooled"):
         assert cells.loc[all_failed, ("lucchi_pp+vnc (balanced)", test, "frozen", "")] == "failed (3)"
@@ -172,7 +176,10 @@ def test_report_target_may_be_a_sweep_file(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "plain.yaml").write_text("name: plain\nbase:\n  backbone: dinov2_vits14_reg\n  data: {train: [vnc]}\n")
     # same defaults as `vfm-ablate run`: experiment = the file's stem, store = ./mlflow.db
     assert resolve_target("plain.yaml", None) == ("plain", f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
-    assert resolve_target("some-experiment", None) == ("some-experiment", f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
+    assert resolve_target("some-experiment", None) == (
+        "some-experiment",
+        f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}",
+    )
 
 
 def test_other_varying_settings_split_columns_instead_of_averaging(store) -> None:

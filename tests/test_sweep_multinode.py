@@ -21,11 +21,12 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from tests.sweep_helpers import TINY_DATA, tiny_base  # noqa: E402
-from vfm_ablate.sweep import run_sweep  # noqa: E402
-from vfm_ablate.sweep_store import TrialStore  # noqa: E402
-from vfm_ablate.sweepspec import parse_sweep  # noqa: E402
+from vfm_ablate.sweep.driver import run_sweep  # noqa: E402
+from vfm_ablate.sweep.spec import parse_sweep  # noqa: E402
+from vfm_ablate.sweep.store import TrialStore  # noqa: E402
 
 pytestmark = pytest.mark.slow
+
 
 @pytest.fixture()
 def two_gpu_workers():
@@ -106,9 +107,21 @@ def test_on_a_cluster_without_gpus_yet_trials_wait_for_a_gpu_node(tmp_path: Path
     try:
         with open(log_path, "w") as log:
             driver = subprocess.Popen(
-                [sys.executable, "-m", "vfm_ablate", "run", str(sweep_file), "--address", cluster.address,
-                 "--storage-path", str(tmp_path / "results")],
-                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                [
+                    sys.executable,
+                    "-m",
+                    "vfm_ablate",
+                    "run",
+                    str(sweep_file),
+                    "--address",
+                    cluster.address,
+                    "--storage-path",
+                    str(tmp_path / "results"),
+                ],
+                cwd=tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
             deadline = time.monotonic() + 120
             while "no GPUs yet" not in log_path.read_text() and driver.poll() is None and time.monotonic() < deadline:

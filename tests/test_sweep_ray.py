@@ -21,11 +21,12 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from tests.sweep_helpers import TINY_DATA, tiny_base  # noqa: E402
-from vfm_ablate.sweep import run_sweep  # noqa: E402
-from vfm_ablate.sweep_store import TrialStore  # noqa: E402
-from vfm_ablate.sweepspec import parse_sweep  # noqa: E402
+from vfm_ablate.sweep.driver import run_sweep  # noqa: E402
+from vfm_ablate.sweep.spec import parse_sweep  # noqa: E402
+from vfm_ablate.sweep.store import TrialStore  # noqa: E402
 
 pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -69,7 +70,10 @@ def test_search_sweep_samples_stops_and_tracks(
     # Optuna sampled inside the declared bounds, a different point per trial, and the trial ran with it
     lrs = [t.sampled["optim.lr"] for t in outcome.trials]
     assert all(1e-4 <= lr <= 1e-2 for lr in lrs) and len(set(lrs)) == 3
-    assert all(t.spec.optim.lr == t.sampled["optim.lr"] and t.spec.lora.alpha == t.sampled["lora.alpha"] for t in outcome.trials)
+    assert all(
+        t.spec.optim.lr == t.sampled["optim.lr"] and t.spec.lora.alpha == t.sampled["lora.alpha"]
+        for t in outcome.trials
+    )
 
     # durable records; no GPU asked on a GPU-less cluster although the tiny entries ask for a fraction
     store = TrialStore(outcome.store_root)

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.sweep_helpers import documented_trial_count
 from vfm_ablate.cli import main
 from vfm_ablate.errors import ConfigError
-from vfm_ablate.sweep import run_sweep
-from vfm_ablate.sweep_store import TrialStore
-from vfm_ablate.sweepspec import documented_trial_count, expand, load_sweep, parse_sweep, plan, resolved_entries
+from vfm_ablate.sweep.driver import run_sweep
+from vfm_ablate.sweep.plan import expand, plan, resolved_entries
+from vfm_ablate.sweep.spec import load_sweep, parse_sweep
+from vfm_ablate.sweep.store import TrialStore
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
@@ -108,9 +110,15 @@ def test_cli_reports_a_bad_file_with_exit_code_2(tmp_path: Path, capsys: pytest.
         ({"axes": {"backbone": ["tiny_vit_p15"]}}, "unknown backbone 'tiny_vit_p15'. Did you mean 'tiny_vit_p16'?"),
         ({"axes": {"data.train": [["synthetic_c"]]}}, "unknown dataset 'synthetic_c'. Did you mean 'synthetic_"),
         ({"axes": {"regime": "lora"}}, "must be a non-empty list"),
-        ({"base": {"backbone": "tiny_vit_p14", "optim": {"lrr": 1}, "data": {"train": ["synthetic_a"]}}}, "Did you mean 'lr'?"),
+        (
+            {"base": {"backbone": "tiny_vit_p14", "optim": {"lrr": 1}, "data": {"train": ["synthetic_a"]}}},
+            "Did you mean 'lr'?",
+        ),
         ({"search": {"num_samples": 2, "space": {"optim.lr": {"loguniform": [0, 1]}}}}, "loguniform needs low > 0"),
-        ({"search": {"num_samples": 2, "space": {"optim.lr": {"logunifrom": [1e-5, 1e-3]}}}}, "Did you mean 'loguniform'?"),
+        (
+            {"search": {"num_samples": 2, "space": {"optim.lr": {"logunifrom": [1e-5, 1e-3]}}}},
+            "Did you mean 'loguniform'?",
+        ),
     ],
 )
 def test_typos_and_bad_values_are_named_with_a_suggestion(sections: dict, expected: str) -> None:
@@ -118,8 +126,15 @@ def test_typos_and_bad_values_are_named_with_a_suggestion(sections: dict, expect
 
 
 def test_inline_backbone_typo_gets_a_suggestion() -> None:
-    entry = {"family": "x", "scale": "S", "library": "timm", "model_id": "vit_small_patch14_dinov2", "patch_size": 14,
-             "embed_dim": 384, "gpu_fraction_frozn": 0.1}
+    entry = {
+        "family": "x",
+        "scale": "S",
+        "library": "timm",
+        "model_id": "vit_small_patch14_dinov2",
+        "patch_size": 14,
+        "embed_dim": 384,
+        "gpu_fraction_frozn": 0.1,
+    }
     assert "Did you mean 'gpu_fraction_frozen'?" in error_of(sweep_of(backbones={"mine": entry}))
 
 
@@ -129,7 +144,9 @@ def test_weighted_sampling_without_weights_is_rejected_before_ray() -> None:
 
 
 def test_balanced_sampling_needs_a_batch_size_multiple_of_the_datasets() -> None:
-    data = sweep_of(axes={"data.train": [["synthetic_a", "synthetic_b"]], "data.sampling": ["balanced"], "optim.batch_size": [3]})
+    data = sweep_of(
+        axes={"data.train": [["synthetic_a", "synthetic_b"]], "data.sampling": ["balanced"], "optim.batch_size": [3]}
+    )
     assert "batch_size must be a multiple of 2" in error_of(data)
 
 
@@ -138,7 +155,9 @@ def test_seed_axis_and_repeats_conflict() -> None:
 
 
 def test_search_key_cannot_also_be_a_grid_axis() -> None:
-    data = sweep_of(axes={"optim.lr": [1e-4]}, search={"num_samples": 2, "space": {"optim.lr": {"uniform": [1e-5, 1e-3]}}})
+    data = sweep_of(
+        axes={"optim.lr": [1e-4]}, search={"num_samples": 2, "space": {"optim.lr": {"uniform": [1e-5, 1e-3]}}}
+    )
     assert "both a grid axis and a search.space key" in error_of(data)
 
 
@@ -162,11 +181,16 @@ def test_lora_settings_collapse_for_frozen_and_full() -> None:
     assert the_plan.num_trials == 1 + 1 + 3
     assert the_plan.collapsed == 4
     assert sorted(t.spec.lora.rank for t in the_plan.trials if t.spec.regime == "lora") == [4, 8, 16]
-    assert the_plan.collapse_reasons == {"lora settings dropped for regime 'frozen'": 3, "lora settings dropped for regime 'full'": 3}
+    assert the_plan.collapse_reasons == {
+        "lora settings dropped for regime 'frozen'": 3,
+        "lora settings dropped for regime 'full'": 3,
+    }
 
 
 def test_sampling_collapses_for_a_single_train_dataset() -> None:
-    data = sweep_of(axes={"data.train": [["synthetic_a"], ["synthetic_a", "synthetic_b"]], "data.sampling": ["natural", "balanced"]})
+    data = sweep_of(
+        axes={"data.train": [["synthetic_a"], ["synthetic_a", "synthetic_b"]], "data.sampling": ["natural", "balanced"]}
+    )
     the_plan = plan(parse_sweep(data, "s.yaml"))
     assert the_plan.num_trials == 3
     single = [t.spec for t in the_plan.trials if len(t.spec.data.train) == 1]
@@ -194,7 +218,9 @@ def test_a_seed_axis_also_sets_the_split_seed() -> None:
 
 def test_section_axis_values_merge_into_the_base_section() -> None:
     base = {**TINY["base"], "regime": "lora", "lora": {"dropout": 0.1}}
-    specs = expand(parse_sweep(sweep_of(base=base, axes={"lora": [{"rank": 4, "alpha": 8}, {"rank": 8, "alpha": 16}]}), "s.yaml"))
+    specs = expand(
+        parse_sweep(sweep_of(base=base, axes={"lora": [{"rank": 4, "alpha": 8}, {"rank": 8, "alpha": 16}]}), "s.yaml")
+    )
     assert [(s.lora.rank, s.lora.alpha, s.lora.dropout) for s in specs] == [(4, 8.0, 0.1), (8, 16.0, 0.1)]
 
 
@@ -215,7 +241,10 @@ def test_resources_follow_the_entry_regime_and_overrides() -> None:
         "axes": {"backbone": ["dinov2_vits14_reg", "dinov2_vitg14_reg"], "regime": ["frozen", "lora"]},
         "resources": {"cpu": 2, "overrides": [{"backbone": "dinov2_vitg14_reg", "regime": "lora", "gpu": 1, "cpu": 6}]},
     }
-    got = {(t.spec.backbone, t.spec.regime): (t.resources.cpu, t.resources.gpu) for t in plan(parse_sweep(data, "r.yaml")).trials}
+    got = {
+        (t.spec.backbone, t.spec.regime): (t.resources.cpu, t.resources.gpu)
+        for t in plan(parse_sweep(data, "r.yaml")).trials
+    }
     assert got == {
         ("dinov2_vits14_reg", "frozen"): (2.0, 0.25),
         ("dinov2_vits14_reg", "lora"): (2.0, 0.25),

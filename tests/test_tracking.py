@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.mlflow_server import MlflowServer, mlflow_server  # noqa: F401  (fixture)
+from tests.mlflow_server import MlflowServer
 from vfm_ablate.config import DataSpec, LoraSpec, TrialSpec
 from vfm_ablate.errors import ConfigError, VfmAblateError
-from vfm_ablate.tracking import SweepTracker, TrialTracker
+from vfm_ablate.tracking.runs import SweepTracker, TrialTracker
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,9 @@ def trial_params(seed: int, regime: str = "lora") -> tuple[str, dict[str, str]]:
         split_seed=seed,
     )
     params = spec.flat_params()
-    params.update({"backbone.family": "dinov2", "backbone.scale": "S", "backbone.embed_dim": "384", "backbone.params": "22000000"})
+    params.update(
+        {"backbone.family": "dinov2", "backbone.scale": "S", "backbone.embed_dim": "384", "backbone.params": "22000000"}
+    )
     return spec.trial_id(), params
 
 
@@ -111,7 +113,14 @@ def test_sweep_parent_child_records_and_failed_trial(mlflow_server: MlflowServer
     assert sorted((m.step, round(m.value, 6)) for m in history) == [(0, 1.0), (1, 0.9), (2, 0.8)]
 
     top = {f.path for f in client.list_artifacts(ok_run)}
-    assert {"metrics.json", "lora_targets.json", "config.yaml", "overlays", "pca_frozen.png", "trainable_checkpoint.pt"} <= top
+    assert {
+        "metrics.json",
+        "lora_targets.json",
+        "config.yaml",
+        "overlays",
+        "pca_frozen.png",
+        "trainable_checkpoint.pt",
+    } <= top
     assert [f.path for f in client.list_artifacts(ok_run, "overlays")] == ["overlays/vnc_00.png"]
     downloaded = Path(client.download_artifacts(ok_run, "lora_targets.json", str(tmp_path / "dl")))
     assert json.loads(downloaded.read_text()) == ["blocks.0.attn.qkv", "blocks.0.attn.proj"]

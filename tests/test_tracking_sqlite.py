@@ -12,7 +12,8 @@ import pytest
 from mlflow import MlflowClient
 
 from vfm_ablate.errors import ConfigError, VfmAblateError
-from vfm_ablate.tracking import SweepTracker, TrialTracker, default_tracking_uri, sqlite_path
+from vfm_ablate.tracking.runs import SweepTracker, TrialTracker
+from vfm_ablate.tracking.store import default_tracking_uri, sqlite_path
 
 pytestmark = pytest.mark.slow
 

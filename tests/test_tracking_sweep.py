@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.mlflow_server import MlflowServer, mlflow_server  # noqa: F401  (fixture)
-from vfm_ablate.report import load_runs, summary_table
-from vfm_ablate.sweepspec import load_sweep
+from tests.mlflow_server import MlflowServer
+from vfm_ablate.report.runs import load_runs
+from vfm_ablate.report.tables import summary_table
+from vfm_ablate.sweep.spec import load_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +42,10 @@ def ray_local():
         ray.shutdown()
 
 
-def test_sweep_runs_are_complete_and_not_duplicated_on_resume(mlflow_server: MlflowServer, ray_local, tmp_path: Path) -> None:
-    from vfm_ablate.sweep import run_sweep
+def test_sweep_runs_are_complete_and_not_duplicated_on_resume(
+    mlflow_server: MlflowServer, ray_local, tmp_path: Path
+) -> None:
+    from vfm_ablate.sweep.driver import run_sweep
 
     sweep_file = tmp_path / "e2e.yaml"
     sweep_file.write_text(SWEEP)
@@ -74,7 +77,8 @@ def test_sweep_runs_are_complete_and_not_duplicated_on_resume(mlflow_server: Mlf
             continue
         assert child.info.status == "FINISHED"
         for name in ("iou_fg/syn_a", "params/total", "params/trainable", "params/head", "params/lora",
-                     "params/trainable_pct", "epochs_run", "best_epoch", "wall_time_s", "train_loss", "val_loss"):  # fmt: skip
+                     "params/trainable_pct", "epochs_run", "best_epoch", "wall_time_s",
+                     "train_loss", "val_loss"):  # fmt: skip
             assert name in child.data.metrics, name
         assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "train_loss")) == [0, 1]
         artifacts = {f.path for f in client.list_artifacts(child.info.run_id)}

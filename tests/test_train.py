@@ -10,7 +10,7 @@ import torch
 
 from vfm_ablate.config import TrialSpec
 from vfm_ablate.data.entries import DatasetEntry
-from vfm_ablate.train import run_trial
+from vfm_ablate.trial import run_trial
 from vfm_ablate.validation import validate
 
 DATASETS = {

@@ -12,6 +12,23 @@ from .validation import StrictModel
 
 Regime = Literal["frozen", "lora", "full"]
 Sampling = Literal["natural", "balanced", "weighted"]
+# the settings that only mean something with several train datasets (dropped, and hidden, with one)
+SAMPLING_KEYS = ("data.sampling", "data.weights")
+
+
+def sampling_applies(num_train_datasets: int) -> bool:
+    """Paired-data sampling (and its weights) only changes anything when a trial trains on several datasets."""
+    return num_train_datasets > 1
+
+
+def balanced_share(batch_size: int, num_datasets: int) -> int:
+    """Images of each dataset in one balanced batch; a batch size that does not split evenly is a user error."""
+    if num_datasets < 1 or batch_size % num_datasets:
+        raise ValueError(
+            f"balanced sampling puts the same number of images of each of the {num_datasets} train datasets in a "
+            f"batch: optim.batch_size must be a multiple of {num_datasets}, got {batch_size}"
+        )
+    return batch_size // num_datasets
 
 
 class LoraSpec(StrictModel):
@@ -37,7 +54,7 @@ class ResizeSpec(StrictModel):
     size: tuple[int, int] | None = None
 
     @model_validator(mode="after")
-    def _fixed_needs_size(self) -> "ResizeSpec":
+    def _fixed_needs_size(self) -> ResizeSpec:
         if self.policy == "fixed" and self.size is None:
             raise ValueError("resize.policy 'fixed' needs resize.size: [height, width]")
         return self
@@ -56,7 +73,7 @@ class DataSpec(StrictModel):
     unlabelled: list[str] = []  # extra dataset names used only for diagnostics (e.g. vnc_stack2)
 
     @model_validator(mode="after")
-    def _sampling_fits(self) -> "DataSpec":
+    def _sampling_fits(self) -> DataSpec:
         if self.sampling == "weighted":
             if self.weights is None or len(self.weights) != len(self.train):
                 raise ValueError(
@@ -111,6 +128,21 @@ class TrialSpec(StrictModel):
     diagnostics: DiagnosticsSpec = DiagnosticsSpec()
     save_checkpoint: bool = True
     num_overlays: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _fits_together(self) -> TrialSpec:
+        n_train = len(self.data.train)
+        if len(set(self.data.train)) != n_train:
+            raise ValueError(f"data.train lists a dataset twice: {self.data.train}")
+        if self.data.sampling == "balanced" and sampling_applies(n_train):
+            balanced_share(self.optim.batch_size, n_train)
+        return self
+
+    def dataset_names(self) -> list[str]:
+        """Every dataset this trial reads (train, test, unlabelled, diagnostics when on), each once, in that order."""
+        diagnostics = (self.diagnostics.datasets or []) if self.diagnostics.enabled else []
+        names = [*self.data.train, *self.data.test_datasets, *self.data.unlabelled, *diagnostics]
+        return list(dict.fromkeys(names))
 
     def trial_id(self) -> str:
         """Stable content hash: the same settings always get the same id (used for resume and MLflow dedupe)."""

@@ -60,6 +60,8 @@ def format_validation_error(model: type[BaseModel], err: ValidationError, source
             hint = f" Did you mean '{close[0]}'?" if close else ""
             allowed = f" Valid keys here: {', '.join(sorted(valid))}." if valid else ""
             lines.append(f"  - unknown key '{where}'.{hint}{allowed}")
+        elif not loc and e.get("type") == "value_error":  # a rule across several keys: the message says which
+            lines.append(f"  - {str(e.get('msg')).removeprefix('Value error, ')}")
         else:
             got = e.get("input")
             got_s = repr(got)

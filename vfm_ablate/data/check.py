@@ -1,6 +1,6 @@
 """`data check`: everything a user needs to trust a dataset before a sweep trains on it.
 
-Uses the loader's own listing, pairing and reading (sources.py, masks.py), so a
+Uses the loader's own listing, pairing and reading (layouts.py, images.py, masks.py), so a
 dataset that checks clean is exactly what training reads. Problems (broken:
 the loader would refuse it) name the file; anomalies are worth a look but do
 not stop anything (mixed mask encodings, empty masks, masks covering most of
@@ -17,8 +17,9 @@ from typing import Any
 from ..errors import ConfigError, DataError
 from ..validation import validate
 from .entries import DatasetEntry
+from .images import read_slice, read_stacks
+from .layouts import IMAGE_SUFFIXES, list_slices, seeded_test_indices
 from .masks import TIFF_SUFFIXES
-from .sources import IMAGE_SUFFIXES, list_slices, read_slice, read_stacks, seeded_test_indices
 
 LARGE_FOREGROUND = 0.5  # a mask covering more than this is probably inverted or mis-decoded
 
@@ -117,8 +118,9 @@ def _check_synthetic(entry: DatasetEntry, report: CheckReport) -> None:
         for s in slices:
             assert s.mask is not None
             report.slices.append(
-                SliceFinding(split, s.source, s.source, s.image.shape, str(s.image.dtype), "generated bool",
-                             float(s.mask.mean()))
+                SliceFinding(
+                    split, s.source, s.source, s.image.shape, str(s.image.dtype), "generated bool", float(s.mask.mean())
+                )
             )
 
 
@@ -126,9 +128,14 @@ def check_dataset(entry: DatasetEntry, split_seed: int = 0) -> CheckReport:
     """Read every file of `entry` the way training does and collect findings; never raises for bad data."""
     listing = list_slices(entry)
     predefined = listing.test is not None or entry.layout == "synthetic"
-    note = "test split predefined by the layout" if predefined else (
-        f"seeded split: {listing.test_count} test slice(s) by split_seed {split_seed}"
-        if listing.labelled else "unlabelled"
+    note = (
+        "test split predefined by the layout"
+        if predefined
+        else (
+            f"seeded split: {listing.test_count} test slice(s) by split_seed {split_seed}"
+            if listing.labelled
+            else "unlabelled"
+        )
     )
     report = CheckReport(entry.name, entry.layout, entry.path, note, problems=list(listing.problems))
     if entry.layout == "synthetic":

@@ -99,7 +99,7 @@ class DatasetEntry(StrictModel):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _options_fit_layout(self) -> "DatasetEntry":
+    def _options_fit_layout(self) -> DatasetEntry:
         allowed = LAYOUT_OPTIONS[self.layout]
         given = set(self.model_fields_set) - {"name", "layout"}
         wrong = sorted(given - allowed)

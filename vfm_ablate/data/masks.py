@@ -187,11 +187,7 @@ def mask_from_raw(
         encoding = fixed_name
     if varies and not mask.any():
         shown = np.unique(raw)[:8].tolist()
-        how = (
-            f"raw value in {rule.labels}"
-            if rule.labels is not None
-            else f"0-255 scaled value > {rule.threshold}"
-        )
+        how = f"raw value in {rule.labels}" if rule.labels is not None else f"0-255 scaled value > {rule.threshold}"
         raise DataError(
             f"{source}: mask is empty after normalisation ({encoding}; foreground = {how}) although the raw "
             f"file is not (values {shown}); set the dataset's mask_threshold or mask_labels to fit it"

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..config import balanced_share
 from ..errors import ConfigError
 
 VALIDATION_STREAM = 2  # rng stream tag of the validation hold-out (the seeded test split uses 1)
@@ -76,15 +77,13 @@ def epoch_batches(
         return _chunk([items[j] for j in order], batch_size)
     if sampling == "balanced":
         n_ds = len(sizes)
-        if batch_size % n_ds:
-            raise ConfigError(
-                f"balanced sampling puts the same number of items of each of the {n_ds} datasets in a batch: "
-                f"batch_size must be a multiple of {n_ds}, got {batch_size}"
-            )
+        try:
+            k = balanced_share(batch_size, n_ds)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         empty = [d for d, n in enumerate(sizes) if n == 0]
         if empty:
             raise ConfigError(f"balanced sampling needs every dataset non-empty; dataset(s) {empty} have no items")
-        k = batch_size // n_ds
         cycles = [_Cycle(n, rng) for n in sizes]
         n_batches = math.ceil(max(sizes) / k)
         return [[(d, cycles[d].next()) for d in range(n_ds) for _ in range(k)] for _ in range(n_batches)]

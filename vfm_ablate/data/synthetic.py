@@ -20,7 +20,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from ..errors import DataError
-from .sources import Slice
+from .images import Slice
 
 if TYPE_CHECKING:
     from .entries import DatasetEntry
@@ -109,9 +109,7 @@ def _membranes(rng: np.random.Generator, d: Domain, h: int, w: int, short: int) 
     return np.exp(-(((d2 - d1) / (2 * width)) ** 2))
 
 
-def _mitochondria(
-    rng: np.random.Generator, d: Domain, h: int, w: int, short: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _mitochondria(rng: np.random.Generator, d: Domain, h: int, w: int, short: int) -> tuple[np.ndarray, np.ndarray]:
     """(darkening in [0, ~1], bool mask) for a few textured ellipses with a dark rim and striated cristae."""
     dark = np.zeros((h, w), np.float32)
     mask = np.zeros((h, w), bool)
@@ -159,9 +157,7 @@ def _one_slice(domain: str, size: tuple[int, int], seed: int, split: str, index:
     return Slice(image=image, mask=mask, source=f"synthetic:{domain}/seed{seed}/{split}/{index}")
 
 
-def generate_slices(
-    domain: str, n: int, size: tuple[int, int], seed: int, split: str = "train"
-) -> list[Slice]:
+def generate_slices(domain: str, n: int, size: tuple[int, int], seed: int, split: str = "train") -> list[Slice]:
     """`n` deterministic slices of `domain` (uint8 image, bool mask); `split` picks an independent stream."""
     if domain not in DOMAINS:
         from ..validation import suggest
@@ -183,7 +179,7 @@ def write_folder(
     size: tuple[int, int],
     seed: int,
     overwrite: bool = False,
-) -> "DatasetEntry":
+) -> DatasetEntry:
     """Write a `folder`-layout dataset (train/ and test/ with images/ and masks/, 8-bit 0/255 PNG masks).
 
     Returns the DatasetEntry that reads it back; refuses to mix into existing data unless `overwrite`.

@@ -8,8 +8,8 @@ patch 14, target 1022 -> 756x1022 h x w; patch 16, target 1008 -> 752x1008), so
 the aspect ratio is kept to within one patch. Masks always follow with
 nearest-neighbour resizing, never interpolation.
 
-Mixed sizes in one batch (paired Lucchi++ + VNC) must never be zero-padded into
-the loss: :func:`pad_batch` pads and returns a validity mask for the loss.
+Mixed sizes in one batch (paired Lucchi++ + VNC) are never zero-padded: the
+trial runs a batch as same-size groups (`trial.forward`).
 """
 
 from __future__ import annotations
@@ -101,25 +101,3 @@ def mask_to_tensor(mask: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         # nearest-exact samples pixel centres (same as PIL NEAREST); plain "nearest" shifts by half a pixel
         t = F.interpolate(t[None, None], size=(h, w), mode="nearest-exact")[0, 0]
     return t.to(torch.int64)
-
-
-def pad_batch(
-    images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stack mixed-size items: (images Bx3xHxW, masks BxHxW, valid BxHxW bool). Padding is bottom/right,
-    zero in normalised space and background in masks, and `valid` is False there: the loss must use it."""
-    if len(images) != len(masks) or not images:
-        raise ValueError(f"pad_batch needs matching non-empty lists, got {len(images)} images and {len(masks)} masks")
-    h = max(int(t.shape[-2]) for t in images)
-    w = max(int(t.shape[-1]) for t in images)
-    x = images[0].new_zeros((len(images), images[0].shape[0], h, w))
-    y = masks[0].new_zeros((len(masks), h, w))
-    valid = torch.zeros((len(images), h, w), dtype=torch.bool)
-    for i, (img, m) in enumerate(zip(images, masks)):
-        ih, iw = int(img.shape[-2]), int(img.shape[-1])
-        if tuple(m.shape[-2:]) != (ih, iw):
-            raise ValueError(f"pad_batch item {i}: image is {ih}x{iw} but mask is {tuple(m.shape[-2:])}")
-        x[i, :, :ih, :iw] = img
-        y[i, :ih, :iw] = m
-        valid[i, :ih, :iw] = True
-    return x, y, valid

@@ -53,7 +53,7 @@ def apply_lora(backbone: nn.Module, entry: BackboneEntry, lora: LoraSpec) -> lis
     )
     inject_adapter_in_model(config, backbone.net)
     for name, param in backbone.named_parameters():
-        param.requires_grad = "lora_" in name
+        param.requires_grad = is_lora_parameter(name)
     return adapted_module_names(backbone.net)
 
 
@@ -96,13 +96,19 @@ def adapted_module_names(net: nn.Module) -> list[str]:
     return [name.replace(".base_layer", "") for name, m in net.named_modules() if isinstance(m, LoraLayer)]
 
 
+def is_lora_parameter(name: str) -> bool:
+    """peft names every adapter tensor `...lora_A...` / `...lora_B...` (and `lora_embedding_*`): the LoRA regime
+    trains exactly these, and `params/lora` counts exactly these."""
+    return "lora_" in name
+
+
 def parameter_counts(segmenter: nn.Module) -> dict[str, float]:
     """total / trainable / head-only / LoRA-only parameters and trainable % of a segmenter (`.head` = its decoder)."""
     params = dict(segmenter.named_parameters())
     total = sum(p.numel() for p in params.values())
     trainable = sum(p.numel() for p in params.values() if p.requires_grad)
     head = sum(p.numel() for p in segmenter.head.parameters())
-    lora = sum(p.numel() for name, p in params.items() if "lora_" in name)
+    lora = sum(p.numel() for name, p in params.items() if is_lora_parameter(name))
     return {
         "total": total,
         "trainable": trainable,

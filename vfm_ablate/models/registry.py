@@ -39,11 +39,15 @@ class BackboneEntry(StrictModel):
     gpu_memory_gb: float = Field(8.0, gt=0)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "BackboneEntry":
+    def _consistent(self) -> BackboneEntry:
         if self.kind == "cnn" and self.library != "timm":
-            raise ValueError(f"kind 'cnn' is built through timm features_only; library '{self.library}' is not supported")
+            raise ValueError(
+                f"kind 'cnn' is built through timm features_only; library '{self.library}' is not supported"
+            )
         if self.checkpoint_key_map == "by_position" and self.checkpoint is None:
-            raise ValueError("checkpoint_key_map 'by_position' describes a local 'checkpoint' file; set 'checkpoint' too")
+            raise ValueError(
+                "checkpoint_key_map 'by_position' describes a local 'checkpoint' file; set 'checkpoint' too"
+            )
         return self
 
 

@@ -17,7 +17,7 @@ from ..config import Regime, TrialSpec
 from ..errors import CheckpointError
 from .backbones import Backbone, build_backbone
 from .head import SegmentationHead
-from .lora import apply_lora, parameter_counts
+from .lora import apply_lora, is_lora_parameter, parameter_counts
 from .registry import BackboneEntry
 
 
@@ -48,7 +48,7 @@ class Segmenter(nn.Module):
         size = tuple(out_size) if out_size is not None else (int(x.shape[2]), int(x.shape[3]))
         return self.head_forward(self.features(x), size)
 
-    def train(self, mode: bool = True) -> "Segmenter":
+    def train(self, mode: bool = True) -> Segmenter:
         """Head (and adapters) follow `mode`; a frozen backbone and fixed BatchNorm statistics stay in eval mode."""
         super().train(mode)
         if self.regime == "frozen":
@@ -93,7 +93,7 @@ class Segmenter(nn.Module):
             self.backbone.requires_grad_(True)
         elif self.regime == "lora":
             for name, p in self.backbone.named_parameters():
-                p.requires_grad = "lora_" in name
+                p.requires_grad = is_lora_parameter(name)
         else:
             raise ValueError(f"unknown regime '{self.regime}'")
         self.head.requires_grad_(True)

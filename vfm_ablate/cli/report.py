@@ -20,28 +20,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("target", help="a sweep file (its tracking experiment is read) or an MLflow experiment name")
     p.add_argument(
         "--tracking-uri",
-        help="MLflow tracking URI (default: the sweep file's tracking.uri, else ./mlflow.db as `vfm-ablate run` uses)",
+        help="MLflow tracking URI (default, as `vfm-ablate run`: the sweep file's tracking.uri, "
+        "else $MLFLOW_TRACKING_URI, "
+        "else ./mlflow.db)",
     )
     p.add_argument("--out", type=Path, help="output folder (default: ./reports/<experiment>)")
-    p.add_argument("--metric", default="iou_fg", help="metric family: <metric>/<dataset>, macro_<metric>, pooled_<metric>")
-    p.add_argument("--sweep-id", help="only runs of this sweep id (tag vfm.sweep_id); default: every sweep in the experiment")
+    p.add_argument(
+        "--metric", default="iou_fg", help="metric family: <metric>/<dataset>, macro_<metric>, pooled_<metric>"
+    )
+    p.add_argument(
+        "--sweep-id", help="only runs of this sweep id (tag vfm.sweep_id); default: every sweep in the experiment"
+    )
     p.set_defaults(func=_run)
 
 
 def resolve_target(target: str, tracking_uri: str | None) -> tuple[str, str]:
     """(experiment, tracking URI) for a sweep file or an experiment name; the same defaults as `vfm-ablate run`."""
-    from .tracking import local_tracking_uri
+    from ..tracking.store import resolve_tracking_uri
 
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
-        from .sweepspec import load_sweep
+        from ..sweep.spec import load_sweep
 
         sweep = load_sweep(target)
-        return sweep.experiment_name, tracking_uri or sweep.tracking.uri or local_tracking_uri(Path.cwd())
-    return target, tracking_uri or local_tracking_uri(Path.cwd())
+        return sweep.experiment_name, resolve_tracking_uri(tracking_uri, sweep.tracking.uri, Path.cwd())
+    return target, resolve_tracking_uri(tracking_uri, None, Path.cwd())
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .report import load_runs, summary_table, to_markdown, write_report
+    from ..report.runs import load_runs
+    from ..report.tables import summary_table, to_markdown
+    from ..report.write import write_report
 
     experiment, uri = resolve_target(args.target, args.tracking_uri)
     runs = load_runs(uri, experiment, sweep_id=args.sweep_id)

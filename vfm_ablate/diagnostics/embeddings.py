@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .config import ResizeSpec
-from .data.sources import Slice
-from .data.transforms import image_to_tensor, target_size
-from .errors import ConfigError, DataError
-from .models.backbones import Backbone, Pooling
+from ..config import ResizeSpec
+from ..data.sources import Slice
+from ..data.transforms import image_to_tensor, target_size
+from ..errors import ConfigError, DataError
+from ..models.backbones import Backbone, Pooling
 
 
 def dataset_embeddings(

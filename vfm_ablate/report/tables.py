@@ -1,4 +1,4 @@
-"""Paper-style results from the tracking store alone: tables of mean ± std over seeds, a scale plot, a regime bar chart.
+"""Paper-style tables from the tracking store alone: mean ± std over seeds per setting.
 
 Rows are backbones (family × scale), columns training data × test metric × regime. A cell averages the FINISHED
 repeats (different seeds) of one setting; failed, killed and unfinished repeats are counted in the cell, never
@@ -7,27 +7,13 @@ averaged away, and a setting that was never run shows "—".
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .errors import VfmAblateError
-from .tracking import (
-    ERROR_TAG,
-    SWEEP_ID_TAG,
-    SWEEP_NAME_TAG,
-    ROLE_TAG,
-    TRIAL_ID_TAG,
-    check_id,
-    search_all_runs,
-    sqlite_path,
-    tracking_client,
-)
-from .validation import suggest
+from ..errors import VfmAblateError
+from ..text_tables import markdown_table
 
 SCALE_ORDER = ["tiny", "XS", "S", "M", "B", "L", "G", "H", "H+", "7B"]
 REGIME_ORDER = ["frozen", "lora", "full"]
@@ -45,48 +31,6 @@ MISSING = "—"
 UNFINISHED = ("RUNNING", "SCHEDULED")
 
 
-# ----------------------------------------------------------------------------------------------- reading runs
-
-
-def load_runs(tracking_uri: str, experiment: str, sweep_id: str | None = None) -> pd.DataFrame:
-    """One row per trial run of `experiment`: run_id, status, trial/sweep ids, `params.<key>`, `metrics.<key>`."""
-    db = sqlite_path(tracking_uri)
-    if db is not None and not db.exists():
-        raise VfmAblateError(f"no MLflow database at {db} (tracking URI {tracking_uri}); pass --tracking-uri")
-    client = tracking_client(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = [e.name for e in client.search_experiments()]
-        raise VfmAblateError(suggest(experiment, names, "MLflow experiment", tracking_uri))
-    filt = f"tags.`{ROLE_TAG}` = 'trial'"
-    if sweep_id:
-        filt += f" and tags.`{SWEEP_ID_TAG}` = '{check_id(sweep_id, 'sweep id')}'"
-    rows = []
-    for run in search_all_runs(client, found.experiment_id, filt):
-        tags = run.data.tags
-        row: dict[str, Any] = {
-            "run_id": run.info.run_id,
-            "run_name": run.info.run_name,
-            "status": run.info.status,
-            "start_time": run.info.start_time,
-            "end_time": run.info.end_time,
-            "trial_id": tags.get(TRIAL_ID_TAG, ""),
-            "sweep_id": tags.get(SWEEP_ID_TAG, ""),
-            "sweep_name": tags.get(SWEEP_NAME_TAG, ""),
-            "error": tags.get(ERROR_TAG, ""),
-        }
-        row.update({f"params.{k}": v for k, v in run.data.params.items()})
-        row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
-        rows.append(row)
-    base = ["run_id", "run_name", "status", "start_time", "end_time", "trial_id", "sweep_id", "sweep_name", "error"]
-    df = pd.DataFrame(rows, columns=None if rows else base)
-    extra = sorted(c for c in df.columns if c not in base)
-    return df[base + extra].reset_index(drop=True)
-
-
-# ----------------------------------------------------------------------------------------------- the table
-
-
 @dataclass
 class SummaryTable:
     """`cells`: display strings (rows family/scale/backbone × columns train/test/regime/variant);
@@ -100,7 +44,8 @@ class SummaryTable:
 
 
 def summary_table(df: pd.DataFrame, metric: str = "iou_fg", variant_params: list[str] | None = None) -> SummaryTable:
-    """Aggregate trial runs into the paper's table for `metric` (`<metric>/<dataset>`, `macro_<metric>`, `pooled_<metric>`).
+    """Aggregate trial runs into the paper's table for `metric` (`<metric>/<dataset>`, `macro_<metric>`,
+    `pooled_<metric>`).
 
     Settings that vary besides the table axes and the seeds (e.g. `lora.rank`) split columns as "variants"
     (auto-detected unless `variant_params` is given), so different settings are never averaged together.
@@ -233,7 +178,8 @@ def _backbone_size(runs: pd.DataFrame) -> pd.Series:
 
 
 def format_cell(values: list[float], counts: dict[str, int]) -> str:
-    """`0.731 ± 0.012 (5)` plus `failed (k)`, `killed (k)`, `running (k)`, `no value (k)` for repeats without a number."""
+    """`0.731 ± 0.012 (5)` plus `failed (k)`, `killed (k)`, `running (k)`, `no value (k)` for repeats without a
+    number."""
     parts = []
     n = len(values)
     if n == 1:
@@ -277,14 +223,14 @@ def _cell_stats(long: pd.DataFrame) -> pd.DataFrame:
     return stats.sort_values(by=KEYS, key=_sort_key).reset_index(drop=True)
 
 
-def _scale_rank(scale: str) -> int:
+def scale_rank(scale: str) -> int:
     return SCALE_ORDER.index(scale) if scale in SCALE_ORDER else len(SCALE_ORDER)
 
 
 def _sort_key(col: pd.Series) -> pd.Series:
     """Scales S<B<L<G<H<H+<7B, regimes frozen<lora<full, single datasets before combinations, macro/pooled last."""
     if col.name == "scale":
-        return col.map(lambda s: (_scale_rank(s), s))
+        return col.map(lambda s: (scale_rank(s), s))
     if col.name == "regime":
         return col.map(lambda r: (REGIME_ORDER.index(r) if r in REGIME_ORDER else len(REGIME_ORDER), r))
     if col.name == "train":
@@ -326,17 +272,8 @@ def flat_cells(table: SummaryTable) -> pd.DataFrame:
 def to_markdown(table: SummaryTable) -> str:
     """A GitHub-flavoured Markdown table plus a line saying what the cells mean."""
     flat = flat_cells(table)
-    header = [str(c) for c in flat.columns]
-
-    def esc(text: Any) -> str:
-        return str(text).replace("|", "\\|")
-
-    lines = [
-        "| " + " | ".join(esc(h) for h in header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-    ]
-    for row in flat.itertuples(index=False):
-        lines.append("| " + " | ".join(esc(v) for v in row) + " |")
+    columns = [str(c) for c in flat.columns]
+    rows = [dict(zip(columns, row)) for row in flat.itertuples(index=False)]
     note = (
         f"Metric: {table.metric} (`{table.metric}/<dataset>`, `macro_{table.metric}` = mean over test datasets, "
         f"`pooled_{table.metric}` = over all their pixels). Cells: mean ± sample std (ddof=1) over the FINISHED "
@@ -347,149 +284,4 @@ def to_markdown(table: SummaryTable) -> str:
         note += f" Columns also split by: {', '.join(table.variant_params)}."
     if table.duplicates_dropped:
         note += f" {table.duplicates_dropped} older run(s) of an already-counted trial id were not counted again."
-    return "\n".join(lines) + "\n\n" + note + "\n"
-
-
-# ----------------------------------------------------------------------------------------------- figures
-
-
-def _panels(stats: pd.DataFrame) -> list[tuple[str, str]]:
-    return list(dict.fromkeys(zip(stats["train"], stats["test"])))
-
-
-def _grid(n: int) -> tuple[Any, list[Any]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ncols = min(3, max(1, n))
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.0 * nrows), squeeze=False)
-    flat = list(axes.ravel())
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
-
-
-_LINESTYLES = {"frozen": "-", "lora": "--", "full": ":"}
-
-
-def scale_plot(table: SummaryTable, path: str | Path) -> Path:
-    """IoU vs backbone size: a line per family × regime (frozen solid, LoRA dashed), error bars = std.
-
-    One panel per training data × test metric; x is the parameter count (log) when every backbone has one.
-    """
-    import matplotlib.pyplot as plt
-
-    stats = table.stats[table.stats["n"] > 0]
-    if stats.empty:
-        raise VfmAblateError("scale plot: no FINISHED run has a value for the metric")
-    use_size = bool(stats["backbone_size"].notna().all())
-    panels = _panels(stats)
-    fig, axes = _grid(len(panels))
-    families = sorted(stats["family"].unique())
-    colours = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(families)}
-    for ax, (train, test) in zip(axes, panels):
-        panel = stats[(stats["train"] == train) & (stats["test"] == test)]
-        for (family, regime, variant), line in panel.groupby(["family", "regime", "variant"], sort=True):
-            line = line.assign(_rank=line["scale"].map(_scale_rank))
-            line = line.sort_values("backbone_size" if use_size else "_rank")
-            x = line["backbone_size"] / 1e6 if use_size else line["_rank"]
-            label = f"{family} {regime}" + (f" ({variant})" if variant else "")
-            ax.errorbar(
-                x, line["mean"], yerr=line["std"].fillna(0.0), label=label, color=colours[family],
-                linestyle=_LINESTYLES.get(regime, "-."), marker="o", capsize=3,
-            )  # fmt: skip
-            for xi, yi, s in zip(x, line["mean"], line["scale"]):
-                ax.annotate(s, (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7)
-        if use_size:
-            from matplotlib.ticker import NullFormatter
-
-            sizes = sorted(set(panel["backbone_size"].dropna() / 1e6))
-            ax.set_xscale("log")
-            ax.set_xticks(sizes, [f"{v:.3g}" for v in sizes])
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            if len(sizes) == 1:
-                ax.set_xlim(sizes[0] / 2, sizes[0] * 2)
-            ax.set_xlabel("backbone parameters (M)")
-        else:
-            ranks = sorted(set(stats["scale"].map(_scale_rank)))
-            ax.set_xticks(ranks, [next(s for s in stats["scale"] if _scale_rank(s) == r) for r in ranks])
-            ax.set_xlabel("backbone scale")
-        ax.set_ylabel(table.metric if test in ("macro", "pooled") else f"{table.metric} ({test})")
-        ax.set_title(f"train {train} → test {test}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def regime_bar_chart(table: SummaryTable, path: str | Path) -> Path:
-    """Bars per backbone, one per regime, error bars = std; settings with runs but no value are marked "failed"/"no value"."""
-    stats = table.stats
-    panels = _panels(stats)
-    fig, axes = _grid(len(panels))
-    for ax, (train, test) in zip(axes, panels):
-        panel = stats[(stats["train"] == train) & (stats["test"] == test)]
-        backbones = list(dict.fromkeys(zip(panel["family"], panel["scale"], panel["backbone"])))
-        groups = list(dict.fromkeys(zip(panel["regime"], panel["variant"])))
-        width = 0.8 / max(1, len(groups))
-        for j, (regime, variant) in enumerate(groups):
-            sub = panel[(panel["regime"] == regime) & (panel["variant"] == variant)]
-            by_row = {(r.family, r.scale, r.backbone): r for r in sub.itertuples(index=False)}
-            xs, heights, errs = [], [], []
-            for i, row in enumerate(backbones):
-                rec = by_row.get(row)
-                x = i - 0.4 + width * (j + 0.5)
-                if rec is None:
-                    continue
-                if rec.n > 0:
-                    xs.append(x)
-                    heights.append(rec.mean)
-                    errs.append(0.0 if math.isnan(rec.std) else rec.std)
-                else:
-                    ax.text(x, 0.01, rec.cell, rotation=90, ha="center", va="bottom", fontsize=6, color="crimson")
-            label = regime + (f" ({variant})" if variant else "")
-            ax.bar(xs, heights, width=width, yerr=errs, capsize=2, label=label)
-        ax.set_xticks(range(len(backbones)), [f"{f} {s}".strip() for f, s, _ in backbones], rotation=30, ha="right", fontsize=8)
-        ax.set_xlim(-0.5, len(backbones) - 0.5)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel(table.metric)
-        ax.set_title(f"train {train} → test {test}", fontsize=9)
-        ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------- writing
-
-
-def write_report(table: SummaryTable, out_dir: str | Path, runs: pd.DataFrame | None = None) -> dict[str, Path]:
-    """Write summary.md, summary.csv (display), summary_stats.csv (numbers), runs.csv, scale_plot.png, regime_bars.png."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "markdown": out / "summary.md",
-        "csv": out / "summary.csv",
-        "stats_csv": out / "summary_stats.csv",
-    }
-    paths["markdown"].write_text(f"# Results: {table.metric}\n\n" + to_markdown(table))
-    flat_cells(table).to_csv(paths["csv"], index=False)
-    table.stats.to_csv(paths["stats_csv"], index=False)
-    if runs is not None:
-        paths["runs_csv"] = out / "runs.csv"
-        runs.to_csv(paths["runs_csv"], index=False)
-    if (table.stats["n"] > 0).any():
-        paths["scale_plot"] = scale_plot(table, out / "scale_plot.png")
-    paths["regime_bars"] = regime_bar_chart(table, out / "regime_bars.png")
-    return paths
+    return markdown_table(rows, columns) + "\n\n" + note + "\n"

@@ -63,7 +63,7 @@ def macro_iou(per_dataset: dict[str, float]) -> float:
     return float(np.mean(list(per_dataset.values())))
 
 
-def pooled_iou(totals: "list[PixelTotals] | object") -> float:
+def pooled_iou(totals: list[PixelTotals] | object) -> float:
     """IoU of the union of all pixels: dominated by the dataset with the most test pixels."""
     items = list(totals)  # type: ignore[arg-type]
     inter = sum(t.intersection for t in items)

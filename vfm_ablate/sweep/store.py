@@ -13,9 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .sweepspec import (
-    SweepSpec,
-)
+from .spec import SweepSpec
 
 STORAGE_ENV = "VFM_ABLATE_STORAGE_PATH"  # a cluster's shared results location (set once in cluster.yaml / sbatch)
 DEFAULT_STORAGE = "./ray_results"
@@ -130,5 +128,3 @@ def storage_root(storage_path: str, sweep_name: str, workdir: Path) -> str:
     if not base.is_absolute():
         base = workdir / base
     return str((base / sweep_name).resolve())
-
-

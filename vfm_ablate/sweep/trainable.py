@@ -1,5 +1,8 @@
-"""The Ray Tune trainable around `train.run_trial`: per-epoch reports and checkpoints, trial records, MLflow,
+"""The Ray Tune trainable around `trial.run_trial`: per-epoch reports and checkpoints, trial records, MLflow,
 per-trial CPU/GPU bundles. Runs inside Ray workers; everything it needs arrives pickled in a `TrialContext`.
+
+Both ends of the Ray config live here: `encode_config` (driver: a planned trial -> its param_space entry) and
+`decode_config` / `trial_spec_from_config` (worker: the config Ray hands back -> the TrialSpec to run).
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import TrialSpec
-from .data.entries import DatasetEntry
-from .models.registry import BackboneEntry
-from .sweep_store import TrialStore
-from .sweepspec import (
-    spec_with_samples,
-)
+from ..config import TrialSpec
+from ..data.entries import DatasetEntry
+from ..models.registry import BackboneEntry
+from ..overrides import set_dotted
+from ..validation import validate
+from .plan import PlannedTrial
+from .store import TrialStore
 
 HEADLINE = "iou_fg"  # the one IoU per trial shown in progress/tables: macro over test datasets, or the single one
 
@@ -49,16 +52,42 @@ class TrialContext:
     tracking: TrackingTarget | None = None
 
 
-def unwrap_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A trial's own config: grid mode nests it under "trial" (the grid_search key), search mode does not."""
-    return config["trial"] if "trial" in config else config
+GRID_KEY = "trial"  # grid mode: param_space = {GRID_KEY: tune.grid_search([encoded trial, ...])}
+SEARCH_KEY = "search"  # search mode: the values Optuna sampled, by dotted TrialSpec key
+
+
+def encode_config(t: PlannedTrial) -> dict[str, Any]:
+    """A planned trial as plain data in Ray's param_space: its spec (JSON) and its CPU/GPU ask."""
+    return {"spec": t.spec.model_dump(mode="json"), "cpu": t.resources.cpu, "gpu": t.resources.gpu}
+
+
+def decode_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's own config: grid mode nests it under GRID_KEY (the grid_search key), search mode does not."""
+    return config[GRID_KEY] if GRID_KEY in config else config
+
+
+def grid_point_spec(config: dict[str, Any]) -> TrialSpec:
+    """The planned TrialSpec of a config, before any sampled search values."""
+    return TrialSpec.model_validate(decode_config(config)["spec"])
 
 
 def trial_spec_from_config(config: dict[str, Any]) -> TrialSpec:
     """The TrialSpec a Ray trial runs: its grid point plus, in search mode, the sampled values (dotted keys)."""
-    config = unwrap_config(config)
-    spec = TrialSpec.model_validate(config["spec"])
-    return spec_with_samples(spec, dict(config.get("search") or {}))
+    return spec_with_samples(grid_point_spec(config), sampled_values(config))
+
+
+def sampled_values(config: dict[str, Any]) -> dict[str, Any]:
+    return dict(decode_config(config).get(SEARCH_KEY) or {})
+
+
+def spec_with_samples(spec: TrialSpec, sampled: dict[str, Any]) -> TrialSpec:
+    """A grid point's TrialSpec with the values one search trial sampled (dotted keys)."""
+    if not sampled:
+        return spec
+    data = spec.model_dump(mode="json")
+    for key, value in sampled.items():
+        set_dotted(data, key, value.item() if hasattr(value, "item") else value)
+    return validate(TrialSpec, data, f"search sample {sampled}")
 
 
 def headline_iou(metrics: dict[str, Any]) -> float | None:
@@ -116,9 +145,9 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     import ray
     from ray import tune
 
-    from .train import run_trial
+    from ..trial import run_trial
 
-    config = unwrap_config(config)
+    config = decode_config(config)
     spec = trial_spec_from_config(config)
     tid = spec.trial_id()
     done = ctx.store.result(tid)
@@ -178,7 +207,9 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     tune.report(_final_report(result.metrics))
 
 
-def _after_failure(ctx: TrialContext, tid: str, out_dir: Path, tracker: Any | None, status: str, err: BaseException) -> None:
+def _after_failure(
+    ctx: TrialContext, tid: str, out_dir: Path, tracker: Any | None, status: str, err: BaseException
+) -> None:
     """Keep what a failed trial wrote (partial outputs) and close its MLflow run; never hide the trial's own error."""
     import logging
 
@@ -196,7 +227,7 @@ def _after_failure(ctx: TrialContext, tid: str, out_dir: Path, tracker: Any | No
 def _open_tracker(ctx: TrialContext, spec: TrialSpec, tid: str, node_id: str) -> Any | None:
     if ctx.tracking is None:
         return None
-    from .tracking import TrialTracker
+    from ..tracking.runs import TrialTracker
 
     t = ctx.tracking
     entry = ctx.backbones[spec.backbone]
@@ -237,10 +268,8 @@ def trial_resources(config: dict[str, Any]) -> Any:
     """One bundle per trial: the config's `cpu` and (when non-zero) `gpu`."""
     from ray import tune
 
-    config = unwrap_config(config)
+    config = decode_config(config)
     bundle = {"CPU": float(config["cpu"])}
     if float(config.get("gpu", 0)) > 0:
         bundle["GPU"] = float(config["gpu"])
     return tune.PlacementGroupFactory([bundle])
-
-

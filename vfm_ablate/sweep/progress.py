@@ -7,16 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .sweep_store import TrialStore
-from .sweep_trainable import (
-    HEADLINE,
-    headline_iou,
-    trial_spec_from_config,
-    unwrap_config,
-)
-from .sweepspec import (
-    short_label,
-)
+from .plan import short_label
+from .store import TrialStore
+from .trainable import HEADLINE, headline_iou, sampled_values, trial_spec_from_config
 
 
 class ProgressView:
@@ -122,9 +115,9 @@ _LAUNCH_T0: dict[str, float] = {}
 
 def _describe(trial: Any) -> str:
     try:
-        config = unwrap_config(trial.config)
-        sampled = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in (config.get("search") or {}).items())
-        return f"{short_label(trial_spec_from_config(config))} {sampled}".rstrip()
+        values = sampled_values(trial.config)
+        sampled = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+        return f"{short_label(trial_spec_from_config(trial.config))} {sampled}".rstrip()
     except Exception:
         return ""
 
@@ -143,5 +136,3 @@ def first_error_line(trial: Any) -> str:
         return lines[-1][:200] if lines else "(no error text)"
     except OSError:
         return "(error text not readable here)"
-
-

@@ -6,9 +6,10 @@ import argparse
 import json
 
 from ..errors import ConfigError
+from ..models.backbones import backbone_parameter_count, describe_source
+from ..models.registry import BackboneEntry, list_entries
+from ..text_tables import format_table
 from ..validation import suggest
-from .backbones import backbone_parameter_count, describe_source
-from .registry import BackboneEntry, list_entries
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,13 +55,17 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = f"{'name':<20} {'family':<13} {'scale':<6} {'patch':>5} {'dim':>5} {'params':>10}  pretrained weights"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        params = "-" if r["parameters"] is None else f"{int(r['parameters']) / 1e6:.2f}M"
-        print(
-            f"{r['name']:<20} {r['family']:<13} {r['scale']:<6} {r['patch_size']:>5} {r['embed_dim']:>5} "
-            f"{params:>10}  {r['pretrained']}"
-        )
+    shown = [
+        {
+            "name": r["name"],
+            "family": r["family"],
+            "scale": r["scale"],
+            "patch": r["patch_size"],
+            "dim": r["embed_dim"],
+            "params": "-" if r["parameters"] is None else f"{int(r['parameters']) / 1e6:.2f}M",
+            "pretrained weights": r["pretrained"],
+        }
+        for r in rows
+    ]
+    print(format_table(shown))
     return 0

@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..data.check import check_dataset, detect_entry
+from ..data.entries import LAYOUT_OPTIONS, DatasetEntry, builtin_datasets, resolve_dataset
+from ..data.synthetic import DOMAINS, write_folder
 from ..errors import ConfigError, DataError
-from .check import check_dataset, detect_entry
-from .entries import LAYOUT_OPTIONS, DatasetEntry, builtin_datasets, resolve_dataset
-from .synthetic import DOMAINS, write_folder
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -49,16 +49,23 @@ def _check(args: argparse.Namespace) -> int:
         first = broken[0]
         raise DataError(
             f"{len(broken)} dataset(s) broken; {first.name}: {first.problems[0]}"
-            + (f" (+{len(first.problems) - 1} more problem(s), see the report above)" if len(first.problems) > 1 else "")
+            + (
+                f" (+{len(first.problems) - 1} more problem(s), see the report above)"
+                if len(first.problems) > 1
+                else ""
+            )
         )
     return 0
 
 
 def _synth(args: argparse.Namespace) -> int:
-    entry = write_folder(args.out_dir, args.domain, args.n_train, args.n_test, tuple(args.size), args.seed,
-                         overwrite=args.overwrite)
-    print(f"wrote synthetic domain '{args.domain}' ({args.n_train} train / {args.n_test} test, "
-          f"{args.size[0]}x{args.size[1]}) to {args.out_dir}")
+    entry = write_folder(
+        args.out_dir, args.domain, args.n_train, args.n_test, tuple(args.size), args.seed, overwrite=args.overwrite
+    )
+    print(
+        f"wrote synthetic domain '{args.domain}' ({args.n_train} train / {args.n_test} test, "
+        f"{args.size[0]}x{args.size[1]}) to {args.out_dir}"
+    )
     import yaml
 
     facts = entry.model_dump(mode="json", exclude_defaults=True, exclude={"name"})
@@ -79,12 +86,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="report counts, shapes, mask encodings, foreground per slice and problems; non-zero exit if broken",
     )
     check.add_argument(
-        "targets", nargs="+", metavar="PATH|NAME",
+        "targets",
+        nargs="+",
+        metavar="PATH|NAME",
         help=f"a dataset folder (layout recognised) or TIFF stack, or a dataset name ({', '.join(builtin_datasets())})",
     )
     check.add_argument("--layout", choices=sorted(LAYOUT_OPTIONS), help="layout of PATH instead of recognising it")
-    check.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="a dataset entry option for PATH, e.g. --set mask_dir=labels --set 'mask_labels=[191]'")
+    check.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a dataset entry option for PATH, e.g. --set mask_dir=labels --set 'mask_labels=[191]'",
+    )
     check.add_argument("--split-seed", type=int, default=0, help="split seed for seeded test splits (default 0)")
     check.set_defaults(func=_check)
 

@@ -1,4 +1,4 @@
-"""Names of the files a trial writes into its output folder (read back by diagnose, tracking and reports)."""
+"""Names of the files in a trial's output folder (read back by diagnose, tracking and reports). No imports."""
 
 METRICS_FILE = "metrics.json"
 LORA_TARGETS_FILE = "lora_targets.json"

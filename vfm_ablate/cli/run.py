@@ -13,8 +13,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Validate SWEEP.yaml, expand it into trials and run them on Ray Tune with MLflow tracking.",
     )
     p.add_argument("sweep", type=Path, help="sweep file (see sweeps/*.yaml)")
-    p.add_argument("--dry-run", action="store_true", help="print the trial count and table with resources; start nothing")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted sweep without re-running finished trials")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the trial count and table with resources; start nothing"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="finish an interrupted sweep without re-running finished trials"
+    )
     p.add_argument("--retry-failed", action="store_true", default=None, help="with --resume: also retry failed trials")
     p.add_argument("--address", help="join a running Ray cluster: 'auto' (on a cluster node) or 'ray://HOST:10001'")
     p.add_argument("--storage-path", help="results/checkpoint location: a folder, shared filesystem path or URI")
@@ -26,8 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
-    from .sweepspec import describe_plan, load_sweep, plan
+    from ..errors import ConfigError
+    from ..sweep.describe import describe_plan
+    from ..sweep.plan import plan
+    from ..sweep.spec import load_sweep
 
     sweep = load_sweep(args.sweep)
     if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
@@ -38,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and args.max_concurrent_trials is not None:
         print("note: a resumed sweep keeps the max_concurrent_trials it was started with")
 
-    from .sweep import run_sweep
+    from ..sweep.driver import run_sweep
 
     outcome = run_sweep(
         sweep,

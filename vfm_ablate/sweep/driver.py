@@ -1,4 +1,5 @@
-"""Run a sweep on Ray Tune: the trainable around run_trial, per-trial resources, Tuner build/restore, progress, results.
+"""Run a sweep on Ray Tune: start or join Ray, guard the manifest, build or restore the Tuner (grid or search mode),
+track the launch in MLflow, collect the results.
 
 Layout under the storage path (a local folder, a shared filesystem path or a URI such as s3://bucket/x):
 
@@ -26,35 +27,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import ConfigError
-from .sweep_progress import ProgressView
-from .sweep_results import (
-    SweepOutcome,
-    collect_outcome,
-    format_outcome,
-    mlflow_statuses,
-    write_results_csv,
-)
-from .sweep_store import TrialStore, resolve_storage_path, storage_root
-from .sweep_trainable import (
+from ..errors import ConfigError
+from .plan import PlannedTrial, SweepPlan, plan, resolved_entries, short_label, without_gpus
+from .progress import ProgressView
+from .results import SweepOutcome, collect_outcome, format_outcome, mlflow_statuses, write_results_csv
+from .spec import SweepSpec
+from .store import TrialStore, resolve_storage_path, storage_root
+from .trainable import (
+    GRID_KEY,
+    SEARCH_KEY,
     TrackingTarget,
     TrialContext,
+    encode_config,
     make_trainable,
     trial_spec_from_config,
-)
-from .sweepspec import (
-    PlannedTrial,
-    SweepPlan,
-    SweepSpec,
-    plan,
-    resolved_entries,
-    short_label,
-    without_gpus,
 )
 
 GRID_EXPERIMENT = "tune"
 MANIFEST = "sweep.json"
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable, e.g. the head node's MLflow server
 
 
 def sweep_id(sweep: SweepSpec, the_plan: SweepPlan) -> str:
@@ -103,7 +93,10 @@ def run_sweep(
         trials = the_plan.trials
         alive = [n for n in ray.nodes() if n.get("Alive")]
         if len(alive) > 1 and "://" not in root:
-            print(f"note: {len(alive)} Ray nodes: {root} must be a filesystem that every node mounts (else use a URI)", file=out)
+            print(
+                f"note: {len(alive)} Ray nodes: {root} must be a filesystem that every node mounts (else use a URI)",
+                file=out,
+            )
         if ray.cluster_resources().get("GPU", 0) <= 0 and any(t.resources.gpu > 0 for t in trials):
             if address is None and len(alive) == 1:
                 print("the Ray cluster has no GPUs: trials ask for 0 GPUs and run on CPUs", file=out)
@@ -222,9 +215,10 @@ def _start_tracking(
 ) -> tuple[TrackingTarget | None, Any | None]:
     if not sweep.tracking.enabled:
         return None, None
-    from .tracking import SweepTracker, default_tracking_uri
+    from ..tracking.runs import SweepTracker
+    from ..tracking.store import resolve_tracking_uri
 
-    uri = uri or sweep.tracking.uri or os.environ.get(TRACKING_URI_ENV) or default_tracking_uri(workdir)
+    uri = resolve_tracking_uri(uri, sweep.tracking.uri, workdir)
     experiment = sweep.experiment_name
     tracker = SweepTracker(uri, experiment, sweep.name, sid)
     params = {
@@ -296,10 +290,6 @@ def _search_dirname(trial: Any) -> str:
     return f"{trial_spec_from_config(trial.config).trial_id()}_{trial.trial_id.rsplit('_', 1)[-1]}"
 
 
-def _config_of(t: PlannedTrial) -> dict[str, Any]:
-    return {"spec": t.spec.model_dump(mode="json"), "cpu": t.resources.cpu, "gpu": t.resources.gpu}
-
-
 def _run_grid(
     sweep: SweepSpec,
     trials: list[PlannedTrial],
@@ -318,7 +308,7 @@ def _run_grid(
     def make_tuner() -> Any:
         return tune.Tuner(
             trainable,
-            param_space={"trial": tune.grid_search([_config_of(t) for t in trials])},
+            param_space={GRID_KEY: tune.grid_search([encode_config(t) for t in trials])},
             tune_config=tune.TuneConfig(**_tune_config_common(sweep, max_concurrent, _grid_dirname)),
             run_config=_run_config(sweep, root, GRID_EXPERIMENT, view),
         )
@@ -353,12 +343,14 @@ def _run_search(
         name = f"search-{point.trial_id}"
         space = {k: d.to_tune() for k, d in point.search_space.items()}
 
-        def make_tuner(point: PlannedTrial = point, space: dict[str, Any] = space, index: int = index, name: str = name) -> Any:
+        def make_tuner(
+            point: PlannedTrial = point, space: dict[str, Any] = space, index: int = index, name: str = name
+        ) -> Any:
             common = _tune_config_common(sweep, max_concurrent, _search_dirname)
             if not space:  # nothing to search at this grid point (e.g. only LoRA settings searched, regime frozen)
                 return tune.Tuner(
                     trainable,
-                    param_space=_config_of(point),
+                    param_space=encode_config(point),
                     tune_config=tune.TuneConfig(num_samples=1, **common),
                     run_config=_run_config(sweep, root, name, view),
                 )
@@ -373,7 +365,7 @@ def _run_search(
                 )
             return tune.Tuner(
                 trainable,
-                param_space={**_config_of(point), "search": space},
+                param_space={**encode_config(point), SEARCH_KEY: space},
                 tune_config=tune.TuneConfig(
                     metric=search.metric,
                     mode=search.mode,
@@ -396,5 +388,3 @@ def _run_search(
 
 def _resume_errored(sweep: SweepSpec, retry_failed: bool | None) -> bool:
     return sweep.run.resume_errored if retry_failed is None else retry_failed
-
-

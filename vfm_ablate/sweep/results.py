@@ -7,22 +7,13 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import TrialSpec
-from .sweep_progress import first_error_line
-from .sweep_store import TrialStore
-from .sweep_trainable import (
-    HEADLINE,
-    headline_iou,
-    trial_spec_from_config,
-    unwrap_config,
-)
-from .sweepspec import (
-    LABEL_COLUMNS,
-    PlannedTrial,
-    SweepPlan,
-    SweepSpec,
-    format_table,
-)
+from ..config import TrialSpec
+from ..text_tables import format_table
+from .plan import LABEL_COLUMNS, PlannedTrial, SweepPlan
+from .progress import first_error_line
+from .spec import SweepSpec
+from .store import TrialStore
+from .trainable import HEADLINE, grid_point_spec, headline_iou, sampled_values, trial_spec_from_config
 
 RESULTS_CSV = "results.csv"
 
@@ -71,13 +62,12 @@ def collect_outcome(sweep: SweepSpec, the_plan: SweepPlan, store: TrialStore, pa
             continue
         grid = tune.ExperimentAnalysis(path)
         for trial in grid.trials:
-            config = unwrap_config(trial.config)
-            spec = trial_spec_from_config(config)
+            spec = trial_spec_from_config(trial.config)
             tid = spec.trial_id()
             if tid in seen:
                 continue
             seen.add(tid)
-            point = by_point.get(tid) or by_point.get(TrialSpec.model_validate(config["spec"]).trial_id())
+            point = by_point.get(tid) or by_point.get(grid_point_spec(trial.config).trial_id())
             record = results.get(tid)
             last = trial.last_result or {}
             if record is not None:
@@ -97,7 +87,7 @@ def collect_outcome(sweep: SweepSpec, the_plan: SweepPlan, store: TrialStore, pa
                     metrics=metrics,
                     error=error,
                     attempts=len(store.attempts(tid)),
-                    sampled=dict(config.get("search") or {}),
+                    sampled=sampled_values(trial.config),
                 )
             )
     if sweep.search is None:  # planned trials Ray never created (driver stopped early) still get a row
@@ -148,7 +138,8 @@ def format_outcome(outcome: SweepOutcome) -> str:
             f"results of sweep '{outcome.sweep_name}': {counts}",
             f"({HEADLINE}: macro mean over test datasets, or the single dataset's; pooled: pixel-pooled over them)",
             format_table(rows, columns),
-            f"every metric: {outcome.store_root}/{RESULTS_CSV}; trial outputs: {outcome.store_root}/trials/<id>/outputs",
+            f"every metric: {outcome.store_root}/{RESULTS_CSV}; "
+            f"trial outputs: {outcome.store_root}/trials/<id>/outputs",
         ]
     )
 

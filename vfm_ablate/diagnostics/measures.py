@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 
 class RankDeficiencyWarning(UserWarning):
@@ -133,9 +133,7 @@ def _pca_project(arrays: list[np.ndarray], dim: int, what: str) -> list[np.ndarr
     joint = np.concatenate(arrays, axis=0)
     limit = min(joint.shape)
     if dim < 1 or dim > limit:
-        raise DataError(
-            f"{what}: pca_dim={dim} must be between 1 and min(total images, features) = {limit}"
-        )
+        raise DataError(f"{what}: pca_dim={dim} must be between 1 and min(total images, features) = {limit}")
     pca = PCA(n_components=dim, svd_solver="full").fit(joint)
     return [pca.transform(a) for a in arrays]
 
@@ -175,7 +173,9 @@ def frechet_distance(x: np.ndarray, y: np.ndarray, *, pca_dim: int | None = None
         value = max(float(diff @ diff + np.sum(a * a) + np.sum(b * b) - 2.0 * cross), 0.0)
     else:
         value = frechet_distance_from_moments(x.mean(axis=0), a.T @ a, y.mean(axis=0), b.T @ b)
-    return FrechetResult(value=value, effective_rank=eff, n_x=x.shape[0], n_y=y.shape[0], dim=dim, warnings=tuple(notes))
+    return FrechetResult(
+        value=value, effective_rank=eff, n_x=x.shape[0], n_y=y.shape[0], dim=dim, warnings=tuple(notes)
+    )
 
 
 # ---------------------------------------------------------------------------------------- the probe
@@ -292,7 +292,8 @@ def _mmd2_from_sums(sx, total, sqx, sq_total, m: int, n: int):
 
 
 def pca_plot(embeddings: dict[str, np.ndarray], path: str | Path, title: str) -> tuple[float, float]:
-    """Joint 2-D PCA of all datasets saved as a PNG scatter coloured by dataset; returns the explained-variance ratios."""
+    """Joint 2-D PCA of all datasets saved as a PNG scatter coloured by dataset; returns the explained-variance
+    ratios."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from sklearn.decomposition import PCA
@@ -311,8 +312,15 @@ def pca_plot(embeddings: dict[str, np.ndarray], path: str | Path, title: str) ->
     markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
     for i, name in enumerate(names):
         pts = pca.transform(data[name])
-        ax.scatter(pts[:, 0], pts[:, 1], s=22, alpha=0.8, marker=markers[i % len(markers)],
-                   color=f"C{i % 10}", label=f"{name} (n={len(pts)})")
+        ax.scatter(
+            pts[:, 0],
+            pts[:, 1],
+            s=22,
+            alpha=0.8,
+            marker=markers[i % len(markers)],
+            color=f"C{i % 10}",
+            label=f"{name} (n={len(pts)})",
+        )
     ax.set_xlabel(f"PC1 ({100 * ratio[0]:.1f}% of variance)")
     ax.set_ylabel(f"PC2 ({100 * ratio[1]:.1f}% of variance)")
     ax.set_title(title)

@@ -18,16 +18,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="optim.max_epochs")
     p.add_argument("--seed", type=int)
     p.add_argument("--weights", choices=["pretrained", "random"])
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, e.g. optim.lr=1e-4")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, e.g. optim.lr=1e-4"
+    )
     p.add_argument("--out", type=Path, default=Path("vfm_runs/train"), help="output folder")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .overrides import apply_overrides, set_dotted
-    from .train import run_trial
-    from .trialfile import parse_trial_file
-    from .validation import load_yaml
+    from ..overrides import apply_overrides, set_dotted
+    from ..trial import run_trial
+    from ..trialfile import parse_trial_file
+    from ..validation import load_yaml
 
     data: dict[str, Any] = load_yaml(args.config) if args.config else {}
     flag_values = {
@@ -47,7 +49,10 @@ def _run(args: argparse.Namespace) -> int:
 
     class PrintEpochs:
         def epoch_end(self, epoch: int, metrics: dict[str, float], save_checkpoint: object) -> None:
-            print(f"epoch {epoch:4d}  train_loss {metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}", flush=True)
+            print(
+                f"epoch {epoch:4d}  train_loss {metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}",
+                flush=True,
+            )
 
     result = run_trial(trial.spec, args.out, reporter=PrintEpochs(), backbones=trial.backbones, datasets=trial.datasets)
     print(json.dumps({k: round(v, 6) for k, v in sorted(result.metrics.items())}, indent=2))

@@ -1,29 +1,21 @@
-"""`vfm-ablate` command line: each subcommand lives beside the code it drives and registers itself here."""
+"""`vfm-ablate` command line: one module per command, each adding its subparser with `register(subparsers)`."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from .errors import VfmAblateError
+from ..errors import VfmAblateError
+from . import backbones, data, diagnose, report, run, train
 
-# module -> exposes `register(subparsers)`, which adds one subcommand and sets `func(args) -> int`
-COMMAND_MODULES = [
-    "vfm_ablate.data.cli",  # data check / data synth
-    "vfm_ablate.models.cli",  # backbones
-    "vfm_ablate.train_cli",  # train
-    "vfm_ablate.sweep_cli",  # run
-    "vfm_ablate.report_cli",  # report
-    "vfm_ablate.diagnose_cli",  # diagnose
-]
+COMMANDS = (data, backbones, train, run, report, diagnose)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vfm-ablate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Domain-mismatch diagnostics: the measures (FD, probe, MMD, PCA), dataset embeddings, the standalone run."""

@@ -1,0 +1,267 @@
+"""Expand a validated sweep into its distinct trials: grid x repeats, settings that cannot matter collapsed,
+duplicates dropped by trial id, each trial validated and given its CPU/GPU ask.
+
+    base (partial TrialSpec)  x  axes (grid; a list of grids is their union)  x  repeats (seed AND split_seed)
+      -> collapse settings that do not apply (lora.* unless regime is lora; sampling/weights with one train
+         dataset) -> de-duplicate by TrialSpec.trial_id() -> one PlannedTrial per distinct trial.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field, replace
+from itertools import product
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import SAMPLING_KEYS, TrialSpec, sampling_applies
+from ..data.entries import DatasetEntry, resolve_dataset
+from ..errors import ConfigError
+from ..models.registry import BackboneEntry, get_entry
+from ..overrides import set_dotted
+from ..validation import validate
+
+if TYPE_CHECKING:
+    from .spec import Distribution, SweepSpec
+
+LORA_PREFIX = "lora"  # settings under it only matter in the lora regime
+_HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # package:..., s3://..., file://... (not a plain path)
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    cpu: float
+    gpu: float
+
+    def describe(self) -> str:
+        return f"{self.cpu:g} CPU, {self.gpu:g} GPU"
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    """One distinct trial (a grid point in search mode) with the resources it asks Ray for."""
+
+    spec: TrialSpec
+    trial_id: str
+    resources: TrialResources
+    search_space: dict[str, Distribution] = field(default_factory=dict)  # search mode: dims that apply here
+
+    def label(self) -> dict[str, str]:
+        return trial_label(self.spec, self.trial_id)
+
+
+LABEL_COLUMNS = ("id", "backbone", "regime", "rank", "train", "sampling", "seed")  # the keys of trial_label, in order
+
+
+def trial_label(s: TrialSpec, trial_id: str | None = None) -> dict[str, str]:
+    """The columns of the dry-run / result tables: what tells one trial of a study from another."""
+    multi = sampling_applies(len(s.data.train))
+    return {
+        "id": trial_id or s.trial_id(),
+        "backbone": s.backbone,
+        "regime": s.regime,
+        "rank": str(s.lora.rank) if s.regime == "lora" else "-",
+        "train": "+".join(s.data.train),
+        "sampling": s.data.sampling if multi else "-",
+        "seed": str(s.seed) if s.seed == s.split_seed else f"{s.seed}/{s.split_seed}",
+    }
+
+
+def short_label(s: TrialSpec) -> str:
+    """One-line description for progress output, e.g. `dinov2_vitl14_reg lora r16 lucchi_pp+vnc balanced seed 3`."""
+    lab = trial_label(s, "-")
+    parts = [lab["backbone"], lab["regime"]]
+    if lab["rank"] != "-":
+        parts.append(f"r{lab['rank']}")
+    parts.append(lab["train"])
+    if lab["sampling"] != "-":
+        parts.append(lab["sampling"])
+    parts.append(f"seed {lab['seed']}")
+    return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    trials: list[PlannedTrial]
+    grid_points: int  # combinations before collapsing/de-duplication
+    collapsed: int  # combinations dropped because they became identical to another trial
+    collapse_reasons: dict[str, int]  # which rule dropped which axis value, counted per combination
+
+    @property
+    def num_trials(self) -> int:
+        return len(self.trials)
+
+
+def plan(sweep: SweepSpec) -> SweepPlan:
+    """Expand, collapse, de-duplicate and validate every trial of the sweep; resources included."""
+    seen: dict[str, PlannedTrial] = {}
+    reasons: dict[str, int] = {}
+    combos = 0
+    for g, grid in enumerate(sweep.grids):
+        keys = list(grid)
+        for values in product(*(grid[k] for k in keys)):
+            assignment = dict(zip(keys, values))
+            for rep in range(sweep.repeats):
+                combos += 1
+                data, dropped = _collapse(_trial_data(sweep, assignment, rep))
+                where = _where(sweep, g, assignment, rep)
+                spec = validate(TrialSpec, data, where)
+                for reason in dropped:
+                    reasons[reason] = reasons.get(reason, 0) + 1
+                _check_trial(sweep, spec, where)
+                tid = spec.trial_id()
+                if tid in seen:
+                    continue
+                entry = get_entry(spec.backbone, sweep.backbones)
+                seen[tid] = PlannedTrial(
+                    spec=spec,
+                    trial_id=tid,
+                    resources=resources_for(spec, entry, sweep, where),
+                    search_space=_applicable_space(sweep, spec),
+                )
+    return SweepPlan(
+        trials=list(seen.values()), grid_points=combos, collapsed=combos - len(seen), collapse_reasons=reasons
+    )
+
+
+def expand(sweep: SweepSpec) -> list[TrialSpec]:
+    """The distinct TrialSpecs of a sweep (grid points in search mode), in file order."""
+    return [p.spec for p in plan(sweep).trials]
+
+
+def _where(sweep: SweepSpec, grid: int, assignment: dict[str, Any], rep: int) -> str:
+    parts = [f"{k}={v}" for k, v in assignment.items()]
+    if sweep.repeats > 1:
+        parts.append(f"repeat={rep}")
+    prefix = f"axes[{grid}] " if isinstance(sweep.axes, list) else ""
+    return f"{sweep.source} [trial {prefix}{', '.join(parts) or 'base'}]"
+
+
+def _trial_data(sweep: SweepSpec, assignment: dict[str, Any], rep: int) -> dict[str, Any]:
+    data = copy.deepcopy(sweep.base)
+    for key, value in assignment.items():
+        _merge_dotted(data, key, value)
+        if key == "seed" and "split_seed" not in assignment:
+            # a repeat must differ in its data split too (SPEC pitfall 4), not only in its init/order seed
+            _merge_dotted(data, "split_seed", value)
+    if "seed" not in assignment:
+        data["seed"] = int(data.get("seed", 0)) + rep
+        data["split_seed"] = int(data.get("split_seed", 0)) + rep
+    return data
+
+
+def _merge_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Section values (dicts) merge into the base section; anything else replaces the setting."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    leaf = parts[-1]
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        merged = copy.deepcopy(node[leaf])
+        for k, v in value.items():
+            _merge_dotted(merged, k, v)
+        node[leaf] = merged
+    else:
+        set_dotted(data, key, copy.deepcopy(value))
+
+
+def _collapse(data: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """Drop settings that cannot affect this trial, so trials differing only in them share one trial_id.
+
+    LoRA settings only matter in the lora regime; sampling (and its weights) only with several train datasets.
+    """
+    dropped: set[str] = set()
+    regime = data.get("regime", TrialSpec.model_fields["regime"].default)
+    if regime != "lora" and "lora" in data:
+        del data["lora"]
+        dropped.add(f"lora settings dropped for regime '{regime}'")
+    section = data.get("data")
+    if (
+        isinstance(section, dict)
+        and isinstance(section.get("train"), list)
+        and not sampling_applies(len(section["train"]))
+    ):
+        if section.get("sampling", "natural") != "natural" or section.get("weights") is not None:
+            dropped.add("sampling dropped for a single train dataset")
+        for key in SAMPLING_KEYS:
+            section.pop(key.split(".", 1)[1], None)
+    return data, dropped
+
+
+def _check_trial(sweep: SweepSpec, spec: TrialSpec, where: str) -> None:
+    """Unknown backbone/dataset names fail here, before Ray starts, naming the trial (TrialSpec itself rejects
+    impossible settings, e.g. a balanced batch that does not split evenly)."""
+    try:
+        get_entry(spec.backbone, sweep.backbones)
+        for name in spec.dataset_names():
+            resolve_dataset(name, sweep.datasets)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _applicable_space(sweep: SweepSpec, spec: TrialSpec) -> dict[str, Distribution]:
+    if sweep.search is None:
+        return {}
+    space = dict(sweep.search.space)
+    if spec.regime != "lora":
+        space = {k: v for k, v in space.items() if not k.startswith(LORA_PREFIX + ".")}
+    if not sampling_applies(len(spec.data.train)):
+        space = {k: v for k, v in space.items() if k not in SAMPLING_KEYS}
+    return space
+
+
+# --------------------------------------------------------------------------------------------- resources
+
+
+def resources_for(spec: TrialSpec, entry: BackboneEntry, sweep: SweepSpec, where: str = "") -> TrialResources:
+    """CPU/GPU for one trial: the entry's frozen or adapted GPU fraction, then the sweep's overrides in order."""
+    res = sweep.resources
+    gpu = entry.gpu_fraction_frozen if spec.regime == "frozen" else entry.gpu_fraction_adapted
+    if res.gpu != "auto":
+        gpu = float(res.gpu)
+    cpu = res.cpu
+    for rule in res.overrides:
+        if rule.matches(spec.backbone, spec.regime):
+            cpu = rule.cpu if rule.cpu is not None else cpu
+            gpu = rule.gpu if rule.gpu is not None else gpu
+    if gpu > 1 and gpu != int(gpu):
+        raise ConfigError(
+            f"{where or sweep.source}: a trial of '{spec.backbone}' ({spec.regime}) would ask for {gpu:g} GPUs; "
+            "Ray takes a fraction up to 1 or a whole number of GPUs (set resources.overrides or the entry's "
+            "gpu_fraction_frozen/gpu_fraction_adapted)"
+        )
+    return TrialResources(cpu=float(cpu), gpu=float(gpu))
+
+
+def without_gpus(trials: list[PlannedTrial]) -> list[PlannedTrial]:
+    """The same trials asking for no GPU: what runs on a cluster that has none."""
+    return [replace(t, resources=TrialResources(cpu=t.resources.cpu, gpu=0.0)) for t in trials]
+
+
+# --------------------------------------------------------------------------------------------- entries for trials
+
+
+def resolved_entries(
+    sweep: SweepSpec, trials: list[PlannedTrial]
+) -> tuple[dict[str, BackboneEntry], dict[str, DatasetEntry]]:
+    """Every backbone/dataset the trials use, with relative paths made absolute here on the driver.
+
+    Trials run in other working directories (and on other nodes), so they never resolve a name or a relative
+    path themselves: they get exactly these entries.
+    """
+    backbones: dict[str, BackboneEntry] = {}
+    datasets: dict[str, DatasetEntry] = {}
+    for t in trials:
+        s = t.spec
+        entry = get_entry(s.backbone, sweep.backbones)
+        if entry.checkpoint is not None and not _HAS_SCHEME.match(entry.checkpoint):
+            entry = entry.model_copy(update={"checkpoint": str(Path(entry.checkpoint).expanduser().resolve())})
+        backbones[s.backbone] = entry
+        for name in s.dataset_names():
+            ds = resolve_dataset(name, sweep.datasets)
+            if ds.path is not None:
+                ds = ds.model_copy(update={"path": str(ds.root())})
+            datasets[name] = ds
+    return backbones, datasets

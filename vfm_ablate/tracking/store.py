@@ -1,0 +1,269 @@
+"""The MLflow tracking store: the one tracking-URI rule, a safe local SQLite default, clients and logging helpers.
+
+Every call goes through an explicit `MlflowClient` and run id (no global active run), so several trials can
+share one process. The local default store is a SQLite file; it is made safe for many concurrent trial
+processes (schema created once under a file lock, WAL journal, retry with backoff on "database is locked").
+A multi-node cluster needs an MLflow server (`--tracking-uri http://...`): see docs/tracking.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import random
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from filelock import FileLock
+
+from ..errors import ConfigError, VfmAblateError
+
+_log = logging.getLogger(__name__)
+
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable, e.g. the head node's MLflow server
+TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+SQLITE_DB_NAME = "mlflow.db"
+ARTIFACT_DIR_NAME = "mlartifacts"
+
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:+-]+$")
+_MAX_TAG_VALUE = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
+_PARAMS_PER_BATCH = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
+_METRICS_PER_BATCH = 1000  # mlflow.utils.validation.MAX_METRICS_PER_BATCH
+_LOCK_RETRY_SECONDS = 300.0
+_SEARCH_PAGE = 1000
+
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------------------------- store set-up
+
+
+def resolve_tracking_uri(flag: str | None, sweep_uri: str | None, workdir: str | Path) -> str:
+    """The one rule, for `run` and `report` alike: --tracking-uri, then the sweep file's tracking.uri, then
+    $MLFLOW_TRACKING_URI (cluster.yaml exports it), then `<workdir>/mlflow.db`. Creates nothing."""
+    return flag or sweep_uri or os.environ.get(TRACKING_URI_ENV) or local_tracking_uri(workdir)
+
+
+def default_tracking_uri(workdir: str | Path) -> str:
+    """The local default store `sqlite:///<abs workdir>/mlflow.db`, created in WAL mode so concurrent trials can
+    write."""
+    uri = local_tracking_uri(workdir)
+    db = sqlite_path(uri)
+    assert db is not None
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(db):
+        _enable_wal(db)
+    return uri
+
+
+def local_tracking_uri(workdir: str | Path) -> str:
+    """Where the local default store of `workdir` is (`sqlite:///<abs>/mlflow.db`), without creating anything."""
+    folder = Path(workdir).expanduser().resolve()
+    if any(ch in str(folder) for ch in "?#"):
+        raise ConfigError(f"working folder '{folder}': '?' and '#' cannot appear in a SQLite tracking URI path")
+    return f"sqlite:///{folder / SQLITE_DB_NAME}"
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file behind a `sqlite:///` URI (None for servers, other databases and in-memory SQLite)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    raw = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
+    if raw in ("", ":memory:"):
+        return None
+    return Path(raw).expanduser().resolve()
+
+
+def _file_lock(db: Path) -> FileLock:
+    """An exclusive lock beside the database file, so only one process creates or migrates the schema."""
+    lock_path = db.with_name(db.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(lock_path))
+
+
+def _enable_wal(db: Path) -> None:
+    """WAL lets readers (reports, the UI) work while trials write; it persists in the file."""
+    con = sqlite3.connect(str(db), timeout=60)
+    try:
+        mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    except sqlite3.OperationalError as err:  # switching needs a moment without other connections; not fatal
+        mode = f"unchanged ({err})"
+    finally:
+        con.close()
+    if str(mode).lower() != "wal":
+        _log.warning("%s: SQLite journal mode is %s, not WAL: readers may wait for writers", db, mode)
+
+
+_CLIENTS: dict[str, Any] = {}
+
+
+def tracking_client(tracking_uri: str) -> Any:
+    """One `MlflowClient` per URI and process; a SQLite store's schema is created once, under a file lock."""
+    client = _CLIENTS.get(tracking_uri)
+    if client is not None:
+        return client
+    from mlflow import MlflowClient
+
+    client = None
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        with _file_lock(db):
+            _enable_wal(db)
+            if not _schema_at_head(db):
+                # The client builds the store, which creates/migrates the tables; concurrent first use races without
+                # the lock (observed: "duplicate column name: step" from two processes migrating one fresh file).
+                client = retry_locked(lambda: MlflowClient(tracking_uri=tracking_uri), "open tracking store")
+    if client is None:  # schema ready (or a server): no need to serialise the slow store construction
+        client = retry_locked(lambda: MlflowClient(tracking_uri=tracking_uri), "open tracking store")
+    _CLIENTS[tracking_uri] = client
+    return client
+
+
+def _schema_at_head(db: Path) -> bool:
+    """True when the file already holds MLflow's current schema (then opening it writes nothing)."""
+    try:
+        from mlflow.store.db.utils import _get_latest_schema_revision  # private: fall back to locking if it moves
+
+        head = _get_latest_schema_revision()
+        con = sqlite3.connect(str(db), timeout=60)
+        try:
+            rows = con.execute("SELECT version_num FROM alembic_version").fetchall()
+        finally:
+            con.close()
+    except Exception:
+        return False
+    return [r[0] for r in rows] == [head]
+
+
+def _is_lock_error(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "database is locked" in text or "database table is locked" in text or "sqlite_busy" in text
+
+
+def retry_locked(fn: Callable[[], T], what: str = "MLflow call") -> T:
+    """Run `fn`, retrying with jittered exponential backoff while SQLite reports a lock (MLflow waits 20 s per try)."""
+    deadline = time.monotonic() + _LOCK_RETRY_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            return fn()
+        except Exception as err:  # MlflowException wraps sqlite3.OperationalError
+            if not _is_lock_error(err) or time.monotonic() > deadline:
+                raise
+            _log.warning("%s: database is locked, retrying in %.2f s", what, delay)
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
+
+
+def check_id(value: str, what: str) -> str:
+    """Sweep/trial ids go into MLflow filter strings: allow only characters that need no quoting."""
+    if not isinstance(value, str) or not _ID_PATTERN.match(value):
+        raise ConfigError(
+            f"{what} {value!r}: expected letters, digits and . _ : + - only (it is used in MLflow filters)"
+        )
+    return value
+
+
+def check_status(status: str) -> str:
+    if status not in TERMINAL_STATUSES:
+        raise ConfigError(f"run status {status!r}: expected one of {', '.join(TERMINAL_STATUSES)}")
+    return status
+
+
+def quote(value: str) -> str:
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def ensure_experiment(client: Any, experiment: str, tracking_uri: str) -> str:
+    """Id of `experiment`, created if needed; a local store keeps artifacts beside the database, not in the CWD."""
+    from mlflow.exceptions import MlflowException
+
+    if not experiment or not experiment.strip():
+        raise ConfigError("tracking experiment name is empty")
+    found = retry_locked(lambda: client.get_experiment_by_name(experiment))
+    if found is None:
+        db = sqlite_path(tracking_uri)
+        location = None
+        if db is not None:
+            safe = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)[:80]
+            digest = hashlib.sha1(experiment.encode()).hexdigest()[:8]
+            location = (db.parent / ARTIFACT_DIR_NAME / f"{safe}-{digest}").as_uri()
+        try:
+            return retry_locked(lambda: client.create_experiment(experiment, artifact_location=location))
+        except MlflowException:
+            found = client.get_experiment_by_name(experiment)  # created concurrently by another process
+            if found is None:
+                raise
+    if found.lifecycle_stage != "active":
+        raise VfmAblateError(
+            f"MLflow experiment '{experiment}' exists but is deleted in {tracking_uri}; restore it "
+            f"(mlflow experiments restore --experiment-id {found.experiment_id}) or choose another experiment name"
+        )
+    return found.experiment_id
+
+
+def search_all_runs(
+    client: Any, experiment_id: str, filter_string: str = "", order_by: list[str] | None = None
+) -> list[Any]:
+    """Every active run of an experiment matching `filter_string` (all pages)."""
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = retry_locked(
+            lambda: client.search_runs(
+                [experiment_id],
+                filter_string=filter_string,
+                max_results=_SEARCH_PAGE,
+                order_by=order_by,
+                page_token=token,
+            )
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(str(k), str(v)) for k, v in params.items()]
+    for start in range(0, len(items), _PARAMS_PER_BATCH):
+        chunk = items[start : start + _PARAMS_PER_BATCH]
+        retry_locked(lambda: client.log_batch(run_id, params=chunk), "log params")
+
+
+def set_tags(client: Any, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    items = [RunTag(str(k), str(v)[:_MAX_TAG_VALUE]) for k, v in tags.items()]
+    for start in range(0, len(items), _PARAMS_PER_BATCH):
+        chunk = items[start : start + _PARAMS_PER_BATCH]
+        retry_locked(lambda: client.log_batch(run_id, tags=chunk), "set tags")
+
+
+def log_metrics(client: Any, run_id: str, metrics: dict[str, float], step: int) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    # None = "not computed here" (e.g. peak GPU memory on a CPU): left out rather than logged as a number
+    items = [Metric(key, _as_float(key, value), now, step) for key, value in metrics.items() if value is not None]
+    for start in range(0, len(items), _METRICS_PER_BATCH):
+        chunk = items[start : start + _METRICS_PER_BATCH]
+        retry_locked(lambda: client.log_batch(run_id, metrics=chunk), "log metrics")
+
+
+def _as_float(key: str, value: Any) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise VfmAblateError(f"metric '{key}': expected a number, got {value!r}") from None
+    if math.isinf(out):
+        _log.warning("metric '%s' is infinite", key)
+    return out

@@ -1,0 +1,174 @@
+"""Fit and evaluate one trial under the study's protocol. No Ray, no MLflow: runs from a notebook, the CLI or a Ray
+trial.
+
+`run_trial` reads top to bottom as its steps: data -> model -> (resume) -> fit (epochs, early stopping on the
+validation loss) -> test with the best-validation state -> diagnostics -> write the output folder.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ..config import TrialSpec
+from ..data.entries import DatasetEntry
+from ..data.sampling import epoch_batches
+from ..device import resolve_device
+from ..models.registry import BackboneEntry, get_entry
+from ..models.segmenter import Segmenter, build_segmenter
+from .domain import domain_diagnostics
+from .evaluate import evaluate
+from .forward import Forward, batch_loss, dice_loss, validation_loss
+from .items import TrialData, load_trial_data
+from .outputs import write_outputs, write_overlays
+from .state import TrainState, load_training_state, save_training_state
+
+
+class TrialReporter(Protocol):
+    """Receives each epoch's metrics; calls `save_checkpoint(dir)` when it wants the training state on disk."""
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float], save_checkpoint: Callable[[Path], None]) -> None: ...
+
+
+@dataclass
+class TrialResult:
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    out_dir: Path
+    lora_targets: list[str] = field(default_factory=list)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged (NaN/inf loss): the trial fails with this error instead of training on garbage."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def run_trial(
+    spec: TrialSpec,
+    out_dir: str | Path,
+    *,
+    reporter: TrialReporter | None = None,
+    resume_from: str | Path | None = None,
+    backbones: dict[str, BackboneEntry] | None = None,
+    datasets: dict[str, DatasetEntry] | None = None,
+) -> TrialResult:
+    """Train and evaluate one trial; `resume_from` is a folder written by `save_checkpoint` of an earlier run."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(spec.device)
+    entry = get_entry(spec.backbone, backbones)
+
+    data = load_trial_data(spec, entry, datasets)
+    seed_everything(spec.seed)
+    model = build_segmenter(spec, entry).to(device)
+    optimiser = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=spec.optim.lr, weight_decay=spec.optim.weight_decay
+    )
+    fwd = Forward(model, device, spec, entry)
+    state = TrainState()
+    if resume_from is not None:
+        state = load_training_state(Path(resume_from), spec.trial_id(), model, optimiser)
+
+    diag_metrics: dict[str, float] = {}
+    if spec.diagnostics.enabled:
+        if state.diag_frozen is None:  # before any step: a LoRA model with B = 0 is exactly the frozen backbone
+            state.diag_frozen = domain_diagnostics(model, spec, entry, data.loaded, "frozen", out_dir)
+        diag_metrics.update(state.diag_frozen)
+
+    def save_checkpoint(folder: Path) -> None:
+        save_training_state(folder, spec.trial_id(), model, optimiser, state)
+
+    fit(spec, data, fwd, optimiser, state, reporter, save_checkpoint)
+
+    if state.best_state is not None:
+        model.load_trainable_state_dict(state.best_state)
+    acc, preds = evaluate(fwd, data.test, spec.eval_native_resolution)
+    write_overlays(out_dir, data.test, preds, spec.num_overlays)
+    if spec.diagnostics.enabled and spec.regime != "frozen":
+        diag_metrics.update(domain_diagnostics(model, spec, entry, data.loaded, "adapted", out_dir))
+
+    metrics = trial_metrics(model, state, fwd, device, acc.metrics(), diag_metrics, time.perf_counter() - started)
+    write_outputs(out_dir, spec, entry, model, metrics, state.history, data.entries)
+    return TrialResult(
+        metrics=metrics, history=list(state.history), out_dir=out_dir, lora_targets=list(model.lora_targets)
+    )
+
+
+def fit(
+    spec: TrialSpec,
+    data: TrialData,
+    fwd: Forward,
+    optimiser: torch.optim.Optimizer,
+    state: TrainState,
+    reporter: TrialReporter | None,
+    save_checkpoint: Callable[[Path], None],
+) -> None:
+    """Epochs until early stopping (patience on the validation loss) or max_epochs, from wherever `state` is."""
+    loss_fn = dice_loss()
+    model = fwd.model
+    sizes = [len(items) for items in data.train]
+    while not state.done(spec.optim.max_epochs):
+        epoch = state.epoch
+        epoch_start = time.perf_counter()
+        model.train()
+        rng = np.random.default_rng([spec.seed, epoch])  # per-epoch stream: a resumed trial replays the same order
+        batches = epoch_batches(sizes, spec.data.sampling, spec.optim.batch_size, rng, spec.data.weights)
+        running, count = 0.0, 0
+        for batch in batches:
+            items = [data.train[d][i] for d, i in batch]
+            loss = batch_loss(fwd, loss_fn, items)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"loss became {float(loss)} at epoch {epoch} (lr={spec.optim.lr})")
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            running += float(loss.detach()) * len(items)
+            count += len(items)
+        val_loss = validation_loss(fwd, loss_fn, data.val, spec.optim.batch_size)
+        if not math.isfinite(val_loss):
+            raise NonFiniteLossError(f"validation loss became {val_loss} at epoch {epoch}")
+        seconds = time.perf_counter() - epoch_start
+        record = state.end_epoch(epoch, running / max(count, 1), val_loss, model, spec.optim, seconds)
+        if reporter is not None:
+            reporter.epoch_end(epoch, dict(record), save_checkpoint)
+
+
+def trial_metrics(
+    model: Segmenter,
+    state: TrainState,
+    fwd: Forward,
+    device: torch.device,
+    iou: dict[str, float],
+    diagnostics: dict[str, float],
+    wall_time_s: float,
+) -> dict[str, float]:
+    """The final metrics of a trial: test IoUs, parameter counts, diagnostics, epochs and times."""
+    metrics: dict[str, float] = {
+        **iou,
+        **{f"params/{k}": float(v) for k, v in model.parameter_counts().items()},
+        **diagnostics,
+        "epochs_run": float(state.epoch),
+        "best_epoch": float(state.best_epoch),
+        "best_val_loss": float(state.best_val_loss),
+        "train_time_s": float(state.train_time_s),
+        "wall_time_s": wall_time_s,
+    }
+    if fwd.cache is not None:
+        metrics["backbone_extractions"] = float(fwd.cache.extractions)
+    if device.type == "cuda":
+        metrics["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return metrics
