@@ -5,7 +5,9 @@ Layout under the storage path (a local folder, a shared filesystem path or a URI
 
     <storage>/<sweep name>/tune/               Ray Tune's experiment (grid mode): state, per-trial checkpoints
     <storage>/<sweep name>/search-<point id>/  one Ray Tune experiment per grid point (search mode)
-    <storage>/<sweep name>/sweep.json          the sweep's manifest: name, sweep id, trial ids (checked on --resume)
+    <storage>/<sweep name>/sweep.json          the sweep's manifest: name, sweep id, trial ids (checked on --resume),
+                                               execution id (made on the first start, kept by every resume: the
+                                               key of this execution's MLflow runs)
     <storage>/<sweep name>/trials/<trial id>/  the trial's durable record, written by the trial itself:
         attempts/<n>.json   one file per start (node, host, pid, start/end time, resumed or not, status, error)
         outputs/            run_trial's output folder (metrics.json, lora_targets.json, overlays, config.yaml)
@@ -22,6 +24,8 @@ import hashlib
 import json
 import os
 import sys
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +37,7 @@ from .progress import ProgressView
 from .results import SweepOutcome, collect_outcome, format_outcome, mlflow_statuses, write_results_csv
 from .spec import SweepSpec
 from .store import TrialStore, resolve_storage_path, storage_root
+from .summary import publish_summary, test_metrics, where_to_look
 from .trainable import (
     GRID_KEY,
     SEARCH_KEY,
@@ -82,7 +87,8 @@ def run_sweep(
     root = storage_root(resolve_storage_path(sweep, storage_path), sweep.name, workdir)
     store = TrialStore(root)
     sid = sweep_id(sweep, the_plan)
-    _check_manifest(store, sweep, the_plan, sid, resume)
+    old_manifest = _check_manifest(store, sweep, the_plan, sid, resume)
+    execution = execution_id(old_manifest)
 
     started_ray = False
     if not ray.is_initialized():
@@ -108,11 +114,11 @@ def run_sweep(
                     file=out,
                 )
         backbones, datasets = resolved_entries(sweep, trials)
-        target, tracker = _start_tracking(sweep, the_plan, sid, tracking_uri, workdir, resume, out)
+        target, tracker = _start_tracking(sweep, the_plan, sid, execution, tracking_uri, workdir, resume)
         ctx = TrialContext(
             store, backbones, datasets, sweep.run.checkpoint_every, sweep.run.checkpoint_min_interval_s, target
         )
-        store.write_json(MANIFEST, _manifest(sweep, the_plan, sid))
+        store.write_json(MANIFEST, _manifest(sweep, the_plan, sid, execution))
         print(
             f"sweep '{sweep.name}': {the_plan.num_trials} "
             + ("grid points (Optuna search per point)" if sweep.search else "trials")
@@ -133,9 +139,12 @@ def run_sweep(
         write_results_csv(store, outcome)
         if tracker is not None:
             tracker.reconcile(mlflow_statuses(outcome))
+            publish_summary(tracker, outcome, store)
             tracker.finish("KILLED" if interrupted else "FINISHED" if outcome.ok else "FAILED")
             tracker = None
         print(format_outcome(outcome), file=out, flush=True)
+        if target is not None:
+            print(where_to_look(sweep, target), file=out, flush=True)
         if interrupted:
             print(f"interrupted: finish it with `vfm-ablate run {sweep.source} --resume`", file=out, flush=True)
         return outcome
@@ -181,21 +190,34 @@ def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, v
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
 
 
-def _manifest(sweep: SweepSpec, the_plan: SweepPlan, sid: str) -> dict[str, Any]:
+def execution_id(old_manifest: dict[str, Any] | None) -> str:
+    """The execution's id: kept from the manifest on --resume, new on a fresh start. MLflow runs are keyed by
+    it, so starting the same sweep over (another storage path, the same store) never writes into the runs of an
+    earlier execution, while resumes and retries find their own."""
+    if old_manifest and old_manifest.get("execution_id"):
+        return str(old_manifest["execution_id"])
+    return uuid.uuid4().hex[:12]
+
+
+def _manifest(sweep: SweepSpec, the_plan: SweepPlan, sid: str, execution: str) -> dict[str, Any]:
     return {
         "name": sweep.name,
         "sweep_id": sid,
+        "execution_id": execution,
         "source": sweep.source,
         "mode": "search" if sweep.search else "grid",
         "trial_ids": [t.trial_id for t in the_plan.trials],
     }
 
 
-def _check_manifest(store: TrialStore, sweep: SweepSpec, the_plan: SweepPlan, sid: str, resume: bool) -> None:
-    """A fresh run never mixes into an old experiment; a resume only continues the same sweep."""
+def _check_manifest(
+    store: TrialStore, sweep: SweepSpec, the_plan: SweepPlan, sid: str, resume: bool
+) -> dict[str, Any] | None:
+    """A fresh run never mixes into an old experiment; a resume only continues the same sweep. Returns the
+    manifest already there (None for a fresh start)."""
     old = store.read_json(MANIFEST)
     if old is None:
-        return
+        return None
     if not resume:
         raise ConfigError(
             f"{store.root} already holds sweep '{old.get('name')}' (from {old.get('source')}): "
@@ -208,19 +230,21 @@ def _check_manifest(store: TrialStore, sweep: SweepSpec, the_plan: SweepPlan, si
             f"({len(now - before)} trials added, {len(before - now)} removed, or its search settings changed); "
             "--resume only finishes the same sweep: run the changed file with another name or --storage-path"
         )
+    return old
 
 
 def _start_tracking(
-    sweep: SweepSpec, the_plan: SweepPlan, sid: str, uri: str | None, workdir: Path, resume: bool, out: TextIO
+    sweep: SweepSpec, the_plan: SweepPlan, sid: str, execution: str, uri: str | None, workdir: Path, resume: bool
 ) -> tuple[TrackingTarget | None, Any | None]:
     if not sweep.tracking.enabled:
         return None, None
     from ..tracking.runs import SweepTracker
     from ..tracking.store import resolve_tracking_uri
+    from ..tracking.ui import set_up_experiment
 
     uri = resolve_tracking_uri(uri, sweep.tracking.uri, workdir)
     experiment = sweep.experiment_name
-    tracker = SweepTracker(uri, experiment, sweep.name, sid)
+    tracker = SweepTracker(uri, experiment, sweep.name, sid, execution)
     params = {
         "sweep.name": sweep.name,
         "sweep.source": sweep.source,
@@ -228,8 +252,14 @@ def _start_tracking(
         "sweep.trials": str(the_plan.num_trials),
         "sweep.collapsed": str(the_plan.collapsed),
     }
-    parent = tracker.start(params, {"vfm.resume": str(resume).lower()})
-    return TrackingTarget(uri, experiment, parent, sid), tracker
+    sweep_run = tracker.start(params, {"vfm.resume": str(resume).lower()})
+    assert tracker.experiment_id is not None
+    started = time.strftime("%Y-%m-%d %H:%M")
+    view = set_up_experiment(
+        uri, tracker.experiment_id, execution, f"{sweep.name}: trials ({started}, {execution})", test_metrics(the_plan)
+    )
+    target = TrackingTarget(uri, experiment, sweep_run, sid, execution, tracker.launch, tracker.experiment_id, view)
+    return target, tracker
 
 
 def _tune_config_common(sweep: SweepSpec, max_concurrent: int | None, dirname: Callable[[Any], str]) -> dict[str, Any]:
