@@ -23,13 +23,12 @@ def train_datasets(train_label: str) -> list[str]:
 
 
 def backbone_labels(stats: pd.DataFrame) -> dict[str, str]:
-    """Row names: `family scale`, plus the entry name where two entries share them (or family/scale are unknown)."""
+    """Row names: `family scale` (`dinov2 L`); where two entries share them, the entry name with its family and
+    scale (`tiny_vit_p14 (tiny)`)."""
     rows = stats.drop_duplicates("backbone")[["family", "scale", "backbone"]]
-    short = {r.backbone: f"{r.family} {r.scale}".strip() for r in rows.itertuples(index=False)}
+    short = {r.backbone: " ".join(dict.fromkeys(p for p in (r.family, r.scale) if p)) for r in rows.itertuples()}
     counts = pd.Series(list(short.values())).value_counts()
-    return {
-        b: (s if counts[s] == 1 and s and s != b else (f"{s} · {b}" if s and s != b else b)) for b, s in short.items()
-    }
+    return {b: s if s and counts[s] == 1 else (f"{b} ({s})" if s and s != b else b) for b, s in short.items()}
 
 
 def _ordered_backbones(stats: pd.DataFrame) -> list[str]:
@@ -110,7 +109,15 @@ def paired_vs_single(table: SummaryTable) -> pd.DataFrame:
             row["paired macro"] = macro[0] if macro else np.nan
             row["paired pooled"] = pooled[0] if pooled else np.nan
             rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    regimes = {r: i for i, r in enumerate(("frozen", "lora", "full"))}
+    order = {b: i for i, b in enumerate(labels[x] for x in _ordered_backbones(table.stats))}
+    keys = frame.assign(
+        _b=frame["backbone"].map(order), _r=frame["regime"].map(lambda r: regimes.get(r.split(" ")[0], 9))
+    )
+    return frame.loc[keys.sort_values(["_b", "paired", "_r", "regime"], kind="stable").index].reset_index(drop=True)
 
 
 def transfer_matrices(table: SummaryTable) -> dict[str, pd.DataFrame]:
@@ -136,11 +143,15 @@ def format_delta(value: float) -> str:
 
 
 def delta_display(frame: pd.DataFrame) -> pd.DataFrame:
-    """The paired-vs-single table as text: signed differences, IoUs with three decimals."""
+    """The paired-vs-single table as text: signed differences with their repeat counts, IoUs to three decimals."""
     shown = frame.copy()
-    for col in shown.columns:
+    for col in list(shown.columns):
+        if col.startswith("n "):
+            continue
         if col.startswith("Δ "):
-            shown[col] = shown[col].map(format_delta)
+            counts = shown.get(f"n {col[2:]}")
+            text = shown[col].map(format_delta)
+            shown[col] = text if counts is None else [f"{t} ({n})" for t, n in zip(text, counts)]
         elif col.startswith("paired ") and col != "paired":
             shown[col] = shown[col].map(lambda v: "—" if not np.isfinite(v) else f"{v:.3f}")
-    return shown
+    return shown.drop(columns=[c for c in shown.columns if c.startswith("n ")])

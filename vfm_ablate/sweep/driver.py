@@ -71,13 +71,15 @@ def run_sweep(
     retry_failed: bool | None = None,
     workdir: Path | None = None,
     verbose: bool = False,
+    progress_interval_s: float | None = None,
     out: TextIO | None = None,
 ) -> SweepOutcome:
     """Run (or, with resume, finish) a sweep on Ray Tune and return one outcome per trial.
 
     Uses the Ray already initialised in this process if any (tests, notebooks), else starts a local Ray or joins
-    `address` ("auto", "ray://head:10001"), and shuts down only what it started. Progress lines go to stdout,
-    the start line and the final table to `out`.
+    `address` ("auto", "ray://head:10001"), and shuts down only what it started. Progress lines go to stdout
+    (a live table on a terminal; else at most one epoch line per trial every `progress_interval_s`, default the
+    sweep's `run.progress_interval_s`), the start line, the final table and where to look to `out`.
     """
     import ray
 
@@ -114,7 +116,8 @@ def run_sweep(
                     file=out,
                 )
         backbones, datasets = resolved_entries(sweep, trials)
-        target, tracker = _start_tracking(sweep, the_plan, sid, execution, tracking_uri, workdir, resume)
+        with _quiet_ray_logs(verbose):
+            target, tracker = _start_tracking(sweep, the_plan, sid, execution, tracking_uri, workdir, resume)
         ctx = TrialContext(
             store, backbones, datasets, sweep.run.checkpoint_every, sweep.run.checkpoint_min_interval_s, target
         )
@@ -131,8 +134,11 @@ def run_sweep(
         # snapshots forced by CheckpointConfig(num_to_keep) are what keeps --resume close to where it stopped
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         run = _run_grid if sweep.search is None else _run_search
+        interval = sweep.run.progress_interval_s if progress_interval_s is None else progress_interval_s
         with _quiet_ray_logs(verbose):
-            paths, interrupted = run(sweep, trials, ctx, root, resume, max_concurrent_trials, retry_failed, out)
+            paths, interrupted = run(
+                sweep, trials, ctx, root, resume, max_concurrent_trials, retry_failed, interval, out
+            )
         outcome = collect_outcome(sweep, the_plan, store, paths)
         outcome.tracking_uri = target.uri if target else None
         outcome.interrupted = interrupted
@@ -166,11 +172,13 @@ def _quiet_ray_logs(verbose: bool) -> Iterator[None]:
     if verbose:
         yield
         return
-    # only the two that repeat trial errors; warnings (e.g. "insufficient resources" on a cluster) stay visible
+    # the two that repeat trial errors; warnings (e.g. "insufficient resources" on a cluster) stay visible
     loggers = {name: logging.getLogger(name) for name in ("ray.tune.execution.tune_controller", "ray.tune.tune")}
+    loggers["mlflow"] = logging.getLogger("mlflow")  # "Creating initial MLflow database tables..." and the like
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported (here, later)
     levels = {name: lg.level for name, lg in loggers.items()}
-    for lg in loggers.values():
-        lg.setLevel(logging.CRITICAL)
+    for name, lg in loggers.items():
+        lg.setLevel(logging.WARNING if name == "mlflow" else logging.CRITICAL)
     try:
         yield
     finally:
@@ -183,7 +191,7 @@ def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, v
 
     import ray
 
-    kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
+    kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR}
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -328,12 +336,13 @@ def _run_grid(
     resume: bool,
     max_concurrent: int | None,
     retry_failed: bool | None,
+    interval_s: float,
     out: TextIO,
 ) -> tuple[list[str], bool]:
     from ray import tune
 
     trainable = make_trainable(ctx)
-    view = ProgressView(root, len(trials))
+    view = ProgressView(root, len(trials), interval_s)
 
     def make_tuner() -> Any:
         return tune.Tuner(
@@ -356,6 +365,7 @@ def _run_search(
     resume: bool,
     max_concurrent: int | None,
     retry_failed: bool | None,
+    interval_s: float,
     out: TextIO,
 ) -> tuple[list[str], bool]:
     """One Optuna search (+ ASHA) per grid point, one after the other; each is its own resumable experiment."""
@@ -368,7 +378,7 @@ def _run_search(
     trainable = make_trainable(ctx)
     paths = []
     total = sum(search.num_samples if p.search_space else 1 for p in points)
-    view = ProgressView(root, total)
+    view = ProgressView(root, total, interval_s)
     for index, point in enumerate(points):
         name = f"search-{point.trial_id}"
         space = {k: d.to_tune() for k, d in point.search_space.items()}
