@@ -195,7 +195,9 @@ def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, v
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+        # "local": a Ray of our own even when another one runs on this machine (else ray.init joins it, and
+        # refuses num_cpus: "When connecting to an existing cluster, num_cpus and num_gpus must not be provided")
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
 
 
 def execution_id(old_manifest: dict[str, Any] | None) -> str:

@@ -37,6 +37,7 @@ WORKFLOW_PARAM = "workflowType=machine_learning"
 DEFAULT_UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 HEADLINE_METRIC = "iou_fg"  # the one IoU per trial (macro over test datasets, or the single one)
 
+NAME_COLUMN = "attributes.`Run Name`"
 PARAM_COLUMNS = ("backbone", "regime", "lora.rank", "data.train", "data.sampling", "seed")
 TAIL_METRICS = ("epochs_run", "best_epoch")
 
@@ -64,7 +65,8 @@ def comparison_view(execution_id: str, test_metrics: list[str]) -> dict[str, Any
         "datasetsFilter": [],
         "modelVersionFilter": "All Runs",
         "selectedColumns": columns,
-        "columnWidths": {"attributes.`Run Name`": 430},
+        "columnOrder": [NAME_COLUMN, *columns],
+        "columnWidths": {NAME_COLUMN: 430},
         "runsHiddenMode": "SHOW_ALL",  # the chart view plots every trial, not the first ten
         "hideEmptyCharts": True,
     }
