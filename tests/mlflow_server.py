@@ -65,10 +65,13 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def start_mlflow_server(root: Path, timeout_s: float = START_TIMEOUT_S, attempts: int = 3) -> MlflowServer:
-    """Start a server storing everything under `root`; retries on another port if the chosen one was taken."""
+def start_mlflow_server(
+    root: Path, timeout_s: float = START_TIMEOUT_S, attempts: int = 3, backend_uri: str | None = None
+) -> MlflowServer:
+    """Start a server storing everything under `root` (or serving the existing store `backend_uri`, e.g. a finished
+    sweep's mlflow.db); retries on another port if the chosen one was taken."""
     root.mkdir(parents=True, exist_ok=True)
-    backend_uri = f"sqlite:///{root / 'server.db'}"
+    backend_uri = backend_uri or f"sqlite:///{root / 'server.db'}"
     artifacts = root / "artifacts"
     last_error = ""
     for attempt in range(attempts):

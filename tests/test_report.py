@@ -60,21 +60,21 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[tuple[str
     expected: dict[tuple[str, str, str, str], list[float]] = {}
 
     # an earlier sweep already ran one trial with identical settings: it must not count as an extra repeat
-    old = SweepTracker(uri, EXPERIMENT, "pilot", "sweep0")
+    old = SweepTracker(uri, EXPERIMENT, "pilot", "sweep0", "exec0")
     old_parent = old.start({})
     dup_id, dup_params = _trial("dinov2_vits14_reg", "lucchi_pp", "frozen", 0)
-    dup = TrialTracker(uri, EXPERIMENT, old_parent, "sweep0", dup_id)
+    dup = TrialTracker(uri, EXPERIMENT, old_parent, "sweep0", dup_id, "exec0")
     dup.open(dup_params)
     dup.log_final({"iou_fg/lucchi_pp": 0.999})
     dup.close("FINISHED")
     old.finish()
 
-    sweep = SweepTracker(uri, EXPERIMENT, "grid", "sweep1")
+    sweep = SweepTracker(uri, EXPERIMENT, "grid", "sweep1", "exec1")
     parent = sweep.start({"sweep.trials": "21"})
     for backbone, train, regime in _settings():
         for seed in SEEDS:
             trial_id, params = _trial(backbone, train, regime, seed)
-            tracker = TrialTracker(uri, EXPERIMENT, parent, "sweep1", trial_id)
+            tracker = TrialTracker(uri, EXPERIMENT, parent, "sweep1", trial_id, "exec1")
             tracker.open(params)
             if seed in FAIL.get((backbone, train, regime), set()):
                 tracker.close("FAILED", error="RuntimeError: boom")
@@ -146,12 +146,13 @@ def test_report_command_writes_tables_and_figures(store, tmp_path: Path, capsys:
     assert main(["report", EXPERIMENT, "--tracking-uri", uri, "--out", str(out), "--sweep-id", "sweep1"]) == 0
     printed = capsys.readouterr().out
     assert "21 trial runs" in printed and "failed (3)" in printed  # --sweep-id leaves the pilot sweep's run out
+    # one narrow table per block of training data, rows named by family + scale
+    assert "trained on lucchi_pp\n" in printed and "trained on lucchi_pp+vnc (balanced)\n" in printed
+    block = printed.split("trained on lucchi_pp\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert block[0].split() == ["backbone", "lucchi_pp", "·", "frozen", "lucchi_pp", "·", "lora"]
+    assert [line.split("  ")[0] for line in block[2:]] == ["dinov2 S", "dinov2 B", "openclip L"]
 
     table = summary_table(load_runs(uri, EXPERIMENT, sweep_id="sweep1"))
-    markdown = (out / "summary.md").read_text()
-    assert markdown == "# Results: iou_fg\n\n" + to_markdown(table)
-    assert "| dinov2 | S | dinov2_vits14_reg |" in markdown
-    assert to_markdown(table) in printed
     csv = pd.read_csv(out / "summary.csv", dtype=str, keep_default_na=False)
     assert list(csv.columns[:3]) == ["family", "scale", "backbone"]
     assert csv.shape == (3, 3 + table.cells.shape[1])
@@ -159,9 +160,123 @@ def test_report_command_writes_tables_and_figures(store, tmp_path: Path, capsys:
     stats = pd.read_csv(out / "summary_stats.csv")
     assert stats["n"].sum() == table.stats["n"].sum()
     assert len(pd.read_csv(out / "runs.csv")) == 21
-    for png in ("scale_plot.png", "regime_bars.png"):
+    html = (out / "report.html").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "## Trained on lucchi_pp+vnc (balanced)" in markdown and "![IoU per backbone and regime]" in markdown
+    assert html.count("data:image/png;base64,") == 3 and "<h2>Trained on lucchi_pp</h2>" in html  # self-contained
+    for png in ("scale_plot.png", "regime_bars.png", "paired_vs_single.png"):
         with Image.open(out / png) as img:
             assert img.format == "PNG" and img.width > 300 and img.height > 200
+    paired = pd.read_csv(out / "paired_vs_single.csv")
+    assert paired["Δ vnc"].isna().all() and paired["Δ lucchi_pp"].notna().any()  # no vnc-only training
+
+
+def test_report_reads_the_store_named_by_mlflow_tracking_uri(
+    store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Like `vfm-ablate run`: no --tracking-uri and no tracking.uri in the sweep file -> $MLFLOW_TRACKING_URI."""
+    uri, _ = store
+    monkeypatch.chdir(tmp_path)  # ./mlflow.db would be empty here
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    sweep_file = tmp_path / "grid.yaml"
+    sweep_file.write_text(
+        "name: grid\nbase:\n  backbone: dinov2_vits14_reg\n  data: {train: [lucchi_pp]}\n"
+        f"tracking:\n  experiment: {EXPERIMENT}\n"
+    )
+    assert main(["report", str(sweep_file), "--out", str(tmp_path / "r"), "--sweep-id", "sweep1"]) == 0
+    printed = capsys.readouterr().out
+    assert f"at {uri}: 21 trial runs" in printed
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+STUDY = "study"
+STUDY_TRAINS = {"lucchi_pp": ["lucchi_pp"], "vnc": ["vnc"], "lucchi_pp+vnc (natural)": ["lucchi_pp", "vnc"]}
+
+
+@pytest.fixture(scope="module")
+def study(store) -> tuple[str, dict[tuple[str, str, str, str], list[float]]]:
+    """Every trial tested on both datasets (cross-dataset tests), 3 seeds, one failure; returns the FINISHED values
+    per (backbone, train label, regime, metric key), recorded here as they are logged."""
+    uri, _ = store
+    rng = np.random.default_rng(99)
+    values: dict[tuple[str, str, str, str], list[float]] = {}
+    for backbone in ("dinov2_vits14_reg", "dinov2_vitb14_reg"):
+        for train, datasets in STUDY_TRAINS.items():
+            for regime in ("frozen", "lora"):
+                for seed in SEEDS:
+                    spec = TrialSpec(
+                        backbone=backbone,
+                        regime=regime,
+                        data=DataSpec(train=datasets, test=["lucchi_pp", "vnc"]),
+                        seed=seed,
+                        split_seed=seed,
+                    )
+                    family, scale, _ = BACKBONES[backbone]
+                    params = {**spec.flat_params(), "backbone.family": family, "backbone.scale": scale}
+                    tracker = TrialTracker(uri, STUDY, None, "sweepS", spec.trial_id(), "execS")
+                    tracker.open(params)
+                    if (backbone, train, regime, seed) == ("dinov2_vitb14_reg", "vnc", "lora", 2):
+                        tracker.close("FAILED", error="boom")
+                        continue
+                    final = {f"iou_fg/{d}": float(rng.uniform(0.2, 0.9)) for d in ("lucchi_pp", "vnc")}
+                    final["macro_iou_fg"] = float(np.mean(list(final.values())))
+                    final["pooled_iou_fg"] = float(rng.uniform(0.2, 0.9))
+                    tracker.log_final(final)
+                    tracker.close("FINISHED")
+                    for key, value in final.items():
+                        values.setdefault((backbone, train, regime, key), []).append(value)
+    return uri, values
+
+
+def test_paired_vs_single_and_transfer_equal_an_independent_computation(study, tmp_path: Path) -> None:
+    from vfm_ablate.report.study import paired_vs_single, transfer_matrices
+    from vfm_ablate.report.write import write_report
+
+    uri, values = study
+    runs = load_runs(uri, STUDY)
+    table = summary_table(runs)
+    paired = paired_vs_single(table)
+    labels = {"dinov2_vits14_reg": "dinov2 S", "dinov2_vitb14_reg": "dinov2 B"}
+    assert list(zip(paired["backbone"], paired["regime"])) == [
+        ("dinov2 S", "frozen"), ("dinov2 S", "lora"), ("dinov2 B", "frozen"), ("dinov2 B", "lora"),
+    ]  # fmt: skip
+    for backbone, label in labels.items():
+        for regime in ("frozen", "lora"):
+            [row] = paired[(paired["backbone"] == label) & (paired["regime"] == regime)].to_dict("records")
+            assert row["paired"] == "lucchi_pp+vnc (natural)"
+            singles = []
+            for d in ("lucchi_pp", "vnc"):
+                both = values[(backbone, "lucchi_pp+vnc (natural)", regime, f"iou_fg/{d}")]
+                alone = values[(backbone, d, regime, f"iou_fg/{d}")]
+                singles.append(np.mean(alone))
+                assert row[f"Δ {d}"] == pytest.approx(np.mean(both) - np.mean(alone), abs=1e-12)
+                assert row[f"n {d}"] == f"{len(both)}/{len(alone)}"
+            macro = values[(backbone, "lucchi_pp+vnc (natural)", regime, "macro_iou_fg")]
+            pooled = values[(backbone, "lucchi_pp+vnc (natural)", regime, "pooled_iou_fg")]
+            assert row["Δ macro"] == pytest.approx(np.mean(macro) - np.mean(singles), abs=1e-12)
+            assert row["paired macro"] == pytest.approx(np.mean(macro), abs=1e-12)
+            assert row["paired pooled"] == pytest.approx(np.mean(pooled), abs=1e-12)
+    assert paired.loc[3, "n vnc"] == "3/2"  # the failed seed is not averaged
+
+    transfer = transfer_matrices(table)
+    assert set(transfer) == {f"{label} · {regime}" for label in labels.values() for regime in ("frozen", "lora")}
+    for backbone, label in labels.items():
+        for regime in ("frozen", "lora"):
+            frame = transfer[f"{label} · {regime}"]
+            assert list(frame.columns) == ["lucchi_pp", "vnc"]
+            assert list(frame.index) == list(STUDY_TRAINS)
+            for train in STUDY_TRAINS:
+                for d in ("lucchi_pp", "vnc"):
+                    got = values[(backbone, train, regime, f"iou_fg/{d}")]
+                    std = f" ± {np.std(got, ddof=1):.3f}" if len(got) > 1 else ""
+                    failed = "; failed (1)" if (backbone, train, regime) == ("dinov2_vitb14_reg", "vnc", "lora") else ""
+                    assert frame.at[train, d] == f"{np.mean(got):.3f}{std} ({len(got)}){failed}"
+
+    parts, paths = write_report(runs, tmp_path / "study")
+    assert {"paired_csv", "transfer_csv", "paired_plot"} <= set(paths)
+    assert "## Transfer (train data → test data)" in paths["markdown"].read_text()
+    with Image.open(paths["paired_plot"]) as img:
+        assert img.width > 300
 
 
 def test_report_target_may_be_a_sweep_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,12 +303,12 @@ def test_other_varying_settings_split_columns_instead_of_averaging(store) -> Non
     for rank, results in values.items():
         for seed, value in enumerate(results):
             trial_id, params = _trial("dinov2_vits14_reg", "lucchi_pp", "lora", seed, rank=rank)
-            tracker = TrialTracker(uri, "ranks", None, "sweepR", trial_id)
+            tracker = TrialTracker(uri, "ranks", None, "sweepR", trial_id, "execR")
             tracker.open(params)
             tracker.log_final({"iou_fg/lucchi_pp": value})
             tracker.close("FINISHED")
     trial_id, params = _trial("dinov2_vits14_reg", "lucchi_pp", "frozen", 0, rank=16)
-    frozen = TrialTracker(uri, "ranks", None, "sweepR", trial_id)
+    frozen = TrialTracker(uri, "ranks", None, "sweepR", trial_id, "execR")
     frozen.open(params)
     frozen.log_final({"iou_fg/lucchi_pp": 0.6})
     frozen.close("FINISHED")

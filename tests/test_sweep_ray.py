@@ -98,8 +98,8 @@ def test_search_sweep_samples_stops_and_tracks(
         assert run.data.metrics["iou_fg/sa"] == pytest.approx(t.metrics["iou_fg/sa"])
         assert run.data.params["optim.lr"] == str(t.spec.optim.lr)
         assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2
-    [parent] = [r for r in runs if r.data.tags.get("vfm.role") == "sweep"]
-    assert parent.info.status == "FINISHED"
+    [summary] = [r for r in runs if r.data.tags.get("vfm.role") == "sweep"]
+    assert summary.info.status == "FINISHED"
 
 
 def test_a_trial_whose_worker_dies_continues_from_its_checkpoint(local_ray: None, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ N_EPOCHS = 15
 
 def _trial_process(uri: str, parent: str | None, trial_id: str, barrier: object) -> str:
     barrier.wait()  # type: ignore[attr-defined]  # all processes hit the fresh database at the same moment
-    tracker = TrialTracker(uri, "concurrent", parent, "sweepS", trial_id)
+    tracker = TrialTracker(uri, "concurrent", parent, "sweepS", trial_id, "execS")
     run_id = tracker.open({"seed": trial_id[-1], "backbone": "tiny_vit"})
     for epoch in range(N_EPOCHS):
         tracker.log_epoch(epoch, {"train_loss": 1.0 / (epoch + 1), "val_loss": 2.0 / (epoch + 1)})
@@ -75,17 +75,17 @@ def test_concurrent_trial_processes_on_a_fresh_database(tmp_path: Path) -> None:
 
 def test_sweep_on_sqlite_and_remote_worker_guard(tmp_path: Path) -> None:
     uri = default_tracking_uri(tmp_path / "work")
-    sweep = SweepTracker(uri, "local", "grid", "sweepL")
+    sweep = SweepTracker(uri, "local", "grid", "sweepL", "execL")
     parent = sweep.start({"sweep.file": "grid.yaml"})
-    trial = TrialTracker(uri, "local", parent, "sweepL", "t0")
+    trial = TrialTracker(uri, "local", parent, "sweepL", "t0", "execL")
     trial.open({"seed": "0"})
     trial.close("FINISHED")
     sweep.finish()
     client = MlflowClient(uri)
-    assert client.get_run(trial.run_id).data.tags["mlflow.parentRunId"] == parent
+    assert client.get_run(trial.run_id).data.tags["vfm.sweep_run_id"] == parent
 
     # a worker on another machine sees no database file at the driver's path: refuse instead of forking the store
     elsewhere = f"sqlite:///{tmp_path / 'not-on-this-host' / 'mlflow.db'}"
     with pytest.raises(VfmAblateError, match="another machine"):
-        TrialTracker(elsewhere, "local", parent, "sweepL", "t1").open({"seed": "1"})
+        TrialTracker(elsewhere, "local", parent, "sweepL", "t1", "execL").open({"seed": "1"})
     assert not (tmp_path / "not-on-this-host" / "mlflow.db").exists()

@@ -12,9 +12,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report",
         help="tables (mean ± std over seeds) and figures of a sweep, read from MLflow",
         description=(
-            "Read a sweep's trial runs from MLflow and print/write paper-style tables (rows backbone family × scale, "
-            "columns training data × test metric × regime; cells mean ± std (n) over seeds, failed runs shown as "
-            "such) plus a scale plot and a regime bar chart."
+            "Read a sweep's trial runs from MLflow and print/write the study's tables: one per block of training "
+            "data (rows backbone, columns test dataset × regime; cells mean ± std (n) over seeds, failed runs shown "
+            "as such), paired minus single-dataset training, the transfer matrix where cross-dataset tests exist, "
+            "figures, and one report.html / report.md with all of them."
         ),
     )
     p.add_argument("target", help="a sweep file (its tracking experiment is read) or an MLflow experiment name")
@@ -30,6 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--sweep-id", help="only runs of this sweep id (tag vfm.sweep_id); default: every sweep in the experiment"
+    )
+    p.add_argument(
+        "--execution-id",
+        help="only runs of this execution of a sweep (tag vfm.execution_id, printed by `run` and kept in sweep.json)",
     )
     p.set_defaults(func=_run)
 
@@ -47,17 +52,15 @@ def resolve_target(target: str, tracking_uri: str | None) -> tuple[str, str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..report.document import as_text
     from ..report.runs import load_runs
-    from ..report.tables import summary_table, to_markdown
     from ..report.write import write_report
 
     experiment, uri = resolve_target(args.target, args.tracking_uri)
-    runs = load_runs(uri, experiment, sweep_id=args.sweep_id)
-    table = summary_table(runs, metric=args.metric)
+    runs = load_runs(uri, experiment, sweep_id=args.sweep_id, execution_id=args.execution_id)
     out = args.out or Path("reports") / re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
-    paths = write_report(table, out, runs=runs)
+    parts, paths = write_report(runs, out, metric=args.metric, title=f"{experiment}: {args.metric}")
     print(f"experiment '{experiment}' at {uri}: {len(runs)} trial runs")
-    print(to_markdown(table))
-    for kind, path in paths.items():
-        print(f"wrote {kind}: {path}")
+    print(as_text(parts))
+    print(f"report: {paths['html']} (self-contained), {paths['markdown']}; tables as CSV and figures in {out}")
     return 0

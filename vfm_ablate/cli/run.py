@@ -26,6 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrent-trials", type=int, help="cap on trials running at once")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored with --address)")
     p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own log output")
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        metavar="SECONDS",
+        help="without a terminal (logs, Slurm): at most one epoch line per running trial every SECONDS "
+        "(default: the sweep's run.progress_interval_s, 30)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -56,6 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         retry_failed=args.retry_failed,
         verbose=args.verbose,
+        progress_interval_s=args.progress_interval,
     )
     if outcome.interrupted:
         return 130

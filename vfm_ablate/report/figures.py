@@ -1,4 +1,6 @@
-"""Figures of a summary table: IoU against backbone size, and bars per backbone and regime."""
+"""Figures of a summary table: IoU against backbone size, bars per backbone and regime, and paired minus
+single-dataset training. Backbones are named as in the report's tables; error bars (sample std) only where a
+cell has more than one repeat."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import VfmAblateError
+from .study import backbone_labels, paired_vs_single
 from .tables import SummaryTable, scale_rank
 
 
@@ -49,6 +52,7 @@ def scale_plot(table: SummaryTable, path: str | Path) -> Path:
     fig, axes = _grid(len(panels))
     families = sorted(stats["family"].unique())
     colours = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(families)}
+    names = backbone_labels(table.stats)
     for ax, (train, test) in zip(axes, panels):
         panel = stats[(stats["train"] == train) & (stats["test"] == test)]
         for (family, regime, variant), line in panel.groupby(["family", "regime", "variant"], sort=True):
@@ -56,12 +60,17 @@ def scale_plot(table: SummaryTable, path: str | Path) -> Path:
             line = line.sort_values("backbone_size" if use_size else "_rank")
             x = line["backbone_size"] / 1e6 if use_size else line["_rank"]
             label = f"{family} {regime}" + (f" ({variant})" if variant else "")
-            ax.errorbar(
-                x, line["mean"], yerr=line["std"].fillna(0.0), label=label, color=colours[family],
-                linestyle=_LINESTYLES.get(regime, "-."), marker="o", capsize=3,
-            )  # fmt: skip
-            for xi, yi, s in zip(x, line["mean"], line["scale"]):
-                ax.annotate(s, (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7)
+            ax.plot(
+                x, line["mean"], label=label, color=colours[family], linestyle=_LINESTYLES.get(regime, "-."), marker="o"
+            )
+            spread = line["n"] > 1
+            if spread.any():
+                ax.errorbar(
+                    x[spread], line["mean"][spread], yerr=line["std"][spread], fmt="none", ecolor=colours[family],
+                    capsize=3,
+                )  # fmt: skip
+            for xi, yi, b in zip(x, line["mean"], line["backbone"]):
+                ax.annotate(names[b], (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7)
         if use_size:
             from matplotlib.ticker import NullFormatter
 
@@ -84,9 +93,10 @@ def scale_plot(table: SummaryTable, path: str | Path) -> Path:
 
 
 def regime_bar_chart(table: SummaryTable, path: str | Path) -> Path:
-    """Bars per backbone, one per regime, error bars = std; settings with runs but no value are marked
-    "failed"/"no value"."""
+    """Bars per backbone, one per regime, error bars = std where n > 1; settings with runs but no value are
+    marked "failed"/"no value"."""
     stats = table.stats
+    names = backbone_labels(stats)
     panels = _panels(stats)
     fig, axes = _grid(len(panels))
     for ax, (train, test) in zip(axes, panels):
@@ -97,7 +107,7 @@ def regime_bar_chart(table: SummaryTable, path: str | Path) -> Path:
         for j, (regime, variant) in enumerate(groups):
             sub = panel[(panel["regime"] == regime) & (panel["variant"] == variant)]
             by_row = {(r.family, r.scale, r.backbone): r for r in sub.itertuples(index=False)}
-            xs, heights, errs = [], [], []
+            xs, heights, spread = [], [], []
             for i, row in enumerate(backbones):
                 rec = by_row.get(row)
                 x = i - 0.4 + width * (j + 0.5)
@@ -106,19 +116,50 @@ def regime_bar_chart(table: SummaryTable, path: str | Path) -> Path:
                 if rec.n > 0:
                     xs.append(x)
                     heights.append(rec.mean)
-                    errs.append(0.0 if math.isnan(rec.std) else rec.std)
+                    if rec.n > 1 and not math.isnan(rec.std):
+                        spread.append((x, rec.mean, rec.std))
                 else:
                     ax.text(x, 0.01, rec.cell, rotation=90, ha="center", va="bottom", fontsize=6, color="crimson")
             label = regime + (f" ({variant})" if variant else "")
-            ax.bar(xs, heights, width=width, yerr=errs, capsize=2, label=label)
-        ax.set_xticks(
-            range(len(backbones)), [f"{f} {s}".strip() for f, s, _ in backbones], rotation=30, ha="right", fontsize=8
-        )
+            ax.bar(xs, heights, width=width, label=label)
+            if spread:
+                ex, ey, err = zip(*spread)
+                ax.errorbar(ex, ey, yerr=err, fmt="none", ecolor="black", capsize=2, linewidth=1)
+        ax.set_xticks(range(len(backbones)), [names[b] for _, _, b in backbones], rotation=20, ha="right", fontsize=8)
         ax.set_xlim(-0.5, len(backbones) - 0.5)
         ax.set_ylim(0, 1)
         ax.set_ylabel(table.metric)
         ax.set_title(f"train {train} → test {test}", fontsize=9)
         ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def paired_vs_single_chart(table: SummaryTable, path: str | Path) -> Path | None:
+    """Δ IoU (paired − single-dataset training) per backbone: one panel per paired training data, a bar per test
+    dataset × regime; below zero means paired training lost IoU on that dataset. None when nothing to compare."""
+    frame = paired_vs_single(table)
+    deltas = [c for c in frame.columns if c.startswith("Δ ") and c != "Δ macro"] if not frame.empty else []
+    if not deltas or frame[deltas].isna().all().all():
+        return None
+    panels = list(dict.fromkeys(frame["paired"]))
+    fig, axes = _grid(len(panels))
+    for ax, paired in zip(axes, panels):
+        part = frame[frame["paired"] == paired]
+        backbones = list(dict.fromkeys(part["backbone"]))
+        series = [(r, c) for r in dict.fromkeys(part["regime"]) for c in deltas if part[c].notna().any()]
+        width = 0.8 / max(1, len(series))
+        for j, (regime, col) in enumerate(series):
+            rows = part[part["regime"] == regime].set_index("backbone")
+            xs = [i - 0.4 + width * (j + 0.5) for i, b in enumerate(backbones) if b in rows.index]
+            ys = [rows.at[b, col] for b in backbones if b in rows.index]
+            ax.bar(xs, ys, width=width, label=f"{col[2:]} · {regime}")
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(backbones)), backbones, rotation=20, ha="right", fontsize=8)
+        ax.set_xlim(-0.5, len(backbones) - 0.5)
+        ax.set_ylabel(f"Δ {table.metric} (paired − single)")
+        ax.set_title(f"train {paired} vs each dataset alone", fontsize=9)
+        ax.legend(fontsize=7, title="test data · regime", title_fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 

@@ -1,4 +1,5 @@
-"""Write a report folder: the summary table as Markdown and CSV, the numbers behind it, the runs, the figures."""
+"""Write a report folder: the study's tables (CSV and in one Markdown / one self-contained HTML document), the
+numbers behind them, the runs, the figures."""
 
 from __future__ import annotations
 
@@ -6,27 +7,49 @@ from pathlib import Path
 
 import pandas as pd
 
-from .figures import regime_bar_chart, scale_plot
-from .tables import SummaryTable, flat_cells, to_markdown
+from .document import ReportParts, as_html, as_markdown
+from .figures import paired_vs_single_chart, regime_bar_chart, scale_plot
+from .study import block_tables, paired_vs_single, transfer_matrices
+from .tables import SummaryTable, flat_cells, summary_table
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
 
 
-def write_report(table: SummaryTable, out_dir: str | Path, runs: pd.DataFrame | None = None) -> dict[str, Path]:
-    """Write summary.md, summary.csv (display), summary_stats.csv (numbers), runs.csv, scale_plot.png,
-    regime_bars.png."""
+def report_parts(table: SummaryTable) -> ReportParts:
+    return ReportParts(table, block_tables(table), paired_vs_single(table), transfer_matrices(table))
+
+
+def write_report(
+    runs: pd.DataFrame, out_dir: str | Path, metric: str = "iou_fg", title: str = "Results"
+) -> tuple[ReportParts, dict[str, Path]]:
+    """Summarise `runs` (from `load_runs`) and write: report.md + report.html (the document), summary.csv /
+    summary_stats.csv (every cell, display / numbers), paired_vs_single.csv, transfer.csv (when cross-dataset tests
+    exist), runs.csv and the figures (regime_bars.png, scale_plot.png, paired_vs_single.png)."""
+    table = summary_table(runs, metric=metric)
+    parts = report_parts(table)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "markdown": out / "summary.md",
-        "csv": out / "summary.csv",
-        "stats_csv": out / "summary_stats.csv",
-    }
-    paths["markdown"].write_text(f"# Results: {table.metric}\n\n" + to_markdown(table))
-    flat_cells(table).to_csv(paths["csv"], index=False)
+    paths = {"summary_csv": out / "summary.csv", "stats_csv": out / "summary_stats.csv", "runs_csv": out / "runs.csv"}
+    flat_cells(table).to_csv(paths["summary_csv"], index=False)
     table.stats.to_csv(paths["stats_csv"], index=False)
-    if runs is not None:
-        paths["runs_csv"] = out / "runs.csv"
-        runs.to_csv(paths["runs_csv"], index=False)
+    runs.to_csv(paths["runs_csv"], index=False)
+    if not parts.paired.empty:
+        paths["paired_csv"] = out / "paired_vs_single.csv"
+        parts.paired.to_csv(paths["paired_csv"], index=False)
+    if parts.transfer:
+        paths["transfer_csv"] = out / "transfer.csv"
+        pd.concat(parts.transfer, names=["setting"]).to_csv(paths["transfer_csv"])
+    parts.figures["IoU per backbone and regime"] = paths["regime_bars"] = regime_bar_chart(
+        table, out / "regime_bars.png"
+    )
     if (table.stats["n"] > 0).any():
-        paths["scale_plot"] = scale_plot(table, out / "scale_plot.png")
-    paths["regime_bars"] = regime_bar_chart(table, out / "regime_bars.png")
-    return paths
+        parts.figures["IoU against backbone size"] = paths["scale_plot"] = scale_plot(table, out / "scale_plot.png")
+    paired_png = paired_vs_single_chart(table, out / "paired_vs_single.png")
+    if paired_png is not None:
+        parts.figures["Paired minus single-dataset training"] = paths["paired_plot"] = paired_png
+    paths["markdown"] = out / REPORT_MD
+    paths["markdown"].write_text(as_markdown(parts, title))
+    paths["html"] = out / REPORT_HTML
+    paths["html"].write_text(as_html(parts, title))
+    return parts, paths

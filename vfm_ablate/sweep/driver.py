@@ -5,7 +5,9 @@ Layout under the storage path (a local folder, a shared filesystem path or a URI
 
     <storage>/<sweep name>/tune/               Ray Tune's experiment (grid mode): state, per-trial checkpoints
     <storage>/<sweep name>/search-<point id>/  one Ray Tune experiment per grid point (search mode)
-    <storage>/<sweep name>/sweep.json          the sweep's manifest: name, sweep id, trial ids (checked on --resume)
+    <storage>/<sweep name>/sweep.json          the sweep's manifest: name, sweep id, trial ids (checked on --resume),
+                                               execution id (made on the first start, kept by every resume: the
+                                               key of this execution's MLflow runs)
     <storage>/<sweep name>/trials/<trial id>/  the trial's durable record, written by the trial itself:
         attempts/<n>.json   one file per start (node, host, pid, start/end time, resumed or not, status, error)
         outputs/            run_trial's output folder (metrics.json, lora_targets.json, overlays, config.yaml)
@@ -22,6 +24,8 @@ import hashlib
 import json
 import os
 import sys
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +37,7 @@ from .progress import ProgressView
 from .results import SweepOutcome, collect_outcome, format_outcome, mlflow_statuses, write_results_csv
 from .spec import SweepSpec
 from .store import TrialStore, resolve_storage_path, storage_root
+from .summary import publish_summary, test_metrics, where_to_look
 from .trainable import (
     GRID_KEY,
     SEARCH_KEY,
@@ -66,13 +71,15 @@ def run_sweep(
     retry_failed: bool | None = None,
     workdir: Path | None = None,
     verbose: bool = False,
+    progress_interval_s: float | None = None,
     out: TextIO | None = None,
 ) -> SweepOutcome:
     """Run (or, with resume, finish) a sweep on Ray Tune and return one outcome per trial.
 
     Uses the Ray already initialised in this process if any (tests, notebooks), else starts a local Ray or joins
-    `address` ("auto", "ray://head:10001"), and shuts down only what it started. Progress lines go to stdout,
-    the start line and the final table to `out`.
+    `address` ("auto", "ray://head:10001"), and shuts down only what it started. Progress lines go to stdout
+    (a live table on a terminal; else at most one epoch line per trial every `progress_interval_s`, default the
+    sweep's `run.progress_interval_s`), the start line, the final table and where to look to `out`.
     """
     import ray
 
@@ -82,7 +89,8 @@ def run_sweep(
     root = storage_root(resolve_storage_path(sweep, storage_path), sweep.name, workdir)
     store = TrialStore(root)
     sid = sweep_id(sweep, the_plan)
-    _check_manifest(store, sweep, the_plan, sid, resume)
+    old_manifest = _check_manifest(store, sweep, the_plan, sid, resume)
+    execution = execution_id(old_manifest)
 
     started_ray = False
     if not ray.is_initialized():
@@ -108,11 +116,12 @@ def run_sweep(
                     file=out,
                 )
         backbones, datasets = resolved_entries(sweep, trials)
-        target, tracker = _start_tracking(sweep, the_plan, sid, tracking_uri, workdir, resume, out)
+        with _quiet_ray_logs(verbose):
+            target, tracker = _start_tracking(sweep, the_plan, sid, execution, tracking_uri, workdir, resume)
         ctx = TrialContext(
             store, backbones, datasets, sweep.run.checkpoint_every, sweep.run.checkpoint_min_interval_s, target
         )
-        store.write_json(MANIFEST, _manifest(sweep, the_plan, sid))
+        store.write_json(MANIFEST, _manifest(sweep, the_plan, sid, execution))
         print(
             f"sweep '{sweep.name}': {the_plan.num_trials} "
             + ("grid points (Optuna search per point)" if sweep.search else "trials")
@@ -125,17 +134,23 @@ def run_sweep(
         # snapshots forced by CheckpointConfig(num_to_keep) are what keeps --resume close to where it stopped
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         run = _run_grid if sweep.search is None else _run_search
+        interval = sweep.run.progress_interval_s if progress_interval_s is None else progress_interval_s
         with _quiet_ray_logs(verbose):
-            paths, interrupted = run(sweep, trials, ctx, root, resume, max_concurrent_trials, retry_failed, out)
+            paths, interrupted = run(
+                sweep, trials, ctx, root, resume, max_concurrent_trials, retry_failed, interval, out
+            )
         outcome = collect_outcome(sweep, the_plan, store, paths)
         outcome.tracking_uri = target.uri if target else None
         outcome.interrupted = interrupted
         write_results_csv(store, outcome)
         if tracker is not None:
             tracker.reconcile(mlflow_statuses(outcome))
+            publish_summary(tracker, outcome, store)
             tracker.finish("KILLED" if interrupted else "FINISHED" if outcome.ok else "FAILED")
             tracker = None
         print(format_outcome(outcome), file=out, flush=True)
+        if target is not None:
+            print(where_to_look(sweep, target), file=out, flush=True)
         if interrupted:
             print(f"interrupted: finish it with `vfm-ablate run {sweep.source} --resume`", file=out, flush=True)
         return outcome
@@ -157,11 +172,13 @@ def _quiet_ray_logs(verbose: bool) -> Iterator[None]:
     if verbose:
         yield
         return
-    # only the two that repeat trial errors; warnings (e.g. "insufficient resources" on a cluster) stay visible
+    # the two that repeat trial errors; warnings (e.g. "insufficient resources" on a cluster) stay visible
     loggers = {name: logging.getLogger(name) for name in ("ray.tune.execution.tune_controller", "ray.tune.tune")}
+    loggers["mlflow"] = logging.getLogger("mlflow")  # "Creating initial MLflow database tables..." and the like
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported (here, later)
     levels = {name: lg.level for name, lg in loggers.items()}
-    for lg in loggers.values():
-        lg.setLevel(logging.CRITICAL)
+    for name, lg in loggers.items():
+        lg.setLevel(logging.WARNING if name == "mlflow" else logging.CRITICAL)
     try:
         yield
     finally:
@@ -174,28 +191,43 @@ def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, v
 
     import ray
 
-    kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
+    kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR}
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+        # "local": a Ray of our own even when another one runs on this machine (else ray.init joins it, and
+        # refuses num_cpus: "When connecting to an existing cluster, num_cpus and num_gpus must not be provided")
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
 
 
-def _manifest(sweep: SweepSpec, the_plan: SweepPlan, sid: str) -> dict[str, Any]:
+def execution_id(old_manifest: dict[str, Any] | None) -> str:
+    """The execution's id: kept from the manifest on --resume, new on a fresh start. MLflow runs are keyed by
+    it, so starting the same sweep over (another storage path, the same store) never writes into the runs of an
+    earlier execution, while resumes and retries find their own."""
+    if old_manifest and old_manifest.get("execution_id"):
+        return str(old_manifest["execution_id"])
+    return uuid.uuid4().hex[:12]
+
+
+def _manifest(sweep: SweepSpec, the_plan: SweepPlan, sid: str, execution: str) -> dict[str, Any]:
     return {
         "name": sweep.name,
         "sweep_id": sid,
+        "execution_id": execution,
         "source": sweep.source,
         "mode": "search" if sweep.search else "grid",
         "trial_ids": [t.trial_id for t in the_plan.trials],
     }
 
 
-def _check_manifest(store: TrialStore, sweep: SweepSpec, the_plan: SweepPlan, sid: str, resume: bool) -> None:
-    """A fresh run never mixes into an old experiment; a resume only continues the same sweep."""
+def _check_manifest(
+    store: TrialStore, sweep: SweepSpec, the_plan: SweepPlan, sid: str, resume: bool
+) -> dict[str, Any] | None:
+    """A fresh run never mixes into an old experiment; a resume only continues the same sweep. Returns the
+    manifest already there (None for a fresh start)."""
     old = store.read_json(MANIFEST)
     if old is None:
-        return
+        return None
     if not resume:
         raise ConfigError(
             f"{store.root} already holds sweep '{old.get('name')}' (from {old.get('source')}): "
@@ -208,19 +240,21 @@ def _check_manifest(store: TrialStore, sweep: SweepSpec, the_plan: SweepPlan, si
             f"({len(now - before)} trials added, {len(before - now)} removed, or its search settings changed); "
             "--resume only finishes the same sweep: run the changed file with another name or --storage-path"
         )
+    return old
 
 
 def _start_tracking(
-    sweep: SweepSpec, the_plan: SweepPlan, sid: str, uri: str | None, workdir: Path, resume: bool, out: TextIO
+    sweep: SweepSpec, the_plan: SweepPlan, sid: str, execution: str, uri: str | None, workdir: Path, resume: bool
 ) -> tuple[TrackingTarget | None, Any | None]:
     if not sweep.tracking.enabled:
         return None, None
     from ..tracking.runs import SweepTracker
     from ..tracking.store import resolve_tracking_uri
+    from ..tracking.ui import set_up_experiment
 
     uri = resolve_tracking_uri(uri, sweep.tracking.uri, workdir)
     experiment = sweep.experiment_name
-    tracker = SweepTracker(uri, experiment, sweep.name, sid)
+    tracker = SweepTracker(uri, experiment, sweep.name, sid, execution)
     params = {
         "sweep.name": sweep.name,
         "sweep.source": sweep.source,
@@ -228,8 +262,14 @@ def _start_tracking(
         "sweep.trials": str(the_plan.num_trials),
         "sweep.collapsed": str(the_plan.collapsed),
     }
-    parent = tracker.start(params, {"vfm.resume": str(resume).lower()})
-    return TrackingTarget(uri, experiment, parent, sid), tracker
+    sweep_run = tracker.start(params, {"vfm.resume": str(resume).lower()})
+    assert tracker.experiment_id is not None
+    started = time.strftime("%Y-%m-%d %H:%M")
+    view = set_up_experiment(
+        uri, tracker.experiment_id, execution, f"{sweep.name}: trials ({started}, {execution})", test_metrics(the_plan)
+    )
+    target = TrackingTarget(uri, experiment, sweep_run, sid, execution, tracker.launch, tracker.experiment_id, view)
+    return target, tracker
 
 
 def _tune_config_common(sweep: SweepSpec, max_concurrent: int | None, dirname: Callable[[Any], str]) -> dict[str, Any]:
@@ -298,12 +338,13 @@ def _run_grid(
     resume: bool,
     max_concurrent: int | None,
     retry_failed: bool | None,
+    interval_s: float,
     out: TextIO,
 ) -> tuple[list[str], bool]:
     from ray import tune
 
     trainable = make_trainable(ctx)
-    view = ProgressView(root, len(trials))
+    view = ProgressView(root, len(trials), interval_s)
 
     def make_tuner() -> Any:
         return tune.Tuner(
@@ -326,6 +367,7 @@ def _run_search(
     resume: bool,
     max_concurrent: int | None,
     retry_failed: bool | None,
+    interval_s: float,
     out: TextIO,
 ) -> tuple[list[str], bool]:
     """One Optuna search (+ ASHA) per grid point, one after the other; each is its own resumable experiment."""
@@ -338,7 +380,7 @@ def _run_search(
     trainable = make_trainable(ctx)
     paths = []
     total = sum(search.num_samples if p.search_space else 1 for p in points)
-    view = ProgressView(root, total)
+    view = ProgressView(root, total, interval_s)
     for index, point in enumerate(points):
         name = f"search-{point.trial_id}"
         space = {k: d.to_tune() for k, d in point.search_space.items()}

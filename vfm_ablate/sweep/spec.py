@@ -140,6 +140,8 @@ class RunSpec(StrictModel):
     checkpoint_every: int = Field(1, ge=1)  # epochs between training-state checkpoints ...
     checkpoint_min_interval_s: float = Field(30.0, ge=0)  # ... and at least this long (0: every checkpoint_every)
     keep_checkpoints: int = Field(2, ge=1)
+    # without a terminal (CI logs, Slurm output): at most one epoch line per running trial every this many seconds
+    progress_interval_s: float = Field(30.0, ge=0)
 
 
 class TrackingSpec(StrictModel):

@@ -24,7 +24,7 @@ from ..data.entries import DatasetEntry
 from ..models.registry import BackboneEntry
 from ..overrides import set_dotted
 from ..validation import validate
-from .plan import PlannedTrial
+from .plan import PlannedTrial, trial_label
 from .store import TrialStore
 
 HEADLINE = "iou_fg"  # the one IoU per trial shown in progress/tables: macro over test datasets, or the single one
@@ -36,8 +36,12 @@ class TrackingTarget:
 
     uri: str
     experiment: str
-    parent_run_id: str | None
+    sweep_run_id: str | None  # the execution's summary run
     sweep_id: str
+    execution_id: str  # the key of this execution's runs (kept in the manifest across launches)
+    launch: int = 1
+    experiment_id: str = ""
+    view_key: str | None = None  # the execution's saved view in the MLflow UI
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,12 @@ class _TuneReporter:
         self.seconds += time.perf_counter() - start
 
 
+def final_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A finished trial's metrics with the headline IoU under its own name (one sortable column in the UI)."""
+    iou = headline_iou(metrics)
+    return {**metrics, HEADLINE: iou} if iou is not None else dict(metrics)
+
+
 def _final_report(metrics: dict[str, Any]) -> dict[str, Any]:
     """The last tune.report: test metrics, plus val_loss = the selected (best) model's validation loss."""
     out = dict(metrics)
@@ -183,7 +193,7 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             result = run_trial(spec, out_dir, **kwargs)
         ctx.store.upload_dir(out_dir, f"trials/{tid}/outputs")
         if tracker is not None:
-            tracker.log_final(result.metrics)
+            tracker.log_final(final_metrics(result.metrics))
             tracker.log_artifacts(str(out_dir))
             tracker.close("FINISHED")
         record = {
@@ -231,15 +241,24 @@ def _open_tracker(ctx: TrialContext, spec: TrialSpec, tid: str, node_id: str) ->
 
     t = ctx.tracking
     entry = ctx.backbones[spec.backbone]
-    tracker = TrialTracker(t.uri, t.experiment, t.parent_run_id, t.sweep_id, tid)
+    tracker = TrialTracker(t.uri, t.experiment, t.sweep_run_id, t.sweep_id, tid, t.execution_id, t.launch)
     params = {
         **spec.flat_params(),
         "backbone.family": entry.family,
         "backbone.scale": entry.scale,
         "backbone.embed_dim": str(entry.embed_dim),
     }
-    tracker.open(params, {"vfm.node_id": node_id, "vfm.outputs": f"{ctx.store.root}/trials/{tid}/outputs"})
+    tags = {"vfm.node_id": node_id, "vfm.outputs": f"{ctx.store.root}/trials/{tid}/outputs"}
+    tracker.open(params, tags, run_name=run_name(spec))
     return tracker
+
+
+def run_name(spec: TrialSpec) -> str:
+    """What the trial is, for the UI's run list: backbone · regime (rank) · train data (sampling) · seed."""
+    label = trial_label(spec, "-")
+    regime = label["regime"] + (f" (r{label['rank']})" if label["rank"] != "-" else "")
+    train = label["train"] + (f" ({label['sampling']})" if label["sampling"] != "-" else "")
+    return f"{label['backbone']} · {regime} · {train} · seed {label['seed']}"
 
 
 def _release_memory() -> None:

@@ -1,10 +1,22 @@
-"""MLflow runs of a sweep: one parent run per sweep launch, one child run per trial, found again (never
-duplicated) on retry/resume. The tag names here are the contract the report reads back."""
+"""MLflow runs of a sweep: one top-level run per trial and one sweep summary run, all keyed by the sweep's
+*execution* (the id stored in the sweep's manifest when it was first started), so that:
+
+- every trial of an execution is a row of the experiment's run list, across launches (no nesting: MLflow's UI
+  folds child runs under their parent and leaves them out of its charts);
+- `--resume` and Ray's retries find the execution's own runs again, never duplicating them;
+- a fresh start of the same sweep (another storage path, same store) is another execution and never writes into
+  an earlier execution's runs, even when its trials have the same content-hash ids;
+- a trial's learning curve comes from one attempt: an attempt that would log epochs a killed attempt already
+  logged moves the trial to a new run (the older one is tagged `vfm.superseded_by` and deleted, restorable).
+
+The tag names here are the contract the report and the UI views read back.
+"""
 
 from __future__ import annotations
 
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,79 +38,92 @@ from .store import (
 _log = logging.getLogger(__name__)
 
 # Tag names: one place for each fact (the report reads the same constants).
-SWEEP_ID_TAG = "vfm.sweep_id"
+SWEEP_ID_TAG = "vfm.sweep_id"  # content hash of the sweep (name, trial ids, search settings)
+EXECUTION_TAG = "vfm.execution_id"  # one execution of a sweep: from its first start to its last resume
 TRIAL_ID_TAG = "vfm.trial_id"
 SWEEP_NAME_TAG = "vfm.sweep_name"
-ROLE_TAG = "vfm.role"  # "sweep" (a launch's parent run) or "trial" (a child run)
-LAUNCH_TAG = "vfm.launch"  # parent: launch number of this sweep id (1, 2, ... on resume)
-LAUNCH_RUN_TAG = "vfm.launch_run_id"  # child: the parent run (launch) that opened it most recently
-ATTEMPT_TAG = "vfm.attempt"  # child: how many times the trial has been opened (retries, resumes)
+ROLE_TAG = "vfm.role"  # "sweep" (the execution's summary run) or "trial"
+LAUNCH_TAG = "vfm.launch"  # sweep run: launches so far; trial run: the launch that opened it last
+SWEEP_RUN_TAG = "vfm.sweep_run_id"  # trial run: its execution's summary run
+ATTEMPT_TAG = "vfm.attempt"  # trial run: how many times the trial has been opened (retries, resumes)
+SUPERSEDED_TAG = "vfm.superseded_by"  # a trial run replaced by a later attempt's run (then deleted)
 ERROR_TAG = "vfm.error"
-PARENT_RUN_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 RUN_NAME_TAG = "mlflow.runName"
+EPOCH_METRICS = ("train_loss", "val_loss", "best_val_loss", "epoch_time_s", "epoch")  # step = epoch
+
+ROLE_SWEEP = "sweep"
+ROLE_TRIAL = "trial"
+
+
+def execution_filter(execution_id: str, role: str) -> str:
+    """The MLflow filter of one execution's runs of one role (also what the UI view uses)."""
+    return f"tags.`{EXECUTION_TAG}` = {quote(check_id(execution_id, 'execution id'))} and tags.`{ROLE_TAG}` = '{role}'"
 
 
 class SweepTracker:
-    """Driver side of one `vfm-ablate run` launch: the parent run that the launch's trial runs nest under."""
+    """Driver side of one execution of a sweep: its summary run, reopened by every launch."""
 
-    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, sweep_id: str):
+    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, sweep_id: str, execution_id: str):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.sweep_name = sweep_name
         self.sweep_id = check_id(sweep_id, "sweep id")
+        self.execution_id = check_id(execution_id, "execution id")
         self.run_id: str | None = None
         self.experiment_id: str | None = None
+        self.launch = 0
 
     @property
     def _client(self) -> Any:
         return tracking_client(self.tracking_uri)
 
     def start(self, params: dict[str, str], tags: dict[str, str] | None = None) -> str:
-        """Create this launch's parent run (launch 1, 2, ... of the sweep id) and log the sweep-level params."""
+        """Open this execution's summary run (created by its first launch) and count the launch."""
         client = self._client
         self.experiment_id = ensure_experiment(client, self.experiment, self.tracking_uri)
-        earlier = search_all_runs(
+        found = search_all_runs(
             client,
             self.experiment_id,
-            f"tags.`{SWEEP_ID_TAG}` = {quote(self.sweep_id)} and tags.`{ROLE_TAG}` = 'sweep'",
+            execution_filter(self.execution_id, ROLE_SWEEP),
+            order_by=["attributes.start_time ASC"],
         )
-        self._end_stale_launches(client, earlier)
-        launch = len(earlier) + 1
-        all_tags = {
-            **(tags or {}),
-            SWEEP_ID_TAG: self.sweep_id,
-            SWEEP_NAME_TAG: self.sweep_name,
-            ROLE_TAG: "sweep",
-            LAUNCH_TAG: str(launch),
-        }
-        run = retry_locked(
-            lambda: client.create_run(self.experiment_id, tags=all_tags, run_name=f"{self.sweep_name} launch {launch}"),
-            "create sweep run",
+        if found:
+            run = found[0]
+            self.run_id = run.info.run_id
+            if run.info.status == "RUNNING":
+                self._end_stale_trials(client)
+            self.launch = int(run.data.tags.get(LAUNCH_TAG, "0")) + 1
+            retry_locked(lambda: client.update_run(self.run_id, status="RUNNING"), "re-open sweep run")
+            logged = run.data.params
+            log_params(client, self.run_id, {k: v for k, v in params.items() if k not in logged})
+        else:
+            self.launch = 1
+            all_tags = {
+                SWEEP_ID_TAG: self.sweep_id,
+                EXECUTION_TAG: self.execution_id,
+                SWEEP_NAME_TAG: self.sweep_name,
+                ROLE_TAG: ROLE_SWEEP,
+            }
+            run = retry_locked(
+                lambda: client.create_run(self.experiment_id, tags=all_tags, run_name=f"{self.sweep_name} · sweep"),
+                "create sweep run",
+            )
+            self.run_id = run.info.run_id
+            log_params(client, self.run_id, params)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        set_tags(
+            client,
+            self.run_id,
+            {**(tags or {}), LAUNCH_TAG: str(self.launch), f"vfm.launch.{self.launch}.started": stamp},
         )
-        self.run_id = run.info.run_id
-        log_params(client, self.run_id, params)
         return self.run_id
 
-    def _end_stale_launches(self, client: Any, launches: list[Any]) -> None:
-        """A launch whose driver was SIGKILLed left its parent (and the trials it ran) RUNNING: end them as KILLED.
-
-        A new launch of the same sweep id only starts once the old driver is gone (`--resume` needs its storage),
-        so any launch still RUNNING here is dead. Its trials that this launch runs again are re-opened as RUNNING.
-        """
-        stale = [r for r in launches if r.info.status == "RUNNING"]
-        if not stale:
-            return
-        stale_ids = {r.info.run_id for r in stale}
-        for run in self._running_children():
-            if run.data.tags.get(LAUNCH_RUN_TAG) in stale_ids:
-                retry_locked(lambda: client.set_terminated(run.info.run_id, "KILLED"), "end stale trial run")
-        for run in stale:
-            _log.warning(
-                "launch run %s of sweep %s was left RUNNING (driver killed): marking it KILLED",
-                run.info.run_id,
-                self.sweep_id,
-            )
-            retry_locked(lambda: client.set_terminated(run.info.run_id, "KILLED"), "end stale launch run")
+    def _end_stale_trials(self, client: Any) -> None:
+        """The previous launch's driver was killed (its summary run is still RUNNING): its RUNNING trial runs are
+        dead too. A launch of an execution only starts once the previous one is gone (they share the storage)."""
+        _log.warning("sweep run of execution %s was left RUNNING (driver killed): ending its trials", self.execution_id)
+        for run in self.running_trials():
+            retry_locked(lambda: client.set_terminated(run.info.run_id, "KILLED"), "end stale trial run")
 
     def reconcile(self, finished: dict[str, str]) -> None:
         """Set the final status of trials whose run is still RUNNING (e.g. the trial process died before close())."""
@@ -107,29 +132,37 @@ class SweepTracker:
         for status in finished.values():
             check_status(status)
         client = self._client
-        for run in self._running_children():
+        for run in self.running_trials():
             trial_id = run.data.tags.get(TRIAL_ID_TAG)
             if trial_id in finished:
                 retry_locked(lambda: client.set_terminated(run.info.run_id, finished[trial_id]), "reconcile")
 
+    def publish(self, metrics: dict[str, float], artifacts: str | Path | None = None) -> None:
+        """The sweep's summary at the end of a launch: metrics at step = launch number, files as artifacts."""
+        run_id = self._need_run("publish")
+        log_metrics(self._client, run_id, metrics, step=self.launch)
+        if artifacts is not None and Path(artifacts).is_dir():
+            retry_locked(lambda: self._client.log_artifacts(run_id, str(artifacts)), "log sweep artifacts")
+
     def finish(self, status: str = "FINISHED") -> None:
-        """End the launch: trial runs it opened that are still RUNNING become KILLED, then the parent gets `status`."""
+        """End the launch: the execution's trial runs still RUNNING become KILLED, then the summary run gets
+        `status`."""
         check_status(status)
-        if self.run_id is None:
-            raise VfmAblateError("SweepTracker.finish() called before start()")
+        run_id = self._need_run("finish")
         client = self._client
-        for run in self._running_children():
-            if run.data.tags.get(LAUNCH_RUN_TAG) == self.run_id:
-                trial_id = run.data.tags.get(TRIAL_ID_TAG)
-                _log.warning("trial %s still RUNNING at the end of the sweep: marking it KILLED", trial_id)
-                retry_locked(lambda: client.set_terminated(run.info.run_id, "KILLED"), "finish")
-        retry_locked(lambda: client.set_terminated(self.run_id, status), "finish sweep run")
+        for run in self.running_trials():
+            _log.warning(
+                "trial %s still RUNNING at the end of the launch: marking it KILLED", run.data.tags.get(TRIAL_ID_TAG)
+            )
+            retry_locked(lambda: client.set_terminated(run.info.run_id, "KILLED"), "finish")
+        set_tags(client, run_id, {f"vfm.launch.{self.launch}.status": status})
+        retry_locked(lambda: client.set_terminated(run_id, status), "finish sweep run")
 
     def __enter__(self) -> SweepTracker:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        """Leave no RUNNING parent behind: KILLED on Ctrl-C, FAILED on an error, FINISHED otherwise."""
+        """Leave no RUNNING run behind: KILLED on Ctrl-C, FAILED on an error, FINISHED otherwise."""
         if self.run_id is None:
             return
         if exc_type is None:
@@ -139,59 +172,74 @@ class SweepTracker:
         else:
             self.finish("FAILED")
 
-    def _running_children(self) -> list[Any]:
+    def running_trials(self) -> list[Any]:
         if self.experiment_id is None:
             self.experiment_id = ensure_experiment(self._client, self.experiment, self.tracking_uri)
         return search_all_runs(
             self._client,
             self.experiment_id,
-            f"tags.`{SWEEP_ID_TAG}` = {quote(self.sweep_id)} and tags.`{ROLE_TAG}` = 'trial' "
-            "and attributes.status = 'RUNNING'",
+            execution_filter(self.execution_id, ROLE_TRIAL) + " and attributes.status = 'RUNNING'",
         )
+
+    def _need_run(self, what: str) -> str:
+        if self.run_id is None:
+            raise VfmAblateError(f"SweepTracker.{what}() called before start()")
+        return self.run_id
 
 
 # ----------------------------------------------------------------------------------------------- trial side
 
 
 class TrialTracker:
-    """Trial side: the trial's child run, found again by (sweep id, trial id) so retries and resumes never duplicate it.
+    """Trial side: the trial's run, found again by (execution id, trial id) so retries and resumes never duplicate it.
 
     Holds only plain picklable values; the MLflow client comes from a per-process cache in the process that uses it.
     """
 
-    def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str | None, sweep_id: str, trial_id: str):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        sweep_run_id: str | None,
+        sweep_id: str,
+        trial_id: str,
+        execution_id: str,
+        launch: int = 1,
+    ):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
-        self.parent_run_id = parent_run_id
+        self.sweep_run_id = sweep_run_id
         self.sweep_id = check_id(sweep_id, "sweep id")
         self.trial_id = check_id(trial_id, "trial id")
+        self.execution_id = check_id(execution_id, "execution id")
+        self.launch = launch
         self.run_id: str | None = None
-        self._logged_steps: set[tuple[str, int]] = set()
+        self._experiment_id: str | None = None
+        self._first_epoch_checked = False
 
     @property
     def _client(self) -> Any:
         return tracking_client(self.tracking_uri)
 
-    def open(self, params: dict[str, str], tags: dict[str, str] | None = None) -> str:
-        """Find or create the child run, mark it RUNNING, log the params it lacks; returns the run id."""
+    def open(self, params: dict[str, str], tags: dict[str, str] | None = None, run_name: str | None = None) -> str:
+        """Find or create the trial's run, mark it RUNNING, log the params it lacks; returns the run id."""
         self._check_store_reachable()
         client = self._client
-        experiment_id = ensure_experiment(client, self.experiment, self.tracking_uri)
+        self._experiment_id = experiment_id = ensure_experiment(client, self.experiment, self.tracking_uri)
         existing = search_all_runs(
             client,
             experiment_id,
-            f"tags.`{SWEEP_ID_TAG}` = {quote(self.sweep_id)} and tags.`{TRIAL_ID_TAG}` = {quote(self.trial_id)}",
+            execution_filter(self.execution_id, ROLE_TRIAL) + f" and tags.`{TRIAL_ID_TAG}` = {quote(self.trial_id)}",
             order_by=["attributes.start_time ASC"],
         )
         params = {str(k): str(v) for k, v in params.items()}
+        self._first_epoch_checked = False
         if existing:
             if len(existing) > 1:
                 _log.warning("trial %s has %d runs; re-using the oldest", self.trial_id, len(existing))
             run = existing[0]
             self.run_id = run.info.run_id
             attempt = int(run.data.tags.get(ATTEMPT_TAG, "1")) + 1
-            retry_locked(lambda: client.update_run(self.run_id, status="RUNNING"), "re-open run")
-            set_tags(client, self.run_id, {**(tags or {}), ATTEMPT_TAG: str(attempt), **self._launch_tags()})
             logged = run.data.params
             conflicts = {k: (logged[k], v) for k, v in params.items() if k in logged and logged[k] != v}
             if conflicts:
@@ -200,39 +248,43 @@ class TrialTracker:
                     f"trial {self.trial_id} (run {self.run_id}) was re-opened with different params ({shown}); "
                     "a trial id must always describe the same settings"
                 )
-            log_params(client, self.run_id, {k: v for k, v in params.items() if k not in run.data.params})
-            self._logged_steps = self._steps_already_logged(run)
+            retry_locked(lambda: client.update_run(self.run_id, status="RUNNING"), "re-open run")
+            set_tags(client, self.run_id, {**(tags or {}), ATTEMPT_TAG: str(attempt), **self._launch_tags()})
+            log_params(client, self.run_id, {k: v for k, v in params.items() if k not in logged})
         else:
-            all_tags = {
-                **(tags or {}),
-                SWEEP_ID_TAG: self.sweep_id,
-                TRIAL_ID_TAG: self.trial_id,
-                ROLE_TAG: "trial",
-                ATTEMPT_TAG: "1",
-                **self._launch_tags(),
-            }
-            if self.parent_run_id:
-                all_tags[PARENT_RUN_TAG] = self.parent_run_id
-            run = retry_locked(
-                lambda: client.create_run(experiment_id, tags=all_tags, run_name=_run_name(params, self.trial_id)),
-                "create trial run",
-            )
-            self.run_id = run.info.run_id
-            log_params(client, self.run_id, params)
-            self._logged_steps = set()
+            self.run_id = self._create_run(params, {**(tags or {}), ATTEMPT_TAG: "1"}, run_name)
         return self.run_id
 
+    def _create_run(self, params: dict[str, str], tags: dict[str, str], run_name: str | None) -> str:
+        client = self._client
+        all_tags = {
+            **tags,
+            SWEEP_ID_TAG: self.sweep_id,
+            EXECUTION_TAG: self.execution_id,
+            TRIAL_ID_TAG: self.trial_id,
+            ROLE_TAG: ROLE_TRIAL,
+            **self._launch_tags(),
+        }
+        run = retry_locked(
+            lambda: client.create_run(self._experiment_id, tags=all_tags, run_name=run_name or self.trial_id),
+            "create trial run",
+        )
+        log_params(client, run.info.run_id, params)
+        return run.info.run_id
+
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Per-epoch metrics at step=epoch; epochs already in the run (logged before a resume) are skipped."""
+        """Per-epoch metrics at step = epoch. This attempt's first epoch decides whether the run's history is its
+        own: epochs at or after it logged by an earlier (killed) attempt would mix two attempts in one curve, so
+        the trial then moves to a fresh run that keeps only the epochs before it (those the checkpoint holds)."""
         run_id = self._need_run("log_epoch")
-        fresh = {k: v for k, v in metrics.items() if (k, int(epoch)) not in self._logged_steps}
-        if not fresh:
-            return
-        log_metrics(self._client, run_id, fresh, step=int(epoch))
-        self._logged_steps.update((k, int(epoch)) for k in fresh)
+        if not self._first_epoch_checked:
+            self._first_epoch_checked = True
+            if self._logged_from(run_id, int(epoch)):
+                run_id = self._replace_run(run_id, int(epoch))
+        log_metrics(self._client, run_id, dict(metrics), step=int(epoch))
 
     def log_final(self, metrics: dict[str, float]) -> None:
-        """Final test metrics (step 0); a later attempt's values supersede earlier ones as the run's latest."""
+        """Final test metrics (step 0)."""
         log_metrics(self._client, self._need_run("log_final"), dict(metrics), step=0)
 
     def log_artifacts(self, out_dir: str) -> None:
@@ -260,31 +312,58 @@ class TrialTracker:
         return self.run_id
 
     def _launch_tags(self) -> dict[str, str]:
-        return {LAUNCH_RUN_TAG: self.parent_run_id} if self.parent_run_id else {}
+        tags = {LAUNCH_TAG: str(self.launch)}
+        if self.sweep_run_id:
+            tags[SWEEP_RUN_TAG] = self.sweep_run_id
+        return tags
 
-    def _steps_already_logged(self, run: Any) -> set[tuple[str, int]]:
-        steps: set[tuple[str, int]] = set()
-        for key in run.data.metrics:
-            history = retry_locked(lambda: self._client.get_metric_history(run.info.run_id, key))
-            steps.update((key, int(m.step)) for m in history)
-        return steps
+    def _logged_from(self, run_id: str, epoch: int) -> bool:
+        """True when an earlier attempt logged a per-epoch value at `epoch` or later in this run."""
+        run = retry_locked(lambda: self._client.get_run(run_id), "read run")
+        for key in (k for k in run.data.metrics if k in EPOCH_METRICS):
+            history = retry_locked(lambda: self._client.get_metric_history(run_id, key), "read history")
+            if any(m.step >= epoch for m in history):
+                return True
+        return False
+
+    def _replace_run(self, old_id: str, epoch: int) -> str:
+        """A fresh run for this attempt: same params and tags, the epochs before `epoch` copied over; the old run
+        is tagged with its successor, ended and deleted (MLflow keeps it restorable: `mlflow runs restore`)."""
+        from mlflow.entities import Metric
+
+        client = self._client
+        old = retry_locked(lambda: client.get_run(old_id), "read run")
+        keep_tags = {k: v for k, v in old.data.tags.items() if not k.startswith("mlflow.") and k != ERROR_TAG}
+        new_id = self._create_run(dict(old.data.params), keep_tags, old.info.run_name)
+        kept: list[Any] = []
+        for key in (k for k in old.data.metrics if k in EPOCH_METRICS):
+            history = retry_locked(lambda: client.get_metric_history(old_id, key), "read history")
+            kept += [Metric(key, m.value, m.timestamp, m.step) for m in history if m.step < epoch]
+        for start in range(0, len(kept), 1000):
+            chunk = kept[start : start + 1000]
+            retry_locked(lambda: client.log_batch(new_id, metrics=chunk), "copy history")
+        set_tags(client, old_id, {SUPERSEDED_TAG: new_id})
+        if old.info.status == "RUNNING":
+            retry_locked(lambda: client.set_terminated(old_id, "KILLED"), "end superseded run")
+        retry_locked(lambda: client.delete_run(old_id), "delete superseded run")
+        _log.warning(
+            "trial %s: attempt restarts at epoch %d but run %s holds later epochs of an earlier attempt: "
+            "continuing in run %s (epochs < %d kept)",
+            self.trial_id,
+            epoch,
+            old_id,
+            new_id,
+            epoch,
+        )
+        self.run_id = new_id
+        return new_id
 
     def _check_store_reachable(self) -> None:
         """A sweep's SQLite file must already exist here; if not, this is a remote worker writing to a private copy."""
         db = sqlite_path(self.tracking_uri)
-        if db is not None and self.parent_run_id and not db.exists():
+        if db is not None and self.sweep_run_id and not db.exists():
             raise VfmAblateError(
                 f"tracking database {db} does not exist on host {socket.gethostname()}: this trial runs on another "
                 "machine than the sweep driver, and a local SQLite store cannot be shared between machines. "
                 "Start an MLflow server and pass --tracking-uri http://HOST:PORT (see docs/tracking.md)."
             )
-
-
-def _run_name(params: dict[str, str], trial_id: str) -> str:
-    """A readable run name for the UI list: backbone, regime, training data, seed, short trial id."""
-    parts = [params.get("backbone"), params.get("regime"), (params.get("data.train") or "").replace(",", "+")]
-    seed = params.get("seed")
-    name = "-".join(p for p in parts if p)
-    if seed:
-        name += f"-s{seed}"
-    return f"{name}-{trial_id[:6]}" if name else trial_id

@@ -1,0 +1,113 @@
+"""The report as one document: Markdown (figures beside it) and self-contained HTML (figures embedded), plus the
+plain-text version the terminal prints. Same sections in each: the study's block tables, paired vs single, the
+transfer matrix, the figures."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..text_tables import format_table, markdown_table
+from .study import Block, delta_display
+from .tables import MISSING, SummaryTable
+
+CELL_NOTE = (
+    "Cells: mean ± sample std (ddof = 1) over the FINISHED repeats (n); failed / killed / running repeats are "
+    f"counted beside the numbers, never averaged; {MISSING} = not run. `macro` = mean over the test datasets, "
+    "`pooled` = over all their pixels."
+)
+PAIRED_NOTE = (
+    "Δ d = mean IoU on d after paired training − mean IoU on d after training on d alone (n paired / n single). "
+    "Δ macro = the paired model's macro IoU − the mean of the single-dataset models' IoUs. Negative = paired "
+    "training lost IoU."
+)
+
+
+@dataclass
+class ReportParts:
+    table: SummaryTable
+    blocks: list[Block]
+    paired: pd.DataFrame
+    transfer: dict[str, pd.DataFrame]
+    figures: dict[str, Path] = field(default_factory=dict)  # caption -> PNG
+
+
+def _rows(frame: pd.DataFrame) -> tuple[list[dict[str, object]], list[str]]:
+    flat = frame.reset_index() if frame.index.name else frame
+    columns = [str(c) for c in flat.columns]
+    return [dict(zip(columns, row)) for row in flat.itertuples(index=False)], columns
+
+
+def _paired_shown(paired: pd.DataFrame) -> pd.DataFrame:
+    return delta_display(paired) if not paired.empty else paired
+
+
+def as_text(parts: ReportParts) -> str:
+    """What `vfm-ablate report` prints: one narrow table per block rather than one very wide table."""
+    out = [f"{parts.table.metric}: {CELL_NOTE}", ""]
+    for block in parts.blocks:
+        out += [f"trained on {block.train}", format_table(*_rows(block.table)), ""]
+    if not parts.paired.empty:
+        out += ["paired vs single-dataset training", format_table(*_rows(_paired_shown(parts.paired))), PAIRED_NOTE, ""]
+    for name, frame in parts.transfer.items():
+        out += [f"transfer ({name})", format_table(*_rows(frame)), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def as_markdown(parts: ReportParts, title: str) -> str:
+    out = [f"# {title}", "", f"Metric: `{parts.table.metric}`. {CELL_NOTE}", ""]
+    for block in parts.blocks:
+        out += [f"## Trained on {block.train}", "", markdown_table(*_rows(block.table)), ""]
+    if not parts.paired.empty:
+        out += ["## Paired vs single-dataset training", "", markdown_table(*_rows(_paired_shown(parts.paired)))]
+        out += ["", PAIRED_NOTE, ""]
+    if parts.transfer:
+        out += ["## Transfer (train data → test data)", ""]
+        for name, frame in parts.transfer.items():
+            out += [f"### {name}", "", markdown_table(*_rows(frame)), ""]
+    for caption, png in parts.figures.items():
+        out += [f"## {caption}", "", f"![{caption}]({png.name})", ""]
+    return "\n".join(out)
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    rows, columns = _rows(frame)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:0.5em 0 1.5em}"
+    "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px;white-space:nowrap}"
+    "th{background:#f3f3f3}img{max-width:100%}p.note{color:#555;font-size:13px}"
+)
+
+
+def as_html(parts: ReportParts, title: str) -> str:
+    """One file, nothing beside it: the figures are embedded as data URIs."""
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
+    out += [f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    out.append(f"<p class='note'>Metric: {html.escape(parts.table.metric)}. {html.escape(CELL_NOTE)}</p>")
+    for block in parts.blocks:
+        out += [f"<h2>Trained on {html.escape(block.train)}</h2>", _html_table(block.table)]
+    if not parts.paired.empty:
+        out += ["<h2>Paired vs single-dataset training</h2>", _html_table(_paired_shown(parts.paired))]
+        out.append(f"<p class='note'>{html.escape(PAIRED_NOTE)}</p>")
+    if parts.transfer:
+        out.append("<h2>Transfer (train data → test data)</h2>")
+        for name, frame in parts.transfer.items():
+            out += [f"<h3>{html.escape(name)}</h3>", _html_table(frame)]
+    for caption, png in parts.figures.items():
+        data = base64.b64encode(png.read_bytes()).decode()
+        out += [
+            f"<h2>{html.escape(caption)}</h2>",
+            f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>",
+        ]
+    out.append("</body></html>")
+    return "\n".join(out)
