@@ -167,7 +167,7 @@ def _download_and_unpack(
         os.replace(staging, root / source.folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    archive.unlink(missing_ok=True)
+        archive.unlink(missing_ok=True)  # unpacked, or of the wrong layout (a killed unpack keeps it: reused)
     log(f"{source.name}: {count} files unpacked into {root / source.folder}")
     return DatasetInstall(source.name, root / source.folder, "installed", digest, pinned=pinned)
 

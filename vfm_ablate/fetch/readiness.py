@@ -185,7 +185,7 @@ def _weights_input(entry: BackboneEntry, trials: int) -> Input:
     found = cached_file(source)
     if found is not None:
         return Input("weights", entry.name, source.describe(), trials, True, found.name, False)
-    where = "the Hugging Face cache" if source.kind == "hub" else str(source.path)
+    where = f"the Hugging Face cache {hub_cache_dir()}" if source.kind == "hub" else str(source.path)
     return Input("weights", entry.name, source.describe(), trials, False, f"not in {where}", source.kind != "checkpoint")
 
 
