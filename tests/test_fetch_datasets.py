@@ -136,7 +136,8 @@ def test_fetch_lays_out_lucchi_and_vnc_as_the_loaders_read_them_and_a_rerun_is_a
 
 def test_a_checksum_mismatch_names_the_file_and_installs_nothing(local_server: LocalServer, tmp_path: Path) -> None:
     source = served(local_server, LUCCHI_PP, lucchi_archive(), sha256="0" * 64)
-    with pytest.raises(DataError, match=r"lucchi_pp\.zip \(from http://127\.0\.0\.1:\d+/lucchi_pp\.zip\): checksum mis"):
+    expected = r"lucchi_pp\.zip \(from http://127\.0\.0\.1:\d+/lucchi_pp\.zip\): checksum mismatch"
+    with pytest.raises(DataError, match=expected):
         install_source(source, tmp_path, log=lambda _: None)
     assert not (tmp_path / "lucchi_pp").exists() and not leftovers(tmp_path)
     assert len(local_server.gets()) == 1, "a checksum mismatch is not retried"

@@ -54,10 +54,11 @@ class Readiness:
         return [i for i in self.inputs if not i.present]
 
     def format(self) -> str:
-        """The readiness section of `run --dry-run` (and what `run` prints before starting when something is missing)."""
+        """The readiness section of `run --dry-run` (and what `run` prints before starting if something is missing)."""
         mode = f"offline ({self.offline})" if self.offline else "online (no HF_HUB_OFFLINE)"
+        root = data_root().expanduser().resolve()
         lines = [
-            f"inputs ({mode}): datasets under ${DATA_ROOT_ENV} ({data_root().expanduser().resolve()}), weights in {hub_cache_dir()}"
+            f"inputs ({mode}): datasets under ${DATA_ROOT_ENV} ({root}), weights in {hub_cache_dir()}"
             " (huggingface_hub's cache: $HF_HUB_CACHE, else $HF_HOME/hub)"
         ]
         if not self.inputs:
@@ -186,7 +187,8 @@ def _weights_input(entry: BackboneEntry, trials: int) -> Input:
     if found is not None:
         return Input("weights", entry.name, source.describe(), trials, True, found.name, False)
     where = f"the Hugging Face cache {hub_cache_dir()}" if source.kind == "hub" else str(source.path)
-    return Input("weights", entry.name, source.describe(), trials, False, f"not in {where}", source.kind != "checkpoint")
+    fetchable = source.kind != "checkpoint"
+    return Input("weights", entry.name, source.describe(), trials, False, f"not in {where}", fetchable)
 
 
 def _short(problem: str, root: Path) -> str:
