@@ -147,7 +147,7 @@ def _fetch_backbone(entry: BackboneEntry, failures: list[str]) -> dict[str, str]
     result = "already there" if before is not None else "downloaded"
     if source.kind == "checkpoint":
         result = "local file (checked)"
-    return {**row, "result": f"{result} ({size:,.1f} MiB)", "where": f"{source.describe()}: {path}"}
+    return {**row, "result": f"{result} ({size:,.1f} MiB)", "where": str(path)}
 
 
 def _readiness_after(sweep_file: str) -> str:

@@ -212,9 +212,9 @@ def _open_clip_source(entry: BackboneEntry) -> WeightSource:
 
 def _fetch_open_clip(source: WeightSource) -> Path:
     """open_clip's own hub download (what `create_model` calls: safetensors first), so the file lands where it looks."""
-    import open_clip
+    from open_clip.pretrained import download_pretrained_from_hf
 
-    return Path(open_clip.download_pretrained_from_hf(source.repo_id, filename=source.filenames[-1]))
+    return Path(download_pretrained_from_hf(source.repo_id, filename=source.filenames[-1]))
 
 
 def _fetch_error(source: WeightSource, err: Exception) -> str:
