@@ -150,7 +150,7 @@ def test_an_interrupted_download_restarts_cleanly(local_server: LocalServer, tmp
 
     local_server.cut_off[path] = 1  # cut off once: restarted at once, and installed
     assert install_source(source, tmp_path, log=logs.append).action == "installed"
-    assert len(local_server.gets(path)) == 2 and any("interrupted" in line for line in logs)
+    assert len(local_server.gets(path)) == 2 and any("restarting it (2/3)" in line for line in logs)
     assert not leftovers(tmp_path)
 
     local_server.cut_off[path] = DOWNLOAD_ATTEMPTS  # cut off every time: an error, nothing half-written

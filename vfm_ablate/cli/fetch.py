@@ -16,7 +16,7 @@ from ..data.entries import DATA_ROOT_ENV, data_root
 from ..errors import ConfigError, VfmAblateError
 from ..fetch.datasets import install_source
 from ..fetch.sources import DATASET_SOURCES, DatasetSource, get_source, source_of
-from ..fetch.weights import cached_file, fetch_weights, hub_cache_dir, weight_source
+from ..fetch.weights import HubUnreachable, cached_file, fetch_weights, hub_cache_dir, weight_source
 from ..models.registry import BackboneEntry, get_entry, list_entries
 from ..text_tables import format_table
 from ..validation import suggest
@@ -62,8 +62,9 @@ def _fetch(args: argparse.Namespace) -> int:
     failures: list[str] = []
     for source in wanted.sources.values():
         rows.append(_fetch_dataset(source, not args.no_check, failures))
+    unreachable: list[str] = []  # once the hub is out of reach, the other hub downloads are not tried
     for entry in wanted.backbones.values():
-        rows.append(_fetch_backbone(entry, failures))
+        rows.append(_fetch_backbone(entry, failures, unreachable))
     if rows:
         print(format_table(rows))
     for sweep in wanted.sweeps:
@@ -134,12 +135,19 @@ def _fetch_dataset(source: DatasetSource, check: bool, failures: list[str]) -> d
     }
 
 
-def _fetch_backbone(entry: BackboneEntry, failures: list[str]) -> dict[str, str]:
+def _fetch_backbone(entry: BackboneEntry, failures: list[str], unreachable: list[str]) -> dict[str, str]:
     row = {"input": "weights", "name": entry.name}
     try:
         source = weight_source(entry)
         before = cached_file(source)
+        if before is None and source.kind == "hub" and unreachable:
+            failures.append(f"weights {entry.name}: not tried, the hub was unreachable for {unreachable[0]}")
+            return {**row, "result": "FAILED", "where": f"{source.describe()}: not tried (no network)"}
         path = fetch_weights(source)
+    except HubUnreachable as err:
+        unreachable.append(entry.name)
+        failures.append(f"weights {entry.name}: {err}")
+        return {**row, "result": "FAILED", "where": str(err).splitlines()[0][:100]}
     except VfmAblateError as err:
         failures.append(f"weights {entry.name}: {err}")
         return {**row, "result": "FAILED", "where": str(err).splitlines()[0][:100]}

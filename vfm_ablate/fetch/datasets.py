@@ -211,7 +211,8 @@ def _download(source: DatasetSource, workdir: Path, known: str | None, progressb
                     f"{source.archive}: download from {url} failed {DOWNLOAD_ATTEMPTS} times "
                     f"({type(err).__name__}: {err}); nothing was installed, run fetch again to restart it"
                 ) from None
-            log(f"{source.archive}: download interrupted ({type(err).__name__}); restarting it")
+            name = type(err).__name__
+            log(f"{source.archive}: download failed ({name}); restarting it ({attempt + 1}/{DOWNLOAD_ATTEMPTS})")
     raise AssertionError("unreachable")
 
 

@@ -32,6 +32,10 @@ TIMM_WEIGHTS = "pytorch_model.bin"  # timm's default file in a hub repo; `model.
 OPEN_CLIP_WEIGHTS = "open_clip_pytorch_model.bin"  # open_clip's; `open_clip_model.safetensors` is tried first
 
 
+class HubUnreachable(CheckpointError):
+    """The download failed for want of a network (or with HF_HUB_OFFLINE): other downloads would fail the same way."""
+
+
 @dataclass(frozen=True)
 class WeightSource:
     """One backbone entry's pretrained weights: a hub repo (+ the files the library tries, in order), a URL, a local
@@ -115,7 +119,8 @@ def fetch_weights(source: WeightSource) -> Path:
     except CheckpointError:
         raise
     except Exception as err:  # network, gated or missing repos: one message naming what failed and how to fix it
-        raise CheckpointError(_fetch_error(source, err)) from None
+        kind = HubUnreachable if _unreachable(err) else CheckpointError
+        raise kind(_fetch_error(source, err)) from None
 
 
 # ------------------------------------------------------------------------------------------------- timm
@@ -160,13 +165,15 @@ def _safe_alternatives(filename: str) -> tuple[str, ...]:
 
 def _fetch_hub(source: WeightSource) -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     *preferred, last = source.filenames
     for filename in preferred:
         try:
             return Path(hf_hub_download(source.repo_id, filename, revision=source.revision))
-        except EntryNotFoundError:
+        except LocalEntryNotFoundError:  # no network (a subclass of EntryNotFoundError): not "no such file"
+            raise
+        except EntryNotFoundError:  # the repo has no such file: the library's next choice
             continue
     return Path(hf_hub_download(source.repo_id, last, revision=source.revision))
 
@@ -215,6 +222,19 @@ def _fetch_open_clip(source: WeightSource) -> Path:
     from open_clip.pretrained import download_pretrained_from_hf
 
     return Path(download_pretrained_from_hf(source.repo_id, filename=source.filenames[-1]))
+
+
+_NO_NETWORK = {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectTimeout", "ConnectionError"}
+
+
+def _unreachable(err: BaseException | None) -> bool:
+    """Whether an error (or one it was raised from or while handling) says the network was not there."""
+    seen = 0
+    while err is not None and seen < 10:
+        if type(err).__name__ in _NO_NETWORK:
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
 
 
 def _fetch_error(source: WeightSource, err: Exception) -> str:
