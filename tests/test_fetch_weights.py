@@ -102,6 +102,12 @@ def test_offline_with_weights_missing_the_run_stops_before_ray_with_the_fetch_co
     assert not (tmp_path / "results").exists(), "nothing was started: no storage, no Ray"
     assert "Ray" not in done.stdout
 
+    # fetch itself, offline: the first hub download fails saying why, the others are not tried
+    fetched = vfm(tmp_path, "-m", "vfm_ablate", "fetch", str(sweep), HF_HUB_OFFLINE="1")
+    assert fetched.returncode == 2
+    assert "HF_HUB_OFFLINE is set: run fetch where the network is reachable, without it" in fetched.stderr
+    assert "weights hub_clip: not tried, the hub was unreachable for hub_vit" in fetched.stderr
+
 
 def test_fetch_fills_the_cache_timm_and_open_clip_load_offline_and_a_rerun_is_a_no_op(
     local_server: LocalServer, tmp_path: Path
