@@ -229,3 +229,31 @@ def test_the_command_downloads_from_a_mirror_and_checks_the_published_checksum(
     assert VNC.sha256 in err and "FAILED" in out
     assert [r[1] for r in local_server.gets()] == [f"/{VNC.archive}"]
     assert not (tmp_path / "vnc").exists()
+
+
+def test_fetch_reports_what_it_cannot_download_and_unknown_targets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A sweep's own dataset that is not on disk cannot be fetched: `fetch` says so and exits non-zero."""
+    import yaml
+
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path / "data"))
+    sweep = tmp_path / "own.yaml"
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "base": {"backbone": "tiny_vit_p14", "weights": "random", "data": {"train": ["mine"]}},
+                "datasets": {"mine": {"layout": "folder", "path": str(tmp_path / "mine")}},
+            }
+        )
+    )
+    assert cli.main(["fetch", str(sweep)]) == 2
+    out, err = capsys.readouterr()
+    assert "MISSING: folder not found" in out
+    assert f"dataset mine ({sweep}): not downloadable by fetch: put it in place ({tmp_path / 'mine'})" in err
+
+    assert cli.main(["fetch", "vcn"]) == 2
+    assert (
+        "unknown fetch target (a sweep file, a dataset or a backbone) 'vcn'. Did you mean 'vnc'?"
+        in capsys.readouterr().err
+    )

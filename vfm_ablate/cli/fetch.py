@@ -15,6 +15,7 @@ from pathlib import Path
 from ..data.entries import DATA_ROOT_ENV, data_root
 from ..errors import ConfigError, VfmAblateError
 from ..fetch.datasets import install_source
+from ..fetch.readiness import Readiness
 from ..fetch.sources import DATASET_SOURCES, DatasetSource, get_source, source_of
 from ..fetch.weights import HubUnreachable, cached_file, fetch_weights, hub_cache_dir, weight_source
 from ..models.registry import BackboneEntry, get_entry, list_entries
@@ -68,7 +69,12 @@ def _fetch(args: argparse.Namespace) -> int:
     if rows:
         print(format_table(rows))
     for sweep in wanted.sweeps:
-        print(_readiness_after(sweep))
+        readiness = _readiness_after(sweep)
+        print(readiness.format())
+        kinds = {"dataset"} if args.datasets_only else {"weights"} if args.weights_only else {"dataset", "weights"}
+        for i in readiness.missing:
+            if not i.fetchable and i.kind in kinds:
+                failures.append(f"{i.kind} {i.name} ({sweep}): not downloadable by fetch: put it in place ({i.source})")
     if failures:
         raise VfmAblateError(f"{len(failures)} input(s) not fetched:\n  " + "\n  ".join(failures))
     return 0
@@ -106,8 +112,9 @@ def _add_sweep(wanted: Wanted, path: Path) -> None:
         if t.spec.weights == "pretrained":
             wanted.backbones.setdefault(t.spec.backbone, backbones[t.spec.backbone])
         for name in t.spec.dataset_names():
-            source = source_of(name)
-            if source is not None and datasets[name].root() == (data_root() / source.folder).expanduser().resolve():
+            source, entry = source_of(name), datasets[name]
+            where = entry.root() if entry.path is not None else None
+            if source is not None and where == (data_root() / source.folder).expanduser().resolve():
                 wanted.sources[source.name] = source
     wanted.sweeps.append(str(path))
 
@@ -158,10 +165,10 @@ def _fetch_backbone(entry: BackboneEntry, failures: list[str], unreachable: list
     return {**row, "result": f"{result} ({size:,.1f} MiB)", "where": str(path)}
 
 
-def _readiness_after(sweep_file: str) -> str:
+def _readiness_after(sweep_file: str) -> Readiness:
     from ..sweep.inputs import sweep_readiness
     from ..sweep.plan import plan
     from ..sweep.spec import load_sweep
 
     sweep = load_sweep(sweep_file)
-    return sweep_readiness(sweep, plan(sweep).trials).format()
+    return sweep_readiness(sweep, plan(sweep).trials)
