@@ -58,8 +58,8 @@ class Readiness:
         mode = f"offline ({self.offline})" if self.offline else "online (no HF_HUB_OFFLINE)"
         root = data_root().expanduser().resolve()
         lines = [
-            f"inputs ({mode}): datasets under ${DATA_ROOT_ENV} ({root}), weights in {hub_cache_dir()}"
-            " (huggingface_hub's cache: $HF_HUB_CACHE, else $HF_HOME/hub)"
+            f"inputs ({mode}): datasets under ${DATA_ROOT_ENV} ({root}),",
+            f"  weights in huggingface_hub's cache {hub_cache_dir()} ($HF_HUB_CACHE, else $HF_HOME/hub)",
         ]
         if not self.inputs:
             lines.append("  nothing to fetch: every trial uses synthetic data and random-init weights")
