@@ -25,6 +25,7 @@ LAYERS = {
     "tracking": 3,
     "trialfile": 4,
     "diagnostics": 4,
+    "fetch": 4,
     "trial": 5,
     "report": 6,
     "sweep": 7,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..text_tables import format_table
+from .inputs import sweep_readiness
 from .plan import SweepPlan
 from .spec import SweepSpec
 
@@ -39,4 +40,5 @@ def describe_plan(sweep: SweepSpec, the_plan: SweepPlan) -> str:
         + " (GPU asks become 0 on a cluster without GPUs); max_concurrent_trials: "
         + str(sweep.run.max_concurrent_trials or "as resources allow")
     )
+    lines.append(sweep_readiness(sweep, the_plan.trials).format())
     return "\n".join(lines)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import ConfigError
+from .inputs import check_inputs
 from .plan import PlannedTrial, SweepPlan, plan, resolved_entries, short_label, without_gpus
 from .progress import ProgressView
 from .results import SweepOutcome, collect_outcome, format_outcome, mlflow_statuses, write_results_csv
@@ -86,6 +87,7 @@ def run_sweep(
     out = out or sys.stdout
     workdir = (workdir or Path.cwd()).resolve()
     the_plan = plan(sweep)
+    check_inputs(sweep, the_plan.trials, out)  # offline with a dataset or weight missing: stop before Ray starts
     root = storage_root(resolve_storage_path(sweep, storage_path), sweep.name, workdir)
     store = TrialStore(root)
     sid = sweep_id(sweep, the_plan)
