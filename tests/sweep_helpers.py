@@ -22,6 +22,38 @@ def tiny_base(optim: dict[str, Any], **settings: Any) -> dict[str, Any]:
     }
 
 
+def write_em_layouts(root: Path, slices: int = 5, size: int = 16) -> Path:
+    """Tiny stand-ins for the study's datasets in their on-disk layouts under `root` (what $VFM_ABLATE_DATA_ROOT
+    points at): lucchi_pp (maskNNNN.png <-> N.png), vnc stack1 (raw .tif + mitochondria .png) and stack2."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+
+    def image() -> np.ndarray:
+        return rng.integers(0, 256, (size, size), dtype=np.uint8)
+
+    def mask() -> np.ndarray:
+        m = np.zeros((size, size), np.uint8)
+        m[2:8, 2:8] = 255
+        return m
+
+    for split in ("Train", "Test"):
+        (root / "lucchi_pp" / f"{split}_In").mkdir(parents=True)
+        (root / "lucchi_pp" / f"{split}_Out").mkdir(parents=True)
+        for i in range(slices):
+            Image.fromarray(image()).save(root / "lucchi_pp" / f"{split}_In" / f"mask{i:04d}.png")
+            Image.fromarray(mask()).save(root / "lucchi_pp" / f"{split}_Out" / f"{i}.png")
+    for sub in ("stack1/raw", "stack1/mitochondria", "stack2/raw"):
+        (root / "vnc" / sub).mkdir(parents=True)
+    for i in range(slices):
+        tifffile.imwrite(root / "vnc" / "stack1" / "raw" / f"{i:02d}.tif", image())
+        Image.fromarray(mask()).save(root / "vnc" / "stack1" / "mitochondria" / f"{i:02d}.png")
+        tifffile.imwrite(root / "vnc" / "stack2" / "raw" / f"{i:02d}.tif", image())
+    return root
+
+
 _HEADER_TRIALS = re.compile(r"^#\s*Trials:\s*(\d+)", re.MULTILINE)
 
 

@@ -22,17 +22,20 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import ConfigError
-from .plan import PlannedTrial, SweepPlan, plan, resolved_entries, short_label, without_gpus
+from .identity import InputIdentities, changed_entries, input_identities, stale_trials, uses_any
+from .inputs import check_inputs
+from .plan import PlannedTrial, SweepPlan, plan, short_label, without_gpus
 from .progress import ProgressView
 from .results import SweepOutcome, collect_outcome, format_outcome, mlflow_statuses, write_results_csv
 from .spec import SweepSpec
-from .store import TrialStore, resolve_storage_path, storage_root
+from .store import TrialStore, check_storage_root, resolve_storage_path, storage_root
 from .trainable import (
     GRID_KEY,
     SEARCH_KEY,
@@ -64,15 +67,18 @@ def run_sweep(
     max_concurrent_trials: int | None = None,
     num_cpus: int | None = None,
     retry_failed: bool | None = None,
+    rerun_changed: bool = False,
     workdir: Path | None = None,
     verbose: bool = False,
     out: TextIO | None = None,
 ) -> SweepOutcome:
     """Run (or, with resume, finish) a sweep on Ray Tune and return one outcome per trial.
 
-    Uses the Ray already initialised in this process if any (tests, notebooks), else starts a local Ray or joins
-    `address` ("auto", "ray://head:10001"), and shuts down only what it started. Progress lines go to stdout,
-    the start line and the final table to `out`.
+    Everything a user can get wrong is checked before Ray starts: the storage path, every local input
+    (sweep/inputs.py), the inputs of trials already run against today's entries (with `rerun_changed`, those
+    trials start over), the tracking store. Uses the Ray already initialised in this process if any (tests,
+    notebooks), else starts a local Ray or joins `address` ("auto", "ray://head:10001"), and shuts down only what
+    it started. Progress lines go to stdout, the start line and the final table to `out`.
     """
     import ray
 
@@ -80,9 +86,24 @@ def run_sweep(
     workdir = (workdir or Path.cwd()).resolve()
     the_plan = plan(sweep)
     root = storage_root(resolve_storage_path(sweep, storage_path), sweep.name, workdir)
+    check_storage_root(root)
     store = TrialStore(root)
     sid = sweep_id(sweep, the_plan)
     _check_manifest(store, sweep, the_plan, sid, resume)
+    inputs = check_inputs([t.spec for t in the_plan.trials], sweep.backbones, sweep.datasets, sweep.source)
+    identities = input_identities(inputs.backbones, inputs.datasets, inputs.pretrained)
+    changed, stale = _check_unchanged_inputs(store, sweep, the_plan, identities, resume, rerun_changed, out)
+    uri = _tracking_uri(sweep, tracking_uri, workdir)
+    if uri is not None:
+        from ..tracking.store import check_tracking_store
+
+        check_tracking_store(uri)
+    if resume:
+        store.close_all_running_attempts("its launch ended without closing it (killed)")
+    if stale:
+        _start_over(store, sweep, the_plan, stale, changed, uri, sid, out)
+    if inputs.downloads:
+        print(inputs.describe(), file=out)
 
     started_ray = False
     if not ray.is_initialized():
@@ -107,12 +128,17 @@ def run_sweep(
                     "(the autoscaler adds them on demand); set `resources: {gpu: 0}` to run on CPUs",
                     file=out,
                 )
-        backbones, datasets = resolved_entries(sweep, trials)
-        target, tracker = _start_tracking(sweep, the_plan, sid, tracking_uri, workdir, resume, out)
+        target, tracker = _start_tracking(sweep, the_plan, sid, uri, resume)
         ctx = TrialContext(
-            store, backbones, datasets, sweep.run.checkpoint_every, sweep.run.checkpoint_min_interval_s, target
+            store,
+            inputs.backbones,
+            inputs.datasets,
+            sweep.run.checkpoint_every,
+            sweep.run.checkpoint_min_interval_s,
+            target,
+            identities,
         )
-        store.write_json(MANIFEST, _manifest(sweep, the_plan, sid))
+        store.write_json(MANIFEST, _manifest(sweep, the_plan, sid, identities))
         print(
             f"sweep '{sweep.name}': {the_plan.num_trials} "
             + ("grid points (Optuna search per point)" if sweep.search else "trials")
@@ -181,13 +207,14 @@ def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, v
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
 
 
-def _manifest(sweep: SweepSpec, the_plan: SweepPlan, sid: str) -> dict[str, Any]:
+def _manifest(sweep: SweepSpec, the_plan: SweepPlan, sid: str, identities: InputIdentities) -> dict[str, Any]:
     return {
         "name": sweep.name,
         "sweep_id": sid,
         "source": sweep.source,
         "mode": "search" if sweep.search else "grid",
         "trial_ids": [t.trial_id for t in the_plan.trials],
+        "inputs": identities.to_manifest(),
     }
 
 
@@ -210,15 +237,93 @@ def _check_manifest(store: TrialStore, sweep: SweepSpec, the_plan: SweepPlan, si
         )
 
 
-def _start_tracking(
-    sweep: SweepSpec, the_plan: SweepPlan, sid: str, uri: str | None, workdir: Path, resume: bool, out: TextIO
-) -> tuple[TrackingTarget | None, Any | None]:
+def _check_unchanged_inputs(
+    store: TrialStore,
+    sweep: SweepSpec,
+    the_plan: SweepPlan,
+    identities: InputIdentities,
+    resume: bool,
+    rerun_changed: bool,
+    out: TextIO,
+) -> tuple[dict[tuple[str, str], str], list[str]]:
+    """(changed entries, trials to start over): a resume never mixes results made from other entries or files."""
+    old = store.read_json(MANIFEST)
+    if not resume or old is None:
+        return {}, []
+    if "inputs" not in old:
+        print(f"note: {store.root} records no input identities (an older version wrote it): not checked", file=out)
+    changed = changed_entries(old.get("inputs"), identities)
+    valid = {identities.trial_inputs_id(t.spec) for t in the_plan.trials}
+    stale = stale_trials(store.recorded_inputs(), valid)
+    described = "".join(f"\n  - {kind} '{name}': {what}" for (kind, name), what in sorted(changed.items()))
+    if not stale:
+        if changed:
+            print(f"note: entries changed since the sweep started; no trial has read them yet:{described}", file=out)
+        return changed, []
+    if not rerun_changed:
+        shown = ", ".join(stale[:8]) + (f" (+{len(stale) - 8} more)" if len(stale) > 8 else "")
+        raise ConfigError(
+            f"{sweep.source}: {len(stale)} trial(s) in {store.root} were trained (or started) on other inputs than "
+            f"the entries now say: {shown}."
+            + (f" Changed since the sweep started:{described}" if changed else "")
+            + "\n--resume does not mix their results with new ones. Re-run those trials with --resume "
+            "--rerun-changed (their old records move to trials/<id>/superseded/, their MLflow runs are deleted, "
+            "restorable), or run the changed sweep under another name or --storage-path."
+        )
+    return changed, stale
+
+
+def _start_over(
+    store: TrialStore,
+    sweep: SweepSpec,
+    the_plan: SweepPlan,
+    stale: list[str],
+    changed: dict[tuple[str, str], str],
+    uri: str | None,
+    sid: str,
+    out: TextIO,
+) -> None:
+    """`--rerun-changed`: the stale trials' records move aside, and so do the Ray experiments holding them (Ray
+    never runs a trial it saw finish again); their unchanged neighbours then report their stored results."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for tid in stale:
+        store.supersede(tid, stamp)
+    if sweep.search is None:
+        store.move(GRID_EXPERIMENT, f"superseded/{stamp}/{GRID_EXPERIMENT}")
+    else:
+        entries = set(changed)
+        for point in the_plan.trials:
+            if not entries or uses_any(point.spec, entries):
+                store.move(f"search-{point.trial_id}", f"superseded/{stamp}/search-{point.trial_id}")
+    retired = 0
+    if uri is not None:
+        from ..tracking.runs import retire_trial_runs
+
+        retired = retire_trial_runs(uri, sweep.experiment_name, sid, stale, f"inputs changed; re-run {stamp}")
+    print(
+        f"re-running {len(stale)} trial(s) whose inputs changed; their old records are in "
+        f"{store.root}/trials/<id>/superseded/{stamp}/"
+        + (f", their {retired} MLflow run(s) deleted (restorable: mlflow runs restore)" if retired else ""),
+        file=out,
+        flush=True,
+    )
+
+
+def _tracking_uri(sweep: SweepSpec, flag: str | None, workdir: Path) -> str | None:
     if not sweep.tracking.enabled:
-        return None, None
-    from ..tracking.runs import SweepTracker
+        return None
     from ..tracking.store import resolve_tracking_uri
 
-    uri = resolve_tracking_uri(uri, sweep.tracking.uri, workdir)
+    return resolve_tracking_uri(flag, sweep.tracking.uri, workdir)
+
+
+def _start_tracking(
+    sweep: SweepSpec, the_plan: SweepPlan, sid: str, uri: str | None, resume: bool
+) -> tuple[TrackingTarget | None, Any | None]:
+    if uri is None:
+        return None, None
+    from ..tracking.runs import SweepTracker
+
     experiment = sweep.experiment_name
     tracker = SweepTracker(uri, experiment, sweep.name, sid)
     params = {

@@ -34,6 +34,7 @@ LAUNCH_TAG = "vfm.launch"  # parent: launch number of this sweep id (1, 2, ... o
 LAUNCH_RUN_TAG = "vfm.launch_run_id"  # child: the parent run (launch) that opened it most recently
 ATTEMPT_TAG = "vfm.attempt"  # child: how many times the trial has been opened (retries, resumes)
 ERROR_TAG = "vfm.error"
+SUPERSEDED_TAG = "vfm.superseded"  # a deleted run of a trial that started over (its inputs changed): why, when
 PARENT_RUN_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 RUN_NAME_TAG = "mlflow.runName"
 
@@ -288,3 +289,24 @@ def _run_name(params: dict[str, str], trial_id: str) -> str:
     if seed:
         name += f"-s{seed}"
     return f"{name}-{trial_id[:6]}" if name else trial_id
+
+
+def retire_trial_runs(tracking_uri: str, experiment: str, sweep_id: str, trial_ids: list[str], reason: str) -> int:
+    """Delete (soft: `mlflow runs restore` brings them back) the runs of trials that start over because their inputs
+    changed, so that a report never mixes their old results with the new ones; returns how many were deleted."""
+    client = tracking_client(tracking_uri)
+    found = retry_locked(lambda: client.get_experiment_by_name(experiment))
+    if found is None:
+        return 0
+    retired = 0
+    for trial_id in trial_ids:
+        filt = f"tags.`{SWEEP_ID_TAG}` = {quote(check_id(sweep_id, 'sweep id'))} and tags.`{TRIAL_ID_TAG}` = " + quote(
+            check_id(trial_id, "trial id")
+        )
+        for run in search_all_runs(client, found.experiment_id, filt):
+            set_tags(client, run.info.run_id, {SUPERSEDED_TAG: reason})
+            if run.info.status == "RUNNING":
+                retry_locked(lambda: client.set_terminated(run.info.run_id, "KILLED"), "end superseded run")
+            retry_locked(lambda: client.delete_run(run.info.run_id), "delete superseded run")
+            retired += 1
+    return retired

@@ -1,0 +1,128 @@
+"""Check every local input trials will read, before anything starts (`run`, `run --dry-run`, `train`).
+
+- dataset entries: their files are listed and paired the way the loader does (layouts.list_slices), so a missing
+  folder, a missing mask or an unpairable name fails here, naming the file, not seconds into every trial;
+- local checkpoint files of backbones that trials load pretrained;
+- inline backbone entries (a sweep or trial file's `backbones:`): built on the meta device (no weights, no memory)
+  so that a stated embed_dim, patch_size or num_prefix_tokens the model contradicts is an error now;
+- hub weights are not fetched: the check lists what will be downloaded at run time.
+
+The result holds the entries with relative paths made absolute, which is what trials get.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import TrialSpec
+from ..data.entries import DatasetEntry, resolve_dataset
+from ..errors import ConfigError, VfmAblateError
+from ..models.registry import BackboneEntry, get_entry
+
+_HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # package:..., s3://..., file://... (not a plain path)
+MAX_PROBLEMS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class CheckedInputs:
+    """The entries trials will read (relative paths resolved), and the hub weights they will download."""
+
+    backbones: dict[str, BackboneEntry]
+    datasets: dict[str, DatasetEntry]
+    pretrained: frozenset[str] = frozenset()  # backbones some trial loads with pretrained weights
+    downloads: list[str] = field(default_factory=list)  # "backbone 'x': timm hub ..." (fetched at run time)
+
+    def describe(self) -> str:
+        """What was checked, and the hub weights that were not (they are downloaded at run time)."""
+        files = sum(1 for d in self.datasets.values() if d.path is not None)
+        local = sum(1 for n in self.pretrained if self.backbones[n].checkpoint is not None)
+        lines = [f"inputs: {files} dataset folder(s) and {local} checkpoint file(s) checked"]
+        if self.downloads:
+            lines.append("will be downloaded at run time (not checked; unless already in the hub cache):")
+            lines.extend(f"  - {d}" for d in self.downloads)
+        return "\n".join(lines)
+
+
+def resolve_entries(
+    specs: list[TrialSpec], backbones: dict[str, BackboneEntry], datasets: dict[str, DatasetEntry]
+) -> tuple[dict[str, BackboneEntry], dict[str, DatasetEntry]]:
+    """Every backbone/dataset the trials use, relative paths made absolute here (trials run in other folders)."""
+    out_b: dict[str, BackboneEntry] = {}
+    out_d: dict[str, DatasetEntry] = {}
+    for s in specs:
+        if s.backbone not in out_b:
+            entry = get_entry(s.backbone, backbones)
+            if entry.checkpoint is not None and not _HAS_SCHEME.match(entry.checkpoint):
+                entry = entry.model_copy(update={"checkpoint": str(Path(entry.checkpoint).expanduser().resolve())})
+            out_b[s.backbone] = entry
+        for name in s.dataset_names():
+            if name not in out_d:
+                ds = resolve_dataset(name, datasets)
+                out_d[name] = ds.model_copy(update={"path": str(ds.root())}) if ds.path is not None else ds
+    return out_b, out_d
+
+
+def check_inputs(
+    specs: list[TrialSpec],
+    backbones: dict[str, BackboneEntry],
+    datasets: dict[str, DatasetEntry],
+    source: str,
+) -> CheckedInputs:
+    """Check what `specs` will read (see the module docstring); a ConfigError names the entry and the file."""
+    from ..models.backbones import describe_source
+    from ..models.checkpoints import resolve_checkpoint_path
+
+    resolved_b, resolved_d = resolve_entries(specs, backbones, datasets)
+    for ds in resolved_d.values():
+        _check_dataset(ds, source)
+    pretrained = frozenset(s.backbone for s in specs if s.weights == "pretrained")
+    downloads = []
+    for name, entry in resolved_b.items():
+        if name in backbones:  # inline: its stated facts are the user's, hold them to the model
+            _check_facts(entry, source)
+        if name not in pretrained:
+            continue
+        if entry.checkpoint is not None:
+            try:
+                resolve_checkpoint_path(entry)
+            except VfmAblateError as err:
+                raise ConfigError(f"{source}: {err}") from None
+        elif entry.pretrained_tag is None:
+            raise ConfigError(
+                f"{source}: backbone '{name}' declares no pretrained source (no pretrained_tag, no checkpoint) but "
+                "trials load it with weights: pretrained; add one to the entry, or use weights: random"
+            )
+        else:
+            downloads.append(f"backbone '{name}': {describe_source(entry)}")
+    return CheckedInputs(resolved_b, resolved_d, pretrained, downloads)
+
+
+def _check_dataset(entry: DatasetEntry, source: str) -> None:
+    from ..data.layouts import list_slices
+
+    problems = list_slices(entry).problems
+    if problems:
+        shown = "\n  - ".join(problems[:MAX_PROBLEMS_SHOWN])
+        more = f"\n  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""
+        raise ConfigError(
+            f"{source}: dataset '{entry.name}' ({entry.layout} at {entry.path}) cannot be read:\n  - {shown}{more}\n"
+            f"(full report: vfm-ablate data check {entry.path})"
+        )
+
+
+def _check_facts(entry: BackboneEntry, source: str) -> None:
+    try:
+        _build_on_meta(entry.model_dump_json())
+    except VfmAblateError as err:
+        raise ConfigError(f"{source} [backbones.{entry.name}]: {err}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _build_on_meta(entry_json: str) -> None:
+    """Build the architecture without weights (seconds even for ViT-g); build_backbone checks the stated facts."""
+    from ..models.backbones import build_backbone
+
+    build_backbone(BackboneEntry.model_validate_json(entry_json), pretrained=False, device="meta")
