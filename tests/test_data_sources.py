@@ -251,7 +251,8 @@ def test_sixteen_bit_images_are_kept_as_native_uint16(tmp_path: Path) -> None:
     Image.fromarray(values).save(tmp_path / "images" / "01.png")  # 16-bit PNG (stored big-endian)
     tifffile.imwrite(tmp_path / "images" / "02.tif", values.astype(">u2"), byteorder=">")
     (tmp_path / "images" / "02.png").unlink()
-    ds = load_dataset(DatasetEntry(name="be", layout="folder", path=str(tmp_path), test_count=1), 0)
+    mixed = {"mixed_bit_depths": True}  # one 8-bit image is left among the 16-bit ones
+    ds = load_dataset(DatasetEntry(name="be", layout="folder", path=str(tmp_path), test_count=1, intensity=mixed), 0)
     read = {Path(s.source).name: s.image for s in ds.train + ds.test}
     for name in ("01.png", "02.tif"):
         assert read[name].dtype == np.uint16 and read[name].dtype.isnative
