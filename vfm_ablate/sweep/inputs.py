@@ -76,48 +76,55 @@ def check_inputs(
     from ..models.checkpoints import resolve_checkpoint_path
 
     resolved_b, resolved_d = resolve_entries(specs, backbones, datasets)
-    for ds in resolved_d.values():
-        _check_dataset(ds, source)
+    problems = [p for ds in resolved_d.values() if (p := _dataset_problem(ds))]
     pretrained = frozenset(s.backbone for s in specs if s.weights == "pretrained")
     downloads = []
     for name, entry in resolved_b.items():
-        if name in backbones:  # inline: its stated facts are the user's, hold them to the model
-            _check_facts(entry, source)
+        if name in backbones and (problem := _facts_problem(entry)):  # inline: hold the user's facts to the model
+            problems.append(problem)
         if name not in pretrained:
             continue
         if entry.checkpoint is not None:
             try:
                 resolve_checkpoint_path(entry)
             except VfmAblateError as err:
-                raise ConfigError(f"{source}: {err}") from None
+                problems.append(str(err))
         elif entry.pretrained_tag is None:
-            raise ConfigError(
-                f"{source}: backbone '{name}' declares no pretrained source (no pretrained_tag, no checkpoint) but "
-                "trials load it with weights: pretrained; add one to the entry, or use weights: random"
+            problems.append(
+                f"backbone '{name}' declares no pretrained source (no pretrained_tag, no checkpoint) but trials load "
+                "it with weights: pretrained; add one to the entry, or use weights: random"
             )
         else:
             downloads.append(f"backbone '{name}': {describe_source(entry)}")
+    if len(problems) == 1:
+        raise ConfigError(f"{source}: {problems[0]}")
+    if problems:
+        raise ConfigError(
+            f"{source}: {len(problems)} problems with the inputs trials would read:\n- " + "\n- ".join(problems)
+        )
     return CheckedInputs(resolved_b, resolved_d, pretrained, downloads)
 
 
-def _check_dataset(entry: DatasetEntry, source: str) -> None:
+def _dataset_problem(entry: DatasetEntry) -> str | None:
     from ..data.layouts import list_slices
 
     problems = list_slices(entry).problems
-    if problems:
-        shown = "\n  - ".join(problems[:MAX_PROBLEMS_SHOWN])
-        more = f"\n  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""
-        raise ConfigError(
-            f"{source}: dataset '{entry.name}' ({entry.layout} at {entry.path}) cannot be read:\n  - {shown}{more}\n"
-            f"(full report: vfm-ablate data check {entry.path})"
-        )
+    if not problems:
+        return None
+    shown = "\n  - ".join(problems[:MAX_PROBLEMS_SHOWN])
+    more = f"\n  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""
+    return (
+        f"dataset '{entry.name}' ({entry.layout} at {entry.path}) cannot be read:\n  - {shown}{more}\n"
+        f"  (full report: vfm-ablate data check {entry.path})"
+    )
 
 
-def _check_facts(entry: BackboneEntry, source: str) -> None:
+def _facts_problem(entry: BackboneEntry) -> str | None:
     try:
         _build_on_meta(entry.model_dump_json())
     except VfmAblateError as err:
-        raise ConfigError(f"{source} [backbones.{entry.name}]: {err}") from None
+        return f"[backbones.{entry.name}]: {err}"
+    return None
 
 
 @functools.lru_cache(maxsize=64)

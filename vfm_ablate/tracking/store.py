@@ -145,7 +145,7 @@ def _check_server(base: str, timeout_s: float) -> None:
             return int(err.code)
 
     try:
-        get("/health", {})
+        health = get("/health", {})
         headers = {}
         user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
         if user and password:
@@ -161,6 +161,10 @@ def _check_server(base: str, timeout_s: float) -> None:
             f"MLflow tracking server {base} is not reachable within {timeout_s:g} s ({reason}); start it, or "
             "pass another --tracking-uri (see docs/tracking.md)"
         ) from None
+    if health != 200:  # MLflow answers 200 (also with basic-auth on); anything else is not an MLflow server
+        raise ConfigError(
+            f"{base} answered HTTP {health} at /health: not an MLflow tracking server (wrong host, port or proxy?)"
+        )
     if status in (401, 403):
         raise ConfigError(
             f"MLflow tracking server {base} refused this process's credentials (HTTP {status}); set "
