@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,43 @@ def tiny_base(optim: dict[str, Any], **settings: Any) -> dict[str, Any]:
         "optim": optim,
         **settings,
     }
+
+
+def stop_process_tree(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """SIGTERM a process started with start_new_session=True, its process group and every descendant (Ray starts
+    its own in other groups), then SIGKILL what is left. Only the processes this test started are touched."""
+    import os
+    import signal
+
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        for p in family:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs([*family, *_as_psutil(proc)], timeout=grace_s)
+        if not alive:
+            break
+    proc.wait(timeout=grace_s)
+
+
+def _as_psutil(proc: subprocess.Popen[bytes]) -> list:
+    import psutil
+
+    try:
+        return [psutil.Process(proc.pid)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def write_em_layouts(root: Path, slices: int = 5, size: int = 16) -> Path:

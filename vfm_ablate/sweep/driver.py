@@ -202,9 +202,26 @@ def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, v
 
     kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     if address:
+        if address.startswith("ray://"):
+            _client_token_mode()
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+
+
+def _client_token_mode() -> None:
+    """A Ray Client sends the cluster's token only in token mode, else it retries for a minute and times out: turn
+    token mode on when a token is at hand and RAY_AUTH_MODE is unset, as a local `ray.init` does (Ray >= 2.52)."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    os.environ.pop("RAY_AUTH_MODE", None)  # set but empty: unset
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _manifest(sweep: SweepSpec, the_plan: SweepPlan, sid: str, identities: InputIdentities) -> dict[str, Any]:
