@@ -60,6 +60,21 @@ def _as_psutil(proc: subprocess.Popen[bytes]) -> list:
         return []
 
 
+def write_unreadable_dataset(root: Path) -> Path:
+    """A `folder` dataset (images/ + masks/) that passes every check made before a sweep starts (listed, paired)
+    but fails when a trial reads it: one image is a truncated PNG. What makes a trial fail at run time."""
+    import numpy as np
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((32, 32), 40 * i, np.uint8)).save(root / "images" / f"{i:02d}.png")
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "masks" / f"{i:02d}.png")
+    (root / "images" / "02.png").write_bytes((root / "images" / "02.png").read_bytes()[:40])
+    return root
+
+
 def write_em_layouts(root: Path, slices: int = 5, size: int = 16) -> Path:
     """Tiny stand-ins for the study's datasets in their on-disk layouts under `root` (what $VFM_ABLATE_DATA_ROOT
     points at): lucchi_pp (maskNNNN.png <-> N.png), vnc stack1 (raw .tif + mitochondria .png) and stack2."""
