@@ -202,11 +202,33 @@ def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, v
 
     kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     if address:
-        if address.startswith("ray://"):
+        client = address.startswith("ray://")
+        if client:
             _client_token_mode()
-        ray.init(address=address, **kwargs)
+        for attempt in range(1, CLIENT_ATTEMPTS + 1):
+            try:
+                ray.init(address=address, **kwargs)
+                return
+            except ConnectionAbortedError as err:  # the client server answered, but its per-client server died
+                if not client or attempt == CLIENT_ATTEMPTS:  # (seen under load with Ray 2.60): try again
+                    raise ConfigError(f"--address {address}: {_summary(err)}") from None
+                print(f"Ray Client: {_summary(err)}; connecting again", file=sys.stderr)
+                ray.shutdown()
+            except ConnectionError as err:
+                raise ConfigError(f"--address {address}: cannot connect ({_summary(err)})") from None
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+
+
+CLIENT_ATTEMPTS = 3
+
+
+def _summary(err: BaseException) -> str:
+    """One line of a Ray connection error: its message, or the last line of a server-side traceback it carries."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return (lines[-1] if any(line.startswith("Traceback") for line in lines) else lines[0])[:300]
 
 
 def _client_token_mode() -> None:
