@@ -22,18 +22,19 @@ import hashlib
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..config import TrialSpec
 from ..errors import ConfigError
-from .identity import InputIdentities, changed_entries, input_identities, stale_trials, uses_any
+from .identity import InputIdentities, input_identities
 from .inputs import check_inputs
 from .plan import PlannedTrial, SweepPlan, plan, short_label, without_gpus
 from .progress import ProgressView
 from .results import SweepOutcome, collect_outcome, format_outcome, mlflow_statuses, write_results_csv
+from .resume_inputs import check_unchanged_inputs, start_over
 from .spec import SweepSpec
 from .store import TrialStore, check_storage_root, resolve_storage_path, storage_root
 from .trainable import (
@@ -92,7 +93,8 @@ def run_sweep(
     _check_manifest(store, sweep, the_plan, sid, resume)
     inputs = check_inputs([t.spec for t in the_plan.trials], sweep.backbones, sweep.datasets, sweep.source)
     identities = input_identities(inputs.backbones, inputs.datasets, inputs.pretrained)
-    changed, stale = _check_unchanged_inputs(store, sweep, the_plan, identities, resume, rerun_changed, out)
+    old = store.read_json(MANIFEST) if resume else None
+    changed, stale = check_unchanged_inputs(store, sweep, the_plan, identities, old, rerun_changed, out)
     uri = _tracking_uri(sweep, tracking_uri, workdir)
     if uri is not None:
         from ..tracking.store import check_tracking_store
@@ -101,7 +103,10 @@ def run_sweep(
     if resume:
         store.close_all_running_attempts("its launch ended without closing it (killed)")
     if stale:
-        _start_over(store, sweep, the_plan, stale, changed, uri, sid, out)
+        experiments: dict[str, TrialSpec | None] = {GRID_EXPERIMENT: None}
+        if sweep.search is not None:
+            experiments = {f"search-{t.trial_id}": t.spec for t in the_plan.trials}
+        start_over(store, sweep, the_plan, stale, changed, experiments, uri, sid, out)
     if inputs.downloads:
         print(inputs.describe(), file=out)
 
@@ -274,78 +279,6 @@ def _check_manifest(store: TrialStore, sweep: SweepSpec, the_plan: SweepPlan, si
             f"({len(now - before)} trials added, {len(before - now)} removed, or its search settings changed); "
             "--resume only finishes the same sweep: run the changed file with another name or --storage-path"
         )
-
-
-def _check_unchanged_inputs(
-    store: TrialStore,
-    sweep: SweepSpec,
-    the_plan: SweepPlan,
-    identities: InputIdentities,
-    resume: bool,
-    rerun_changed: bool,
-    out: TextIO,
-) -> tuple[dict[tuple[str, str], str], list[str]]:
-    """(changed entries, trials to start over): a resume never mixes results made from other entries or files."""
-    old = store.read_json(MANIFEST)
-    if not resume or old is None:
-        return {}, []
-    if "inputs" not in old:
-        print(f"note: {store.root} records no input identities (an older version wrote it): not checked", file=out)
-    changed = changed_entries(old.get("inputs"), identities)
-    valid = {identities.trial_inputs_id(t.spec) for t in the_plan.trials}
-    stale = stale_trials(store.recorded_inputs(), valid)
-    described = "".join(f"\n  - {kind} '{name}': {what}" for (kind, name), what in sorted(changed.items()))
-    if not stale:
-        if changed:
-            print(f"note: entries changed since the sweep started; no trial has read them yet:{described}", file=out)
-        return changed, []
-    if not rerun_changed:
-        shown = ", ".join(stale[:8]) + (f" (+{len(stale) - 8} more)" if len(stale) > 8 else "")
-        raise ConfigError(
-            f"{sweep.source}: {len(stale)} trial(s) in {store.root} were trained (or started) on other inputs than "
-            f"the entries now say: {shown}."
-            + (f" Changed since the sweep started:{described}" if changed else "")
-            + "\n--resume does not mix their results with new ones. Re-run those trials with --resume "
-            "--rerun-changed (their old records move to trials/<id>/superseded/, their MLflow runs are deleted, "
-            "restorable), or run the changed sweep under another name or --storage-path."
-        )
-    return changed, stale
-
-
-def _start_over(
-    store: TrialStore,
-    sweep: SweepSpec,
-    the_plan: SweepPlan,
-    stale: list[str],
-    changed: dict[tuple[str, str], str],
-    uri: str | None,
-    sid: str,
-    out: TextIO,
-) -> None:
-    """`--rerun-changed`: the stale trials' records move aside, and so do the Ray experiments holding them (Ray
-    never runs a trial it saw finish again); their unchanged neighbours then report their stored results."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for tid in stale:
-        store.supersede(tid, stamp)
-    if sweep.search is None:
-        store.move(GRID_EXPERIMENT, f"superseded/{stamp}/{GRID_EXPERIMENT}")
-    else:
-        entries = set(changed)
-        for point in the_plan.trials:
-            if not entries or uses_any(point.spec, entries):
-                store.move(f"search-{point.trial_id}", f"superseded/{stamp}/search-{point.trial_id}")
-    retired = 0
-    if uri is not None:
-        from ..tracking.runs import retire_trial_runs
-
-        retired = retire_trial_runs(uri, sweep.experiment_name, sid, stale, f"inputs changed; re-run {stamp}")
-    print(
-        f"re-running {len(stale)} trial(s) whose inputs changed; their old records are in "
-        f"{store.root}/trials/<id>/superseded/{stamp}/"
-        + (f", their {retired} MLflow run(s) deleted (restorable: mlflow runs restore)" if retired else ""),
-        file=out,
-        flush=True,
-    )
 
 
 def _tracking_uri(sweep: SweepSpec, flag: str | None, workdir: Path) -> str | None:
