@@ -192,8 +192,11 @@ def test_mask_empty_after_normalisation(tmp_path: Path) -> None:
 
 
 def test_missing_dataset_folder_mentions_the_data_root(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"nowhere: dataset 'x' folder not found.*VFM_ABLATE_DATA_ROOT"):
-        load_dataset(DatasetEntry(name="x", layout="vnc", path=str(tmp_path / "nowhere")), 0)
+    """The built-ins live under $VFM_ABLATE_DATA_ROOT: say so for them, not for a user's own entry."""
+    with pytest.raises(DataError, match=r"nowhere: dataset 'vnc' folder not found.*VFM_ABLATE_DATA_ROOT"):
+        load_dataset(DatasetEntry(name="vnc", layout="vnc", path=str(tmp_path / "nowhere")), 0)
+    with pytest.raises(DataError, match=r"mine: dataset 'x' folder not found\n"):
+        load_dataset(DatasetEntry(name="x", layout="vnc", path=str(tmp_path / "mine")), 0)
 
 
 def test_too_few_slices_for_the_test_split(tmp_path: Path) -> None:
