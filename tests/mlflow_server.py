@@ -66,10 +66,16 @@ def _healthy(port: int) -> bool:
 
 
 def start_mlflow_server(
-    root: Path, timeout_s: float = START_TIMEOUT_S, attempts: int = 3, backend_uri: str | None = None
+    root: Path,
+    timeout_s: float = START_TIMEOUT_S,
+    attempts: int = 3,
+    backend_uri: str | None = None,
+    extra_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> MlflowServer:
     """Start a server storing everything under `root` (or serving the existing store `backend_uri`, e.g. a finished
-    sweep's mlflow.db); retries on another port if the chosen one was taken."""
+    sweep's mlflow.db); retries on another port if the chosen one was taken. `extra_args` / `extra_env`: e.g. the
+    basic-auth app (`--app-name basic-auth`, MLFLOW_AUTH_ADMIN_PASSWORD)."""
     root.mkdir(parents=True, exist_ok=True)
     backend_uri = backend_uri or f"sqlite:///{root / 'server.db'}"
     artifacts = root / "artifacts"
@@ -77,7 +83,7 @@ def start_mlflow_server(
     for attempt in range(attempts):
         port = _free_port()
         log_path = root / f"server-{attempt}.log"
-        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", PYTHONUNBUFFERED="1", **(extra_env or {}))
         env.pop("MLFLOW_TRACKING_URI", None)
         cmd = _mlflow_command() + [
             "server",
@@ -86,6 +92,7 @@ def start_mlflow_server(
             "--host", "127.0.0.1",
             "--port", str(port),
             "--workers", "1",
+            *extra_args,
         ]  # fmt: skip
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,90 @@ def tiny_base(optim: dict[str, Any], **settings: Any) -> dict[str, Any]:
         "optim": optim,
         **settings,
     }
+
+
+def stop_process_tree(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """SIGTERM a process started with start_new_session=True, its process group and every descendant (Ray starts
+    its own in other groups), then SIGKILL what is left. Only the processes this test started are touched."""
+    import os
+    import signal
+
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        for p in family:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs([*family, *_as_psutil(proc)], timeout=grace_s)
+        if not alive:
+            break
+    proc.wait(timeout=grace_s)
+
+
+def _as_psutil(proc: subprocess.Popen[bytes]) -> list:
+    import psutil
+
+    try:
+        return [psutil.Process(proc.pid)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def write_unreadable_dataset(root: Path) -> Path:
+    """A `folder` dataset (images/ + masks/) that passes every check made before a sweep starts (listed, paired)
+    but fails when a trial reads it: one image is a truncated PNG. What makes a trial fail at run time."""
+    import numpy as np
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((32, 32), 40 * i, np.uint8)).save(root / "images" / f"{i:02d}.png")
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "masks" / f"{i:02d}.png")
+    (root / "images" / "02.png").write_bytes((root / "images" / "02.png").read_bytes()[:40])
+    return root
+
+
+def write_em_layouts(root: Path, slices: int = 5, size: int = 16) -> Path:
+    """Tiny stand-ins for the study's datasets in their on-disk layouts under `root` (what $VFM_ABLATE_DATA_ROOT
+    points at): lucchi_pp (maskNNNN.png <-> N.png), vnc stack1 (raw .tif + mitochondria .png) and stack2."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+
+    def image() -> np.ndarray:
+        return rng.integers(0, 256, (size, size), dtype=np.uint8)
+
+    def mask() -> np.ndarray:
+        m = np.zeros((size, size), np.uint8)
+        m[2:8, 2:8] = 255
+        return m
+
+    for split in ("Train", "Test"):
+        (root / "lucchi_pp" / f"{split}_In").mkdir(parents=True)
+        (root / "lucchi_pp" / f"{split}_Out").mkdir(parents=True)
+        for i in range(slices):
+            Image.fromarray(image()).save(root / "lucchi_pp" / f"{split}_In" / f"mask{i:04d}.png")
+            Image.fromarray(mask()).save(root / "lucchi_pp" / f"{split}_Out" / f"{i}.png")
+    for sub in ("stack1/raw", "stack1/mitochondria", "stack2/raw"):
+        (root / "vnc" / sub).mkdir(parents=True)
+    for i in range(slices):
+        tifffile.imwrite(root / "vnc" / "stack1" / "raw" / f"{i:02d}.tif", image())
+        Image.fromarray(mask()).save(root / "vnc" / "stack1" / "mitochondria" / f"{i:02d}.png")
+        tifffile.imwrite(root / "vnc" / "stack2" / "raw" / f"{i:02d}.tif", image())
+    return root
 
 
 _HEADER_TRIALS = re.compile(r"^#\s*Trials:\s*(\d+)", re.MULTILINE)

@@ -18,6 +18,7 @@ LAYERS = {
     "validation": 1,
     "overrides": 1,
     "text_tables": 1,
+    "digests": 1,
     "config": 2,
     "device": 2,
     "data": 3,

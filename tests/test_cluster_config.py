@@ -25,3 +25,72 @@ def test_cluster_yaml_validates_and_declares_gpu_workers() -> None:
     # the storage path every node writes trial records to is shared (a bucket URI), set once for the plain command
     commands = config["setup_commands"] + config["head_setup_commands"]
     assert any("VFM_ABLATE_STORAGE_PATH=gs://" in c for c in commands)
+
+
+def test_docs_show_the_code_defaults() -> None:
+    """docs/cluster.md's annotated sweep file lists `run:` and `tracking:` with the values the code defaults to."""
+    from vfm_ablate.sweep.spec import RunSpec, TrackingSpec
+
+    text = (REPO / "docs" / "cluster.md").read_text()
+    block = text.split("### Sweep files", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    documented = yaml.safe_load(block)
+    assert documented["run"] == RunSpec().model_dump()
+    assert documented["tracking"] == TrackingSpec().model_dump()
+
+
+def test_cluster_yaml_opens_no_port_and_holds_no_secret() -> None:
+    raw = (REPO / "cluster.yaml").read_text()
+    assert "0.0.0.0" not in raw
+    config = yaml.safe_load(raw)
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head
+    [mlflow] = [c for c in config["head_start_ray_commands"] if "mlflow server" in c]
+    # the internal address (trials) and loopback (SSH port forwarding), only these Host headers
+    assert "for host in $ip 127.0.0.1" in mlflow and "--host $host" in mlflow and "--allowed-hosts" in mlflow
+    assert any("curl -sf" in c and "/health" in c for c in config["head_start_ray_commands"])  # readiness, no sleep
+    assert "~/.ray/auth_token" in config["file_mounts"]
+    assert any("export RAY_AUTH_MODE=token" in c for c in config["setup_commands"])
+
+
+def _slurm_script() -> str:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Running on a Slurm cluster", 1)[1]
+    return section.split("```bash", 1)[1].split("```", 1)[0]
+
+
+def test_slurm_recipe_binds_internally_and_polls_instead_of_sleeping(tmp_path: Path) -> None:
+    import re
+    import subprocess
+
+    script = _slurm_script()
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # valid bash
+    assert "0.0.0.0" not in script
+    assert not re.search(r"^\s*sleep \d+\s*$", script, re.MULTILINE), "a fixed sleep instead of a readiness check"
+    assert '--host "$head_ip"' in script and "--allowed-hosts" in script and "--dashboard-host=127.0.0.1" in script
+    for what in ("the Ray head", "all ${#nodes[@]} Ray nodes", "the MLflow server"):
+        assert f'wait_until 300 "{what}"' in script or f'wait_until 600 "{what}"' in script
+    # the readiness helper itself: returns at once when ready, ends the job with a message when never ready
+    helper = script[script.index("wait_until() {") : script.index("\n}\n") + 3]
+    ok = subprocess.run(["bash", "-c", helper + 'wait_until 10 "x" true; echo ready'], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.strip() == "ready"
+    never = subprocess.run(
+        ["bash", "-c", helper + 'wait_until 5 "the thing" false; echo unreachable'], capture_output=True, text=True
+    )
+    assert (
+        never.returncode == 1 and "the thing is not up after 5 s" in never.stderr and "unreachable" not in never.stdout
+    )
+
+
+def test_no_secret_in_a_committed_recipe() -> None:
+    """Passwords, keys and tokens come from the environment or files outside the repository, never a literal."""
+    import re
+
+    files = [
+        REPO / "README.md",
+        REPO / "cluster.yaml",
+        *(REPO / "docs").glob("*.md"),
+        *(REPO / "sweeps").glob("*.yaml"),
+    ]
+    literal = re.compile(r"(PASSWORD|SECRET|TOKEN|API_KEY)\w*=(?!\.\.\.|\$|\s|$)[^\s]+|--password[ =]")
+    found = [f"{p.name}: {m.group(0)}" for p in files for m in literal.finditer(p.read_text())]
+    assert not found

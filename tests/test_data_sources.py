@@ -192,8 +192,11 @@ def test_mask_empty_after_normalisation(tmp_path: Path) -> None:
 
 
 def test_missing_dataset_folder_mentions_the_data_root(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"nowhere: dataset 'x' folder not found.*VFM_ABLATE_DATA_ROOT"):
-        load_dataset(DatasetEntry(name="x", layout="vnc", path=str(tmp_path / "nowhere")), 0)
+    """The built-ins live under $VFM_ABLATE_DATA_ROOT: say so for them, not for a user's own entry."""
+    with pytest.raises(DataError, match=r"nowhere: dataset 'vnc' folder not found.*VFM_ABLATE_DATA_ROOT"):
+        load_dataset(DatasetEntry(name="vnc", layout="vnc", path=str(tmp_path / "nowhere")), 0)
+    with pytest.raises(DataError, match=r"mine: dataset 'x' folder not found\n"):
+        load_dataset(DatasetEntry(name="x", layout="vnc", path=str(tmp_path / "mine")), 0)
 
 
 def test_too_few_slices_for_the_test_split(tmp_path: Path) -> None:
@@ -251,7 +254,8 @@ def test_sixteen_bit_images_are_kept_as_native_uint16(tmp_path: Path) -> None:
     Image.fromarray(values).save(tmp_path / "images" / "01.png")  # 16-bit PNG (stored big-endian)
     tifffile.imwrite(tmp_path / "images" / "02.tif", values.astype(">u2"), byteorder=">")
     (tmp_path / "images" / "02.png").unlink()
-    ds = load_dataset(DatasetEntry(name="be", layout="folder", path=str(tmp_path), test_count=1), 0)
+    mixed = {"mixed_bit_depths": True}  # one 8-bit image is left among the 16-bit ones
+    ds = load_dataset(DatasetEntry(name="be", layout="folder", path=str(tmp_path), test_count=1, intensity=mixed), 0)
     read = {Path(s.source).name: s.image for s in ds.train + ds.test}
     for name in ("01.png", "02.tif"):
         assert read[name].dtype == np.uint16 and read[name].dtype.isnative

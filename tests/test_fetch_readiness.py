@@ -44,8 +44,11 @@ def empty_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_dry_run_of_the_main_table_lists_the_missing_weights_and_datasets_and_the_fetch_command(
     empty_machine: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    assert cli.main(["run", str(MAIN_TABLE), "--dry-run"]) == 0
-    out = capsys.readouterr().out
+    # missing local datasets fail the dry run (issue 12), after the readiness section says what fetch would get
+    assert cli.main(["run", str(MAIN_TABLE), "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "dataset 'lucchi_pp'" in captured.err and "folder not found" in captured.err
     section = out[out.index("inputs (online") :]
     for name in ("lucchi_pp", "vnc"):
         assert f"dataset  {name} " in section

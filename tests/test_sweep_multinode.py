@@ -20,7 +20,7 @@ import yaml
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from tests.sweep_helpers import TINY_DATA, tiny_base  # noqa: E402
+from tests.sweep_helpers import TINY_DATA, tiny_base, write_unreadable_dataset  # noqa: E402
 from vfm_ablate.sweep.driver import run_sweep  # noqa: E402
 from vfm_ablate.sweep.spec import parse_sweep  # noqa: E402
 from vfm_ablate.sweep.store import TrialStore  # noqa: E402
@@ -62,7 +62,10 @@ def test_trials_spread_over_gpu_workers_and_a_failure_does_not_stop_the_sweep(
                 {"regime": ["frozen", "lora"], "seed": [0, 1]},
                 {"data.train": [["sa", "broken"]]},
             ],
-            "datasets": {"sa": TINY_DATA, "broken": {"layout": "folder", "path": str(tmp_path / "missing")}},
+            "datasets": {
+                "sa": TINY_DATA,
+                "broken": {"layout": "folder", "path": str(write_unreadable_dataset(tmp_path / "broken"))},
+            },
             "resources": {"cpu": 1, "gpu": 0.5},
             "tracking": {"enabled": False},
         },

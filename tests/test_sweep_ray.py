@@ -139,7 +139,8 @@ def test_a_trial_whose_worker_dies_continues_from_its_checkpoint(local_ray: None
     [trial] = outcome.trials
     assert trial.status == "FINISHED" and trial.metrics["epochs_run"] == 6
     first, second = sorted(TrialStore(outcome.store_root).attempts(trial.trial_id), key=lambda a: a["start"])
-    assert first["pid"] == killed[0] and first["status"] == "RUNNING"  # died without a word
+    assert first["pid"] == killed[0]  # died without a word; the retry closed its record
+    assert first["status"] == "KILLED" and "end" not in first and "later attempt" in first["closed_because"]
     assert second["resumed"] and second["status"] == "FINISHED"
     assert 1 <= second["epochs_run"] <= 5, "the retry continued from a checkpoint instead of starting over"
     client = MlflowClient(uri)

@@ -98,6 +98,11 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) 
         assert [a["status"] for a in runs_after[tid]] == ["FINISHED"]
     for tid, runs in runs_after.items():  # every trial finished exactly once
         assert [a["status"] for a in runs].count("FINISHED") == 1, (tid, runs)
+    # attempts the SIGKILL cut short are closed as KILLED (no end time: unknown); none stays RUNNING
+    cut = {(tid, a["start"]) for tid, runs in runs_before.items() for a in runs if a["status"] == "RUNNING"}
+    closed = {(tid, a["start"]): a for tid, runs in runs_after.items() for a in runs}
+    assert all(closed[key]["status"] == "KILLED" and "end" not in closed[key] for key in cut)
+    assert not [a for runs in runs_after.values() for a in runs if a["status"] == "RUNNING"]
     assert "4 finished" in resumed.stdout
     # max_concurrent_trials: 1 is honoured although Ray has 2 CPUs for 1-CPU trials
     spans = sorted((a["start"], a["end"]) for runs in runs_after.values() for a in runs if "end" in a)

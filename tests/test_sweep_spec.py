@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.sweep_helpers import documented_trial_count
+from tests.sweep_helpers import documented_trial_count, write_em_layouts
 from vfm_ablate.cli import main
 from vfm_ablate.errors import ConfigError
 from vfm_ablate.sweep.driver import run_sweep
@@ -68,8 +68,17 @@ def test_main_table_is_the_reference_grid() -> None:
     assert {(s.seed, s.split_seed) for s in specs} == {(i, i) for i in range(5)}
 
 
+@pytest.fixture(scope="module")
+def em_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in datasets' layouts in miniature: the dry run checks every file a sweep reads."""
+    return write_em_layouts(tmp_path_factory.mktemp("em_data"))
+
+
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
-def test_dry_run_prints_count_and_one_row_per_trial(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_prints_count_and_one_row_per_trial(
+    path: Path, em_data_root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VFM_ABLATE_DATA_ROOT", str(em_data_root))
     assert main(["run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     n = documented_trial_count(path)
@@ -82,7 +91,10 @@ def test_dry_run_prints_count_and_one_row_per_trial(path: Path, capsys: pytest.C
     assert len(rows) == n
 
 
-def test_dry_run_reports_collapsed_combinations(capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_reports_collapsed_combinations(
+    em_data_root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VFM_ABLATE_DATA_ROOT", str(em_data_root))
     main(["run", str(REPO / "sweeps" / "lora_rank.yaml"), "--dry-run"])
     out = capsys.readouterr().out
     assert "180 trials (300 combinations, 120 collapsed" in out

@@ -9,6 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.mlflow_server import MlflowServer
+from tests.sweep_helpers import write_unreadable_dataset
 from vfm_ablate.report.runs import load_runs
 from vfm_ablate.report.tables import summary_table
 from vfm_ablate.sweep.spec import load_sweep
@@ -19,7 +20,7 @@ SWEEP = """
 name: e2e
 datasets:
   syn_a: {layout: synthetic, domain: a, n_train: 4, n_test: 2, size: [32, 32], seed: 3}
-  gone: {layout: folder, path: /nonexistent/vfm-ablate-gone}   # the deliberately failing trial
+  gone: {layout: folder, path: GONE}   # the deliberately failing trial: an unreadable image
 base:
   backbone: tiny_vit_p14
   weights: random
@@ -49,7 +50,7 @@ def test_sweep_runs_are_complete_and_not_duplicated_on_resume(
     from vfm_ablate.sweep.driver import run_sweep
 
     sweep_file = tmp_path / "e2e.yaml"
-    sweep_file.write_text(SWEEP)
+    sweep_file.write_text(SWEEP.replace("GONE", str(write_unreadable_dataset(tmp_path / "gone"))))
     sweep = load_sweep(sweep_file)
     kwargs = {"tracking_uri": mlflow_server.uri, "workdir": tmp_path, "storage_path": str(tmp_path / "ray")}
     first = run_sweep(sweep, progress_interval_s=0, **kwargs)

@@ -88,12 +88,26 @@ def suggest(value: str, choices: list[str] | set[str], what: str, source: str = 
 
 
 def load_yaml(path: str | Path) -> Any:
+    """A YAML file's data; a missing file, a folder, unreadable or non-UTF-8 bytes and bad YAML are ConfigErrors."""
     import yaml
 
     p = Path(path)
-    if not p.is_file():
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory, expected a YAML file")
+    if not p.exists():
         raise ConfigError(f"{p}: file not found")
     try:
-        return yaml.safe_load(p.read_text()) or {}
+        raw = p.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read ({err.strerror or err})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+            "expected a YAML file saved as UTF-8"
+        ) from None
+    try:
+        return yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None

@@ -84,14 +84,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..diagnostics.standalone import format_report, run_diagnose, select_slices
+    from ..sweep.inputs import check_inputs
+    from .folders import removed_if_left_empty
 
     setup = _resolve(args)
-    _, datasets = _entries_file(args.entries)
-    slices = select_slices(args.datasets, args.unlabelled, args.split, setup.spec.split_seed, datasets)
-    report = run_diagnose(
-        setup, slices, args.out, device=resolve_device(args.device), probe_cv=args.probe_cv,
-        permutations=args.permutations, batch_size=args.batch_size,
-    )  # fmt: skip
+    backbones, datasets = _entries_file(args.entries)
+    if setup.checkpoint is not None:  # the trial's own entry, as its config.yaml recorded it
+        backbones = {setup.entry.name: setup.entry}
+    checked = check_inputs([setup.spec], backbones, datasets, str(args.entries or "diagnose flags"))
+    if checked.downloads:
+        print(checked.describe(), flush=True)
+    slices = select_slices(args.datasets, args.unlabelled, args.split, setup.spec.split_seed, checked.datasets)
+    with removed_if_left_empty(args.out):
+        report = run_diagnose(
+            setup, slices, args.out, device=resolve_device(args.device), probe_cv=args.probe_cv,
+            permutations=args.permutations, batch_size=args.batch_size,
+        )  # fmt: skip
     print(format_report(report))
     print(f"outputs in {args.out}")
     return 0

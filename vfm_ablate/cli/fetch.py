@@ -166,8 +166,8 @@ def _fetch_backbone(entry: BackboneEntry, failures: list[str], unreachable: list
 
 
 def _readiness_after(sweep_file: str) -> Readiness:
-    from ..sweep.inputs import sweep_readiness
     from ..sweep.plan import plan
+    from ..sweep.readiness import sweep_readiness
     from ..sweep.spec import load_sweep
 
     sweep = load_sweep(sweep_file)

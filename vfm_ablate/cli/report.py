@@ -41,8 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def resolve_target(target: str, tracking_uri: str | None) -> tuple[str, str]:
     """(experiment, tracking URI) for a sweep file or an experiment name; the same defaults as `vfm-ablate run`."""
+    from ..errors import ConfigError
     from ..tracking.store import resolve_tracking_uri
 
+    if Path(target).is_dir():
+        raise ConfigError(f"{target}: is a directory; give a sweep file (.yaml) or an MLflow experiment name")
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
         from ..sweep.spec import load_sweep
 
@@ -55,8 +58,10 @@ def _run(args: argparse.Namespace) -> int:
     from ..report.document import as_text
     from ..report.runs import load_runs
     from ..report.write import write_report
+    from ..tracking.store import check_tracking_store
 
     experiment, uri = resolve_target(args.target, args.tracking_uri)
+    check_tracking_store(uri)
     runs = load_runs(uri, experiment, sweep_id=args.sweep_id, execution_id=args.execution_id)
     out = args.out or Path("reports") / re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
     parts, paths = write_report(runs, out, metric=args.metric, title=f"{experiment}: {args.metric}")

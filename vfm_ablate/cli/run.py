@@ -20,6 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="finish an interrupted sweep without re-running finished trials"
     )
     p.add_argument("--retry-failed", action="store_true", default=None, help="with --resume: also retry failed trials")
+    p.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="with --resume: re-run trials trained on backbone/dataset entries (or files) that changed since",
+    )
     p.add_argument("--address", help="join a running Ray cluster: 'auto' (on a cluster node) or 'ray://HOST:10001'")
     p.add_argument("--storage-path", help="results/checkpoint location: a folder, shared filesystem path or URI")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's tracking.uri, else ./mlflow.db)")
@@ -45,8 +50,15 @@ def _run(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep)
     if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
         raise ConfigError(f"--max-concurrent-trials must be at least 1, got {args.max_concurrent_trials}")
+    if args.rerun_changed and not args.resume:
+        raise ConfigError("--rerun-changed goes with --resume (a fresh sweep has nothing to re-run)")
     if args.dry_run:
-        print(describe_plan(sweep, plan(sweep)))
+        from ..sweep.inputs import check_inputs
+
+        the_plan = plan(sweep)
+        print(describe_plan(sweep, the_plan))
+        specs = [t.spec for t in the_plan.trials]
+        print(check_inputs(specs, sweep.backbones, sweep.datasets, sweep.source).describe(with_downloads=False))
         return 0
     if args.resume and args.max_concurrent_trials is not None:
         print("note: a resumed sweep keeps the max_concurrent_trials it was started with")
@@ -62,6 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         max_concurrent_trials=args.max_concurrent_trials,
         num_cpus=args.num_cpus,
         retry_failed=args.retry_failed,
+        rerun_changed=args.rerun_changed,
         verbose=args.verbose,
         progress_interval_s=args.progress_interval,
     )

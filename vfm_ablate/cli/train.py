@@ -26,12 +26,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
     from ..overrides import apply_overrides, set_dotted
+    from ..sweep.inputs import check_inputs
     from ..trial import run_trial
     from ..trialfile import parse_trial_file
     from ..validation import load_yaml
+    from .folders import removed_if_left_empty
 
-    data: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    data: Any = load_yaml(args.config) if args.config else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{args.config}: expected a mapping of trial settings (backbone, regime, data, ...)")
     flag_values = {
         "backbone": args.backbone,
         "regime": args.regime,
@@ -45,7 +50,11 @@ def _run(args: argparse.Namespace) -> int:
         if value is not None:
             set_dotted(data, key, value)
     apply_overrides(data, args.set)
-    trial = parse_trial_file(data, args.config or "<flags>")
+    source = str(args.config or "<flags>")
+    trial = parse_trial_file(data, source)
+    checked = check_inputs([trial.spec], trial.backbones, trial.datasets, source)
+    if checked.downloads:
+        print(checked.describe(), flush=True)
 
     class PrintEpochs:
         def epoch_end(self, epoch: int, metrics: dict[str, float], save_checkpoint: object) -> None:
@@ -54,7 +63,10 @@ def _run(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    result = run_trial(trial.spec, args.out, reporter=PrintEpochs(), backbones=trial.backbones, datasets=trial.datasets)
+    with removed_if_left_empty(args.out):
+        result = run_trial(
+            trial.spec, args.out, reporter=PrintEpochs(), backbones=checked.backbones, datasets=checked.datasets
+        )
     print(json.dumps({k: round(v, 6) for k, v in sorted(result.metrics.items())}, indent=2))
     print(f"outputs in {result.out_dir}")
     return 0

@@ -1,6 +1,8 @@
 """`data check`: everything a user needs to trust a dataset before a sweep trains on it.
 
-Uses the loader's own listing, pairing and reading (layouts.py, images.py, masks.py), so a
+Reports what training will actually use: per image the channels in the file, the bit depth and raw value range,
+and per dataset the intensity rule's range that becomes [0, 1] (data/intensity.py). Uses the loader's own
+listing, pairing and reading (layouts.py, images.py, masks.py), so a
 dataset that checks clean is exactly what training reads. Problems (broken:
 the loader would refuse it) name the file; anomalies are worth a look but do
 not stop anything (mixed mask encodings, empty masks, masks covering most of
@@ -18,6 +20,7 @@ from ..errors import ConfigError, DataError
 from ..validation import validate
 from .entries import DatasetEntry
 from .images import read_slice, read_stacks
+from .intensity import IntensitySpec, IntensityStats
 from .layouts import IMAGE_SUFFIXES, list_slices, seeded_test_indices
 from .masks import TIFF_SUFFIXES
 
@@ -35,6 +38,9 @@ class SliceFinding:
     dtype: str
     encoding: str | None  # mask encoding as read (masks.read_mask), None without a mask
     foreground: float | None  # foreground fraction after normalisation
+    channels: int = 1  # in the file (alpha not counted)
+    colour: bool = False  # the channels differed (converted by luminance)
+    values: tuple[int, int] = (0, 0)  # raw minimum, maximum
 
 
 @dataclass
@@ -48,6 +54,7 @@ class CheckReport:
     slices: list[SliceFinding] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     anomalies: list[str] = field(default_factory=list)
+    intensity: list[str] = field(default_factory=list)  # per bit depth: values seen, rule, range used
 
     @property
     def ok(self) -> bool:
@@ -90,6 +97,11 @@ class CheckReport:
         shapes = Counter(f"{s.shape[0]}x{s.shape[1]} {s.dtype}" for s in self.slices)
         if shapes:
             lines.append("  images: " + "; ".join(f"{k} ({v})" for k, v in shapes.most_common()))
+            channels = Counter(_channels(s) for s in self.slices)
+            lines.append("  channels: " + "; ".join(f"{k} ({v})" for k, v in channels.most_common()))
+        if self.intensity:
+            lines.append("  intensity (raw values -> network input 0..1):")
+            lines.extend(f"    {line}" for line in self.intensity)
         encodings = self.encodings()
         if encodings:
             lines.append("  mask encodings:")
@@ -97,11 +109,12 @@ class CheckReport:
                 names = ", ".join(self._short(f) for f in files[:12]) + (" ..." if len(files) > 12 else "")
                 lines.append(f"    {enc}: {len(files)} file(s): {names}")
         if self.slices:
-            lines.append("  per slice (split, image, mask, encoding, foreground %):")
+            lines.append("  per slice (split, image, mask, encoding, foreground %, image values):")
             for s in self.slices:
                 fg = "-" if s.foreground is None else f"{100 * s.foreground:.2f}"
                 mask = self._short(s.mask) if s.mask else "-"
-                lines.append(f"    {s.split:<10} {self._short(s.image)}  {mask}  {s.encoding or '-'}  {fg}")
+                values = f"{s.dtype} {s.values[0]}..{s.values[1]}"
+                lines.append(f"    {s.split:<10} {self._short(s.image)}  {mask}  {s.encoding or '-'}  {fg}  {values}")
         lines.append("  anomalies: " + ("none" if not self.anomalies else ""))
         lines.extend(f"    - {a}" for a in self.anomalies)
         lines.append("  problems: " + ("none" if not self.problems else ""))
@@ -110,18 +123,40 @@ class CheckReport:
         return "\n".join(lines)
 
 
+def _channels(s: SliceFinding) -> str:
+    if s.channels == 1:
+        return "1 (grey)"
+    if s.colour:
+        return f"{s.channels} differing (colour, converted by luminance)"
+    return f"{s.channels} equal (grey stored as colour)"
+
+
+def _values(image: Any) -> tuple[int, int]:
+    return (int(image.min()), int(image.max())) if image.size else (0, 0)
+
+
 def _check_synthetic(entry: DatasetEntry, report: CheckReport) -> None:
     from .sources import load_dataset
 
     ds = load_dataset(entry, 0)
+    stats = IntensityStats()
     for split, slices in (("train", ds.train), ("test", ds.test)):
         for s in slices:
             assert s.mask is not None
+            stats.add(s.image, s.source)
             report.slices.append(
                 SliceFinding(
-                    split, s.source, s.source, s.image.shape, str(s.image.dtype), "generated bool", float(s.mask.mean())
+                    split,
+                    s.source,
+                    s.source,
+                    s.image.shape,
+                    str(s.image.dtype),
+                    "generated bool",
+                    float(s.mask.mean()),
+                    values=_values(s.image),
                 )
             )
+    report.intensity = stats.describe(IntensitySpec(rule="dtype"))
 
 
 def check_dataset(entry: DatasetEntry, split_seed: int = 0) -> CheckReport:
@@ -154,15 +189,28 @@ def check_dataset(entry: DatasetEntry, split_seed: int = 0) -> CheckReport:
         report.problems.append(str(err))
         return report
     rule = entry.mask_rule
+    stats = IntensityStats()
     for split, ref in refs:
         try:
-            s, encoding = read_slice(ref, rule, stacks)
+            s, encoding = read_slice(ref, rule, stacks, entry.colour)
         except DataError as err:
             report.problems.append(str(err))
             continue
+        stats.add(s.image, ref.source)
         fg = None if s.mask is None else float(s.mask.mean())
         report.slices.append(
-            SliceFinding(split, ref.source, ref.mask_source, s.image.shape, str(s.image.dtype), encoding, fg)
+            SliceFinding(
+                split,
+                ref.source,
+                ref.mask_source,
+                s.image.shape,
+                str(s.image.dtype),
+                encoding,
+                fg,
+                channels=s.channels,
+                colour=s.colour,
+                values=_values(s.image),
+            )
         )
         if s.mask is not None and fg == 0.0:
             report.anomalies.append(f"{ref.mask_source}: empty mask (no foreground; raw file is constant)")
@@ -170,6 +218,13 @@ def check_dataset(entry: DatasetEntry, split_seed: int = 0) -> CheckReport:
             report.anomalies.append(
                 f"{ref.mask_source}: foreground covers {100 * fg:.1f}% of the slice (inverted or mis-decoded mask?)"
             )
+    if stats.histograms:
+        report.problems.extend(stats.problems(entry.intensity))
+        report.intensity = stats.describe(entry.intensity)
+    if any(s.colour for s in report.slices):
+        report.anomalies.append(
+            f"{sum(s.colour for s in report.slices)} colour image(s) converted to grey by luminance (colour: luminance)"
+        )
     encodings = report.encodings()
     if len(encodings) > 1:
         report.anomalies.append(

@@ -21,6 +21,9 @@ Layouts and the options each one takes (anything else is an error):
   (``test_image_stack`` + ``test_mask_stack``) or a seeded split as for folder.
 - ``unlabelled``: images only, for diagnostics: every image in ``image_dir``
   (default: ``path`` itself) or the pages of ``image_stack``.
+- every layout with files also takes ``colour`` (``error``, the default: a colour image is an error naming the
+  file; ``luminance``: converted by 0.299 R + 0.587 G + 0.114 B) and ``intensity`` (how raw values become
+  [0, 1]; see :mod:`vfm_ablate.data.intensity`).
 - ``synthetic``: generated in memory by :mod:`vfm_ablate.data.synthetic`
   (``domain``, ``n_train``, ``n_test``, ``size``, ``seed``); no path. Train and test are
   independent generated streams, so the test split is fixed by ``seed``, not by the split seed.
@@ -38,6 +41,7 @@ from pydantic import Field, model_validator
 
 from ..errors import ConfigError
 from ..validation import StrictModel, suggest
+from .intensity import IntensitySpec
 from .masks import DEFAULT_THRESHOLD, MaskRule
 
 Layout = Literal["lucchi_pp", "vnc", "folder", "tiff_stack", "synthetic", "unlabelled"]
@@ -49,18 +53,21 @@ VNC_TEST_COUNT = 3
 DEFAULT_TEST_FRACTION = 0.2
 
 _MASK_OPTIONS = {"mask_threshold", "mask_labels"}
+_IMAGE_OPTIONS = {"colour", "intensity"}  # how raw pixels are read: every layout with files
 _SPLIT_OPTIONS = {"test_count", "test_fraction"}
 # which optional fields each layout accepts (name and layout are always required)
 LAYOUT_OPTIONS: dict[str, set[str]] = {
-    "lucchi_pp": {"path"} | _MASK_OPTIONS,
-    "vnc": {"path", "image_dir", "mask_dir", "pairing", "test_count"} | _MASK_OPTIONS,
+    "lucchi_pp": {"path"} | _MASK_OPTIONS | _IMAGE_OPTIONS,
+    "vnc": {"path", "image_dir", "mask_dir", "pairing", "test_count"} | _MASK_OPTIONS | _IMAGE_OPTIONS,
     "folder": {"path", "image_dir", "mask_dir", "test_image_dir", "test_mask_dir", "pairing"}
     | _SPLIT_OPTIONS
-    | _MASK_OPTIONS,
+    | _MASK_OPTIONS
+    | _IMAGE_OPTIONS,
     "tiff_stack": {"path", "image_stack", "mask_stack", "test_image_stack", "test_mask_stack"}
     | _SPLIT_OPTIONS
-    | _MASK_OPTIONS,
-    "unlabelled": {"path", "image_dir", "image_stack"},
+    | _MASK_OPTIONS
+    | _IMAGE_OPTIONS,
+    "unlabelled": {"path", "image_dir", "image_stack"} | _IMAGE_OPTIONS,
     "synthetic": {"domain", "n_train", "n_test", "size", "seed"},
 }
 _REQUIRED: dict[str, set[str]] = {
@@ -92,6 +99,9 @@ class DatasetEntry(StrictModel):
     test_fraction: float | None = Field(None, gt=0, lt=1)
     mask_threshold: int = Field(DEFAULT_THRESHOLD, ge=0, le=254)  # see masks.py for the rule
     mask_labels: list[int] | None = None
+    # colour raw images (channels that differ): an error naming the file, or converted by luminance on request
+    colour: Literal["error", "luminance"] = "error"
+    intensity: IntensitySpec = IntensitySpec()  # raw values -> [0, 1]: see intensity.py for the rules
     domain: str | None = None
     n_train: int = Field(8, ge=1)
     n_test: int = Field(4, ge=1)

@@ -6,6 +6,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -13,24 +14,44 @@ from ..errors import DataError
 from .layouts import SliceRef, stack_pages
 from .masks import TIFF_SUFFIXES, MaskRule, mask_from_raw, read_mask
 
+Colour = Literal["error", "luminance"]
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601, what `colour: luminance` converts by
+
 
 @dataclass(frozen=True, eq=False)
 class Slice:
-    """One 2-D section: greyscale image as read (uint8/uint16 HxW), bool HxW mask or None, and where it came from."""
+    """One 2-D section: greyscale image as read (uint8/uint16 HxW), bool HxW mask or None, and where it came from.
+
+    `channels` is what the file held (1 grey, 3 colour, ... ; alpha not counted), `colour` whether those channels
+    differed (converted by luminance); `value_range` is the raw (low, high) that becomes [0, 1], set per dataset
+    by `sources.load_dataset` from the entry's intensity rule (None: the dtype's range)."""
 
     image: np.ndarray
     mask: np.ndarray | None
     source: str  # file path, or "stack.tif[page]"
+    channels: int = 1
+    colour: bool = False
+    value_range: tuple[float, float] | None = None
 
 
-def _to_grey(arr: np.ndarray, source: str) -> np.ndarray:
-    """A 2-D uint8/uint16 image from what a file held; colour with equal channels is accepted as grey."""
+def _to_grey(arr: np.ndarray, source: str, colour: Colour = "error") -> tuple[np.ndarray, int, bool]:
+    """(2-D uint8/uint16 image, channels in the file, channels differed) from what a file held. Colour with equal
+    channels is grey stored as RGB (taken as it is); differing channels are an error unless `colour: luminance`."""
     a = np.asarray(arr)
+    channels, differed = 1, False
     if a.ndim == 3 and a.shape[-1] in (2, 4):  # drop alpha
         a = a[..., :-1]
     if a.ndim == 3 and a.shape[-1] in (1, 3):
+        channels = int(a.shape[-1])
         if a.shape[-1] == 3 and not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
-            weights = np.array([0.299, 0.587, 0.114], np.float32)
+            differed = True
+            if colour != "luminance":
+                raise DataError(
+                    f"{source}: a colour image (3 channels that differ), where greyscale EM is expected; fix the "
+                    "file, or set `colour: luminance` on the dataset entry to convert it (0.299 R + 0.587 G + "
+                    "0.114 B)"
+                )
+            weights = np.array(LUMINANCE, np.float32)
             a = np.round(a.astype(np.float32) @ weights).astype(a.dtype)
         else:
             a = a[..., 0]
@@ -39,24 +60,33 @@ def _to_grey(arr: np.ndarray, source: str) -> np.ndarray:
     if not a.dtype.isnative:  # big-endian 16-bit PNG/TIFF: torch and comparisons need native order
         a = a.astype(a.dtype.newbyteorder("="))
     if a.dtype == bool:
-        return a.astype(np.uint8) * 255
+        return a.astype(np.uint8) * 255, channels, differed
     if a.dtype in (np.uint8, np.uint16):
-        return a
+        return a, channels, differed
     if np.issubdtype(a.dtype, np.integer) and a.size and a.min() >= 0 and a.max() <= 65535:
-        return a.astype(np.uint8 if a.max() <= 255 and a.dtype.itemsize == 1 else np.uint16)
+        return a.astype(np.uint8 if a.max() <= 255 and a.dtype.itemsize == 1 else np.uint16), channels, differed
     raise DataError(
         f"{source}: image dtype {a.dtype} (range {a.min()}..{a.max()}) is not 8/16-bit greyscale; "
         "convert it to uint8 or uint16"
     )
 
 
-def read_image(path: Path, page: int | None = None, stacks: dict[Path, np.ndarray] | None = None) -> np.ndarray:
+def read_image(
+    path: Path, page: int | None = None, stacks: dict[Path, np.ndarray] | None = None, colour: Colour = "error"
+) -> np.ndarray:
     """Read one greyscale image (a file, or a page of a TIFF stack), kept as 8/16-bit."""
+    return read_image_info(path, page, stacks, colour)[0]
+
+
+def read_image_info(
+    path: Path, page: int | None = None, stacks: dict[Path, np.ndarray] | None = None, colour: Colour = "error"
+) -> tuple[np.ndarray, int, bool]:
+    """(greyscale image, channels in the file, whether they differed): see `_to_grey`."""
     source = str(path) if page is None else f"{path}[{page}]"
     try:
         if page is not None:
             stack = stacks[path] if stacks is not None and path in stacks else _read_stack(path)
-            return _to_grey(stack[page], source)
+            return _to_grey(stack[page], source, colour)
         if path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
 
@@ -80,7 +110,7 @@ def read_image(path: Path, page: int | None = None, stacks: dict[Path, np.ndarra
             f"{source}: holds {arr.shape[0]} pages; a multi-page stack needs layout 'tiff_stack' or 'unlabelled' "
             "with image_stack"
         )
-    return _to_grey(arr, source)
+    return _to_grey(arr, source, colour)
 
 
 def _read_stack(path: Path) -> np.ndarray:
@@ -107,10 +137,13 @@ def _page_shape(arr: np.ndarray, pages: int) -> tuple[int, ...]:
 
 
 def read_slice(
-    ref: SliceRef, rule: MaskRule | None = None, stacks: dict[Path, np.ndarray] | None = None
+    ref: SliceRef,
+    rule: MaskRule | None = None,
+    stacks: dict[Path, np.ndarray] | None = None,
+    colour: Colour = "error",
 ) -> tuple[Slice, str | None]:
     """Read one listed slice -> (Slice, mask encoding or None); DataError names the file on any problem."""
-    image = read_image(ref.image, ref.image_page, stacks)
+    image, channels, differed = read_image_info(ref.image, ref.image_page, stacks, colour)
     mask = None
     encoding = None
     if ref.mask is not None:
@@ -124,7 +157,7 @@ def read_slice(
                 f"{ref.mask_source}: mask is {mask.shape[0]}x{mask.shape[1]} but its image {ref.source} is "
                 f"{image.shape[0]}x{image.shape[1]} (height x width)"
             )
-    return Slice(image=image, mask=mask, source=ref.source), encoding
+    return Slice(image=image, mask=mask, source=ref.source, channels=channels, colour=differed), encoding
 
 
 def read_stacks(refs: list[SliceRef]) -> dict[Path, np.ndarray]:
@@ -139,10 +172,10 @@ def _workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def read_all(refs: list[SliceRef], rule: MaskRule) -> list[Slice]:
+def read_all(refs: list[SliceRef], rule: MaskRule, colour: Colour = "error") -> list[Slice]:
     stacks = read_stacks(refs)
     with ThreadPoolExecutor(max_workers=_workers()) as pool:  # PIL/zlib decoding releases the GIL
-        slices = [s for s, _ in pool.map(lambda r: read_slice(r, rule, stacks), refs)]
+        slices = [s for s, _ in pool.map(lambda r: read_slice(r, rule, stacks, colour), refs)]
     for s in slices:
         s.image.setflags(write=False)
         if s.mask is not None:

@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .entries import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, DEFAULT_TEST_FRACTION, VNC_TEST_COUNT, DatasetEntry
+from .entries import (
+    DATA_ROOT_ENV,
+    DEFAULT_DATA_ROOT,
+    DEFAULT_TEST_FRACTION,
+    VNC_TEST_COUNT,
+    DatasetEntry,
+    builtin_datasets,
+)
 
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif"}
 TEST_SPLIT_STREAM = 1  # rng stream tag of the seeded test split (validation uses another, see sampling.py)
@@ -179,10 +186,13 @@ def list_slices(entry: DatasetEntry) -> Listing:
         return out
     root = entry.root()
     if not root.exists():
-        out.problems.append(
-            f"{root}: dataset '{entry.name}' folder not found (built-in datasets live under "
-            f"${DATA_ROOT_ENV}, currently '{os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)}')"
-        )
+        where = ""
+        if entry.name in builtin_datasets():
+            where = (
+                f" (built-in datasets live under ${DATA_ROOT_ENV}, currently "
+                f"'{os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)}')"
+            )
+        out.problems.append(f"{root}: dataset '{entry.name}' folder not found{where}")
         return out
     if entry.layout == "lucchi_pp":
         out.labelled = pair_files(root / "Train_In", root / "Train_Out", "number", out.problems, out.ignored)

@@ -10,6 +10,9 @@ over the slices in name order, ``k`` = ``test_count`` (VNC: 3 of 20) or
 ``round(test_fraction * n)`` (at least 1). The split seed comes from the trial
 (``TrialSpec.split_seed``, default 0); repeats must use different ones.
 
+Pixel values: each slice carries the raw (low, high) that becomes [0, 1], from the entry's intensity rule over the
+whole dataset (data/intensity.py); colour images are refused unless the entry converts them (`colour`).
+
 Loaded datasets are cached in-process (pixels per entry, splits per split seed)
 and their arrays are read-only, because many trials reuse them.
 """
@@ -17,11 +20,12 @@ and their arrays are read-only, because many trials reuse them.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import DataError
 from .entries import DatasetEntry
 from .images import Slice, read_all
+from .intensity import IntensityStats
 from .layouts import list_slices, seeded_test_indices
 
 __all__ = ["LoadedDataset", "Slice", "clear_cache", "load_dataset"]
@@ -77,10 +81,31 @@ def _read_pixels(entry: DatasetEntry) -> _Pixels:
             f"(run `vfm-ablate data check {entry.path}` for a full report)"
         )
     rule = entry.mask_rule
-    labelled = read_all(listing.labelled, rule)
-    test = read_all(listing.test, rule) if listing.test is not None else None
-    unlabelled = read_all(listing.unlabelled, rule)
-    return _Pixels(labelled=labelled, test=test, unlabelled=unlabelled, test_count=listing.test_count)
+    labelled = read_all(listing.labelled, rule, entry.colour)
+    test = read_all(listing.test, rule, entry.colour) if listing.test is not None else None
+    unlabelled = read_all(listing.unlabelled, rule, entry.colour)
+    ranges = value_ranges(entry, [*labelled, *(test or []), *unlabelled])
+
+    def scaled(slices: list[Slice]) -> list[Slice]:
+        return [replace(s, value_range=ranges[str(s.image.dtype)]) for s in slices]
+
+    return _Pixels(
+        labelled=scaled(labelled),
+        test=scaled(test) if test is not None else None,
+        unlabelled=scaled(unlabelled),
+        test_count=listing.test_count,
+    )
+
+
+def value_ranges(entry: DatasetEntry, slices: list[Slice]) -> dict[str, tuple[float, float]]:
+    """dtype -> the raw (low, high) that becomes [0, 1], by the entry's intensity rule over all its images."""
+    stats = IntensityStats()
+    for s in slices:
+        stats.add(s.image, s.source)
+    problems = stats.problems(entry.intensity)
+    if problems:
+        raise DataError(f"dataset '{entry.name}' ({entry.layout} at {entry.path}): " + "; ".join(problems))
+    return stats.value_ranges(entry.intensity)
 
 
 def load_dataset(entry: DatasetEntry, split_seed: int) -> LoadedDataset:

@@ -66,9 +66,11 @@ def image_to_tensor(
     size: tuple[int, int],
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    value_range: tuple[float, float] | None = None,
 ) -> torch.Tensor:
-    """Greyscale uint8/uint16 HxW -> float32 3 x h x w: scaled to [0, 1] by bit depth, bilinear
-    (antialiased when shrinking) resize, replicated to 3 channels, normalised by mean/std."""
+    """Greyscale uint8/uint16 HxW -> float32 3 x h x w: raw `value_range` (low, high) scaled to [0, 1] and
+    clipped (default: the dtype's range, 0..255 / 0..65535; a dataset's own comes from its intensity rule, see
+    data/intensity.py), bilinear (antialiased when shrinking) resize, replicated to 3 channels, normalised."""
     a = np.asarray(image)
     if a.ndim != 2:
         raise DataError(f"image_to_tensor expects a 2-D greyscale image, got shape {a.shape}")
@@ -78,15 +80,21 @@ def image_to_tensor(
         full = 65535.0
     else:
         raise DataError(f"image_to_tensor expects uint8 or uint16 pixels, got {a.dtype}")
+    low, high = value_range if value_range is not None else (0.0, full)
+    if not high > low:
+        raise DataError(f"image_to_tensor: value range must have high > low, got ({low}, {high})")
     h, w = int(size[0]), int(size[1])
     x = torch.from_numpy(a.astype(np.float32))[None, None]
+    if low > 0 or high < full:  # values outside the range exist: clip before resizing
+        x = ((x - low) / (high - low)).clamp_(0.0, 1.0)
+        low, high = 0.0, 1.0
     if (h, w) != tuple(a.shape):
         shrinking = h < a.shape[0] or w < a.shape[1]
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrinking)
     # resizing is linear, so scaling to [0, 1] and normalising fold into one multiply-add afterwards
     std_t = torch.tensor(list(std), dtype=torch.float32).view(3, 1, 1)
-    scale = 1.0 / (full * std_t)
-    bias = -torch.tensor(list(mean), dtype=torch.float32).view(3, 1, 1) / std_t
+    scale = 1.0 / ((high - low) * std_t)
+    bias = -(low / (high - low) + torch.tensor(list(mean), dtype=torch.float32).view(3, 1, 1)) / std_t
     return torch.addcmul(bias, x[0], scale)
 
 

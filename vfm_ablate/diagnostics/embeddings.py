@@ -53,7 +53,9 @@ def dataset_embeddings(
             for size, idx in groups.items():
                 for start in range(0, len(idx), batch_size):
                     chunk = idx[start : start + batch_size]
-                    x = torch.stack([image_to_tensor(slices[i].image, size, mean, std) for i in chunk]).to(device)
+                    x = torch.stack(
+                        [image_to_tensor(slices[i].image, size, mean, std, slices[i].value_range) for i in chunk]
+                    ).to(device)
                     out = backbone.embed(x, pooling).float().cpu().numpy()
                     if out.shape != (len(chunk), backbone.entry.embed_dim):
                         raise ConfigError(

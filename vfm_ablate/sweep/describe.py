@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..text_tables import format_table
-from .inputs import sweep_readiness
 from .plan import SweepPlan
+from .readiness import sweep_readiness
 from .spec import SweepSpec
 
 

@@ -31,13 +31,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..config import TrialSpec
 from ..errors import ConfigError
+from .identity import InputIdentities, input_identities
 from .inputs import check_inputs
-from .plan import PlannedTrial, SweepPlan, plan, resolved_entries, short_label, without_gpus
+from .plan import PlannedTrial, SweepPlan, plan, short_label, without_gpus
 from .progress import ProgressView
+from .readiness import check_ready
 from .results import SweepOutcome, collect_outcome, format_outcome, mlflow_statuses, write_results_csv
+from .resume_inputs import check_unchanged_inputs, start_over
 from .spec import SweepSpec
-from .store import TrialStore, resolve_storage_path, storage_root
+from .store import TrialStore, check_storage_root, resolve_storage_path, storage_root
 from .summary import publish_summary, test_metrics, where_to_look
 from .trainable import (
     GRID_KEY,
@@ -70,6 +74,7 @@ def run_sweep(
     max_concurrent_trials: int | None = None,
     num_cpus: int | None = None,
     retry_failed: bool | None = None,
+    rerun_changed: bool = False,
     workdir: Path | None = None,
     verbose: bool = False,
     progress_interval_s: float | None = None,
@@ -77,22 +82,42 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run (or, with resume, finish) a sweep on Ray Tune and return one outcome per trial.
 
-    Uses the Ray already initialised in this process if any (tests, notebooks), else starts a local Ray or joins
-    `address` ("auto", "ray://head:10001"), and shuts down only what it started. Progress lines go to stdout
-    (a live table on a terminal; else at most one epoch line per trial every `progress_interval_s`, default the
-    sweep's `run.progress_interval_s`), the start line, the final table and where to look to `out`.
+    Everything a user can get wrong is checked before Ray starts: the inputs' readiness (offline with a dataset
+    or weight missing: one error naming them all and the fetch command), the storage path, every local input
+    (sweep/inputs.py), the inputs of trials already run against today's entries (with `rerun_changed`, those
+    trials start over), the tracking store. Uses the Ray already initialised in this process if any (tests,
+    notebooks), else starts a local Ray or joins `address` ("auto", "ray://head:10001"), and shuts down only what
+    it started. Progress lines go to stdout (a live table on a terminal; else at most one epoch line per trial
+    every `progress_interval_s`, default the sweep's `run.progress_interval_s`), the start line, the final table
+    and where to look to `out`.
     """
     import ray
 
     out = out or sys.stdout
     workdir = (workdir or Path.cwd()).resolve()
     the_plan = plan(sweep)
-    check_inputs(sweep, the_plan.trials, out)  # offline with a dataset or weight missing: stop before Ray starts
+    check_ready(sweep, the_plan.trials, out)  # offline with a dataset or weight missing: stop before Ray starts
     root = storage_root(resolve_storage_path(sweep, storage_path), sweep.name, workdir)
+    check_storage_root(root)
     store = TrialStore(root)
     sid = sweep_id(sweep, the_plan)
     old_manifest = _check_manifest(store, sweep, the_plan, sid, resume)
     execution = execution_id(old_manifest)
+    inputs = check_inputs([t.spec for t in the_plan.trials], sweep.backbones, sweep.datasets, sweep.source)
+    identities = input_identities(inputs.backbones, inputs.datasets, inputs.pretrained)
+    changed, stale = check_unchanged_inputs(store, sweep, the_plan, identities, old_manifest, rerun_changed, out)
+    uri = _tracking_uri(sweep, tracking_uri, workdir)
+    if uri is not None:
+        from ..tracking.store import check_tracking_store
+
+        check_tracking_store(uri)
+    if resume:
+        store.close_all_running_attempts("its launch ended without closing it (killed)")
+    if stale:
+        experiments: dict[str, TrialSpec | None] = {GRID_EXPERIMENT: None}
+        if sweep.search is not None:
+            experiments = {f"search-{t.trial_id}": t.spec for t in the_plan.trials}
+        start_over(store, sweep, the_plan, stale, changed, experiments, uri, execution, out)
 
     started_ray = False
     if not ray.is_initialized():
@@ -117,13 +142,18 @@ def run_sweep(
                     "(the autoscaler adds them on demand); set `resources: {gpu: 0}` to run on CPUs",
                     file=out,
                 )
-        backbones, datasets = resolved_entries(sweep, trials)
         with _quiet_ray_logs(verbose):
-            target, tracker = _start_tracking(sweep, the_plan, sid, execution, tracking_uri, workdir, resume)
+            target, tracker = _start_tracking(sweep, the_plan, sid, execution, uri, resume)
         ctx = TrialContext(
-            store, backbones, datasets, sweep.run.checkpoint_every, sweep.run.checkpoint_min_interval_s, target
+            store,
+            inputs.backbones,
+            inputs.datasets,
+            sweep.run.checkpoint_every,
+            sweep.run.checkpoint_min_interval_s,
+            target,
+            identities,
         )
-        store.write_json(MANIFEST, _manifest(sweep, the_plan, sid, execution))
+        store.write_json(MANIFEST, _manifest(sweep, the_plan, sid, execution, identities))
         print(
             f"sweep '{sweep.name}': {the_plan.num_trials} "
             + ("grid points (Optuna search per point)" if sweep.search else "trials")
@@ -195,7 +225,20 @@ def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, v
 
     kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR}
     if address:
-        ray.init(address=address, **kwargs)
+        client = address.startswith("ray://")
+        if client:
+            _client_token_mode()
+        for attempt in range(1, CLIENT_ATTEMPTS + 1):
+            try:
+                ray.init(address=address, **kwargs)
+                return
+            except ConnectionAbortedError as err:  # the client server answered, but its per-client server died
+                if not client or attempt == CLIENT_ATTEMPTS:  # (seen under load with Ray 2.60): try again
+                    raise ConfigError(f"--address {address}: {_summary(err)}") from None
+                print(f"Ray Client: {_summary(err)}; connecting again", file=sys.stderr)
+                ray.shutdown()
+            except ConnectionError as err:
+                raise ConfigError(f"--address {address}: cannot connect ({_summary(err)})") from None
     else:
         # "local": a Ray of our own even when another one runs on this machine (else ray.init joins it, and
         # refuses num_cpus: "When connecting to an existing cluster, num_cpus and num_gpus must not be provided")
@@ -211,7 +254,35 @@ def execution_id(old_manifest: dict[str, Any] | None) -> str:
     return uuid.uuid4().hex[:12]
 
 
-def _manifest(sweep: SweepSpec, the_plan: SweepPlan, sid: str, execution: str) -> dict[str, Any]:
+CLIENT_ATTEMPTS = 3
+
+
+def _summary(err: BaseException) -> str:
+    """One line of a Ray connection error: its message, or the last line of a server-side traceback it carries."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return (lines[-1] if any(line.startswith("Traceback") for line in lines) else lines[0])[:300]
+
+
+def _client_token_mode() -> None:
+    """A Ray Client sends the cluster's token only in token mode, else it retries for a minute and times out: turn
+    token mode on when a token is at hand and RAY_AUTH_MODE is unset, as a local `ray.init` does (Ray >= 2.52)."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    os.environ.pop("RAY_AUTH_MODE", None)  # set but empty: unset
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _manifest(
+    sweep: SweepSpec, the_plan: SweepPlan, sid: str, execution: str, identities: InputIdentities
+) -> dict[str, Any]:
     return {
         "name": sweep.name,
         "sweep_id": sid,
@@ -219,6 +290,7 @@ def _manifest(sweep: SweepSpec, the_plan: SweepPlan, sid: str, execution: str) -
         "source": sweep.source,
         "mode": "search" if sweep.search else "grid",
         "trial_ids": [t.trial_id for t in the_plan.trials],
+        "inputs": identities.to_manifest(),
     }
 
 
@@ -245,16 +317,22 @@ def _check_manifest(
     return old
 
 
-def _start_tracking(
-    sweep: SweepSpec, the_plan: SweepPlan, sid: str, execution: str, uri: str | None, workdir: Path, resume: bool
-) -> tuple[TrackingTarget | None, Any | None]:
+def _tracking_uri(sweep: SweepSpec, flag: str | None, workdir: Path) -> str | None:
     if not sweep.tracking.enabled:
+        return None
+    from ..tracking.store import resolve_tracking_uri
+
+    return resolve_tracking_uri(flag, sweep.tracking.uri, workdir)
+
+
+def _start_tracking(
+    sweep: SweepSpec, the_plan: SweepPlan, sid: str, execution: str, uri: str | None, resume: bool
+) -> tuple[TrackingTarget | None, Any | None]:
+    if uri is None:
         return None, None
     from ..tracking.runs import SweepTracker
-    from ..tracking.store import resolve_tracking_uri
     from ..tracking.ui import set_up_experiment
 
-    uri = resolve_tracking_uri(uri, sweep.tracking.uri, workdir)
     experiment = sweep.experiment_name
     tracker = SweepTracker(uri, experiment, sweep.name, sid, execution)
     params = {

@@ -9,10 +9,8 @@ duplicates dropped by trial id, each trial validated and given its CPU/GPU ask.
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass, field, replace
 from itertools import product
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import SAMPLING_KEYS, TrialSpec, sampling_applies
@@ -26,7 +24,6 @@ if TYPE_CHECKING:
     from .spec import Distribution, SweepSpec
 
 LORA_PREFIX = "lora"  # settings under it only matter in the lora regime
-_HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # package:..., s3://..., file://... (not a plain path)
 
 
 @dataclass(frozen=True)
@@ -249,19 +246,8 @@ def resolved_entries(
     """Every backbone/dataset the trials use, with relative paths made absolute here on the driver.
 
     Trials run in other working directories (and on other nodes), so they never resolve a name or a relative
-    path themselves: they get exactly these entries.
+    path themselves: they get exactly these entries (the rule: sweep/inputs.resolve_entries).
     """
-    backbones: dict[str, BackboneEntry] = {}
-    datasets: dict[str, DatasetEntry] = {}
-    for t in trials:
-        s = t.spec
-        entry = get_entry(s.backbone, sweep.backbones)
-        if entry.checkpoint is not None and not _HAS_SCHEME.match(entry.checkpoint):
-            entry = entry.model_copy(update={"checkpoint": str(Path(entry.checkpoint).expanduser().resolve())})
-        backbones[s.backbone] = entry
-        for name in s.dataset_names():
-            ds = resolve_dataset(name, sweep.datasets)
-            if ds.path is not None:
-                ds = ds.model_copy(update={"path": str(ds.root())})
-            datasets[name] = ds
-    return backbones, datasets
+    from .inputs import resolve_entries
+
+    return resolve_entries([t.spec for t in trials], sweep.backbones, sweep.datasets)

@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from .spec import SweepSpec
 
 STORAGE_ENV = "VFM_ABLATE_STORAGE_PATH"  # a cluster's shared results location (set once in cluster.yaml / sbatch)
@@ -104,6 +105,55 @@ class TrialStore:
             update["traceback"] = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         self.write_json(rel, {**record, **update})
 
+    def close_running_attempts(self, trial_id: str, reason: str, keep: str | None = None) -> int:
+        """End earlier attempts still marked RUNNING as KILLED: their process is gone (Ray runs one attempt of a trial
+        at a time, and a launch only starts once the previous driver is gone). No `end` time: it is unknown."""
+        closed = 0
+        for name in self.list_names(f"trials/{trial_id}/attempts"):
+            rel = f"trials/{trial_id}/attempts/{name}"
+            record = self.read_json(rel) if name != keep else None
+            if record is not None and record.get("status") == "RUNNING":
+                self.write_json(rel, {**record, "status": "KILLED", "closed": time.time(), "closed_because": reason})
+                closed += 1
+        return closed
+
+    def close_all_running_attempts(self, reason: str) -> int:
+        return sum(self.close_running_attempts(tid, reason) for tid in self.list_names("trials"))
+
+    def recorded_inputs(self) -> dict[str, set[str]]:
+        """Trial id -> the inputs ids its attempts and result were made from (records of older versions have none)."""
+        out: dict[str, set[str]] = {}
+        for tid in self.list_names("trials"):
+            records = [self.result(tid), *self.attempts(tid)]
+            out[tid] = {r["inputs_id"] for r in records if r and r.get("inputs_id")}
+        return out
+
+    def supersede(self, trial_id: str, stamp: str) -> None:
+        """Move a trial's records (result, outputs, attempts) to `trials/<id>/superseded/<stamp>/`: it starts over,
+        and nothing it computed is lost."""
+        for part in ("result.json", "outputs", "attempts"):
+            self.move(f"trials/{trial_id}/{part}", f"trials/{trial_id}/superseded/{stamp}/{part}")
+
+    def move(self, rel: str, new_rel: str) -> bool:
+        """Rename a file or folder of the store (copy + delete where the filesystem cannot rename folders)."""
+        import pyarrow.fs as pafs
+
+        src, dst = self._path(rel), self._path(new_rel)
+        kind = self._fs.get_file_info(src).type
+        if kind == pafs.FileType.NotFound:
+            return False
+        self._fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+        try:
+            self._fs.move(src, dst)
+        except (OSError, NotImplementedError):  # object stores: no folder rename
+            if kind == pafs.FileType.Directory:
+                pafs.copy_files(src, dst, source_filesystem=self._fs, destination_filesystem=self._fs)
+                self._fs.delete_dir(src)
+            else:
+                self._fs.copy_file(src, dst)
+                self._fs.delete_file(src)
+        return True
+
     def last_error(self, trial_id: str) -> str | None:
         errors = [a["error"] for a in self.attempts(trial_id) if a.get("error")]
         return errors[-1] if errors else None
@@ -118,6 +168,42 @@ def error_summary(err: BaseException) -> str:
 def resolve_storage_path(sweep: SweepSpec, given: str | None) -> str:
     """--storage-path, else the sweep file's run.storage_path, else $VFM_ABLATE_STORAGE_PATH, else ./ray_results."""
     return given or sweep.run.storage_path or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def check_storage_root(root: str) -> None:
+    """The storage root must be creatable and writable before Ray starts; the check leaves nothing behind."""
+    if "://" in root:
+        import pyarrow.fs as pafs
+
+        try:
+            pafs.FileSystem.from_uri(root)
+        except Exception as err:  # pyarrow: ArrowInvalid (unknown scheme), OSError (bad bucket URI), ...
+            raise ConfigError(f"storage path {root}: {' '.join(str(err).split())}") from None
+        return
+    path = Path(root)
+    missing = []
+    existing = path
+    while not existing.exists():
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"storage path {root}: {existing} is a file, not a folder")
+    created: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+        probe = path / f".vfm-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"storage path {root}: cannot create or write it ({err.strerror or err})") from None
+    finally:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 def storage_root(storage_path: str, sweep_name: str, workdir: Path) -> str:

@@ -21,9 +21,11 @@ from typing import Any
 
 from ..config import TrialSpec
 from ..data.entries import DatasetEntry
+from ..errors import ConfigError
 from ..models.registry import BackboneEntry
 from ..overrides import set_dotted
 from ..validation import validate
+from .identity import INPUTS_ID_KEY, InputIdentities
 from .plan import PlannedTrial, trial_label
 from .store import TrialStore
 
@@ -54,6 +56,7 @@ class TrialContext:
     checkpoint_every: int = 1
     checkpoint_min_interval_s: float = 0.0
     tracking: TrackingTarget | None = None
+    identities: InputIdentities | None = None  # what the entries are (files included): each trial's inputs id
 
 
 GRID_KEY = "trial"  # grid mode: param_space = {GRID_KEY: tune.grid_search([encoded trial, ...])}
@@ -160,8 +163,12 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     config = decode_config(config)
     spec = trial_spec_from_config(config)
     tid = spec.trial_id()
+    inputs_id = ctx.identities.trial_inputs_id(spec) if ctx.identities is not None else None
     done = ctx.store.result(tid)
     if done is not None:  # finished in an earlier launch whose driver died before Ray saved that
+        if done.get(INPUTS_ID_KEY) not in (None, inputs_id):  # the driver moves such records aside first
+            raise ConfigError(f"trial {tid} finished on other inputs ({done[INPUTS_ID_KEY]}, now {inputs_id})")
+        ctx.store.close_running_attempts(tid, "the trial had finished; its launch ended before closing the record")
         tune.report(_final_report(done["metrics"]))
         return
 
@@ -178,13 +185,15 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             "resumed": checkpoint is not None,
             "cpu": config.get("cpu"),
             "gpu": config.get("gpu"),
+            INPUTS_ID_KEY: inputs_id,
         },
     )
+    ctx.store.close_running_attempts(tid, "a later attempt of the trial started", keep=attempt)
     tracker = None
     reporter = _TuneReporter(ctx.checkpoint_every, ctx.checkpoint_min_interval_s, None)
     out_dir = Path(tempfile.mkdtemp(prefix=f"vfm-{tid}-"))
     try:
-        tracker = reporter.tracker = _open_tracker(ctx, spec, tid, node_id)
+        tracker = reporter.tracker = _open_tracker(ctx, spec, tid, node_id, inputs_id)
         kwargs = {"reporter": reporter, "backbones": ctx.backbones, "datasets": ctx.datasets}
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
@@ -201,6 +210,7 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             "spec": spec.model_dump(mode="json"),
             "metrics": result.metrics,
             "lora_targets": result.lora_targets,
+            INPUTS_ID_KEY: inputs_id,
             "node_id": node_id,
             "finished": time.time(),
         }
@@ -234,7 +244,7 @@ def _after_failure(
         log.exception("trial %s: could not record its failure everywhere", tid)
 
 
-def _open_tracker(ctx: TrialContext, spec: TrialSpec, tid: str, node_id: str) -> Any | None:
+def _open_tracker(ctx: TrialContext, spec: TrialSpec, tid: str, node_id: str, inputs_id: str | None) -> Any | None:
     if ctx.tracking is None:
         return None
     from ..tracking.runs import TrialTracker
@@ -249,6 +259,8 @@ def _open_tracker(ctx: TrialContext, spec: TrialSpec, tid: str, node_id: str) ->
         "backbone.embed_dim": str(entry.embed_dim),
     }
     tags = {"vfm.node_id": node_id, "vfm.outputs": f"{ctx.store.root}/trials/{tid}/outputs"}
+    if inputs_id is not None:
+        tags["vfm.inputs_id"] = inputs_id
     tracker.open(params, tags, run_name=run_name(spec))
     return tracker
 

@@ -48,6 +48,7 @@ SWEEP_RUN_TAG = "vfm.sweep_run_id"  # trial run: its execution's summary run
 ATTEMPT_TAG = "vfm.attempt"  # trial run: how many times the trial has been opened (retries, resumes)
 SUPERSEDED_TAG = "vfm.superseded_by"  # a trial run replaced by a later attempt's run (then deleted)
 ERROR_TAG = "vfm.error"
+RETIRED_TAG = "vfm.superseded"  # a deleted run of a trial that started over (its inputs changed): why, when
 RUN_NAME_TAG = "mlflow.runName"
 EPOCH_METRICS = ("train_loss", "val_loss", "best_val_loss", "epoch_time_s", "epoch")  # step = epoch
 
@@ -367,3 +368,26 @@ class TrialTracker:
                 "machine than the sweep driver, and a local SQLite store cannot be shared between machines. "
                 "Start an MLflow server and pass --tracking-uri http://HOST:PORT (see docs/tracking.md)."
             )
+
+
+def retire_trial_runs(tracking_uri: str, experiment: str, execution_id: str, trial_ids: list[str], reason: str) -> int:
+    """Delete (soft: `mlflow runs restore` brings them back) this execution's runs of trials that start over because
+    their inputs changed, so that a report never mixes their old results with the new ones; returns how many."""
+    client = tracking_client(tracking_uri)
+    found = retry_locked(lambda: client.get_experiment_by_name(experiment))
+    if found is None:
+        return 0
+    retired = 0
+    for trial_id in trial_ids:
+        filt = (
+            execution_filter(execution_id, ROLE_TRIAL)
+            + f" and tags.`{TRIAL_ID_TAG}` = "
+            + quote(check_id(trial_id, "trial id"))
+        )
+        for run in search_all_runs(client, found.experiment_id, filt):
+            set_tags(client, run.info.run_id, {RETIRED_TAG: reason})
+            if run.info.status == "RUNNING":
+                retry_locked(lambda: client.set_terminated(run.info.run_id, "KILLED"), "end superseded run")
+            retry_locked(lambda: client.delete_run(run.info.run_id), "delete superseded run")
+            retired += 1
+    return retired

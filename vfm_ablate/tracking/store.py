@@ -100,6 +100,78 @@ def _enable_wal(db: Path) -> None:
         _log.warning("%s: SQLite journal mode is %s, not WAL: readers may wait for writers", db, mode)
 
 
+REACH_TIMEOUT_S = 5.0  # the reachability check's limit: MLflow's own HTTP client retries for minutes
+_DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def check_tracking_store(tracking_uri: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Fail in seconds, naming the URI, when the tracking store cannot be reached, before anything starts:
+    a server must answer `/health` and accept this process's credentials; a database host must accept a
+    connection; a SQLite file's folder must exist or be creatable."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(tracking_uri)
+    scheme = parts.scheme.lower().split("+", 1)[0]
+    if scheme in ("http", "https"):
+        _check_server(tracking_uri.rstrip("/"), timeout_s)
+    elif scheme in _DB_PORTS and parts.hostname:
+        import socket
+
+        try:
+            socket.create_connection((parts.hostname, parts.port or _DB_PORTS[scheme]), timeout=timeout_s).close()
+        except OSError as err:
+            raise ConfigError(f"tracking store {tracking_uri}: database host not reachable ({err})") from None
+    elif (db := sqlite_path(tracking_uri)) is not None:
+        folder = next(p for p in [db, *db.parents] if p.exists())
+        if folder == db and not db.is_file():
+            raise ConfigError(f"tracking store {tracking_uri}: {db} is not a file")
+        if folder != db and (not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK)):
+            raise ConfigError(f"tracking store {tracking_uri}: cannot create {db} ({folder} is not a writable folder)")
+
+
+def _check_server(base: str, timeout_s: float) -> None:
+    import base64
+    import http.client
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    def get(path: str, headers: dict[str, str]) -> int:
+        request = urllib.request.Request(base + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as err:  # it answered
+            return int(err.code)
+
+    try:
+        health = get("/health", {})
+        headers = {}
+        user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        if user and password:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+        status = get("/api/2.0/mlflow/experiments/search?max_results=1", headers)
+    except (OSError, ValueError, http.client.HTTPException) as err:  # refused, timed out, no route, not HTTP
+        reason = getattr(err, "reason", None) or err
+        if isinstance(reason, ssl.SSLError):  # it answered; certificates are MLflow's business (MLFLOW_TRACKING_*)
+            return
+        raise ConfigError(
+            f"MLflow tracking server {base} is not reachable within {timeout_s:g} s ({reason}); start it, or "
+            "pass another --tracking-uri (see docs/tracking.md)"
+        ) from None
+    if health != 200:  # MLflow answers 200 (also with basic-auth on); anything else is not an MLflow server
+        raise ConfigError(
+            f"{base} answered HTTP {health} at /health: not an MLflow tracking server (wrong host, port or proxy?)"
+        )
+    if status in (401, 403):
+        raise ConfigError(
+            f"MLflow tracking server {base} refused this process's credentials (HTTP {status}); set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment (never on a command line)"
+        )
+
+
 _CLIENTS: dict[str, Any] = {}
 
 

@@ -60,7 +60,7 @@ def prepare_items(slices: list[Slice], dataset: str, split: str, entry: Backbone
             Item(
                 key=f"{dataset}/{split}/{i}",
                 dataset=dataset,
-                image=image_to_tensor(s.image, size, mean, std),
+                image=image_to_tensor(s.image, size, mean, std, s.value_range),
                 mask=mask_to_tensor(s.mask, size),
                 native_mask=s.mask if spec.eval_native_resolution else None,
                 source=s.source,
