@@ -55,7 +55,8 @@ def test_cluster_yaml_opens_no_port_and_holds_no_secret() -> None:
 def _slurm_script() -> str:
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Running on a Slurm cluster", 1)[1]
-    return section.split("```bash", 1)[1].split("```", 1)[0]
+    blocks = [block.split("```", 1)[0] for block in section.split("```bash")[1:]]
+    return next(block for block in blocks if "#SBATCH" in block)  # the sbatch script, not the login-node fetch
 
 
 def test_slurm_recipe_binds_internally_and_polls_instead_of_sleeping(tmp_path: Path) -> None:
