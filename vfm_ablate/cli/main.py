@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from ..errors import VfmAblateError
-from . import backbones, data, diagnose, report, run, train
+from . import backbones, calibrate, data, diagnose, report, run, train
 
-COMMANDS = (data, backbones, train, run, report, diagnose)
+COMMANDS = (data, backbones, train, run, calibrate, report, diagnose)
 
 
 def build_parser() -> argparse.ArgumentParser:

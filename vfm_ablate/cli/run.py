@@ -26,6 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrent-trials", type=int, help="cap on trials running at once")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored with --address)")
     p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own log output")
+    cost = p.add_argument_group("cost estimate (with --dry-run)")
+    cost.add_argument(
+        "--calibration", type=Path, help="calibration file from `vfm-ablate calibrate`: hours, GPU shares, makespan"
+    )
+    cost.add_argument("--gpus", type=int, help="makespan on N single-GPU nodes")
+    cost.add_argument("--cluster", type=Path, help="makespan on a Ray cluster-launcher file's largest size")
+    cost.add_argument("--epochs", type=int, help="epochs per trial where MLflow has no finished trial (default 100)")
     p.set_defaults(func=_run)
 
 
@@ -39,8 +46,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
         raise ConfigError(f"--max-concurrent-trials must be at least 1, got {args.max_concurrent_trials}")
     if args.dry_run:
-        print(describe_plan(sweep, plan(sweep)))
+        the_plan = plan(sweep)
+        print(describe_plan(sweep, the_plan))
+        if args.calibration is not None:
+            print(_estimate_text(args, sweep, the_plan))
         return 0
+    if args.calibration is not None:
+        raise ConfigError("--calibration goes with --dry-run (the estimate); a run uses the sweep's own GPU asks")
     if args.resume and args.max_concurrent_trials is not None:
         print("note: a resumed sweep keeps the max_concurrent_trials it was started with")
 
@@ -60,3 +72,37 @@ def _run(args: argparse.Namespace) -> int:
     if outcome.interrupted:
         return 130
     return 0 if outcome.count("FAILED") == 0 else 1
+
+
+def _estimate_text(args: argparse.Namespace, sweep: object, the_plan: object) -> str:
+    """The estimate section of the dry run (calibration file, epochs from MLflow, cluster shape)."""
+    import os
+
+    from ..calibration.records import load_calibration
+    from ..errors import ConfigError
+    from ..sweep.describe import describe_estimate
+    from ..sweep.epochs import DEFAULT_ASSUMED_EPOCHS, observed_epochs
+    from ..sweep.estimate import estimate_sweep
+    from ..sweep.packing import Node, cluster_nodes, gpu_nodes
+    from ..sweep.workload import sweep_workloads
+    from ..tracking.store import resolve_tracking_uri
+
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    calibration = load_calibration(args.calibration)
+    workloads = sweep_workloads(sweep, the_plan.trials)
+    assumed = args.epochs or DEFAULT_ASSUMED_EPOCHS
+    uri = resolve_tracking_uri(args.tracking_uri, sweep.tracking.uri, Path.cwd())
+    epochs = observed_epochs(uri, sweep.experiment_name, assumed)
+    nodes, cluster = [], ""
+    if args.gpus is not None:
+        nodes, cluster = gpu_nodes(args.gpus), f"{args.gpus} single-GPU node(s)"
+    elif args.cluster is not None:
+        nodes = cluster_nodes(args.cluster)
+        gpus = sum(n.gpus for n in nodes)
+        cluster = f"{args.cluster} at its largest ({len(nodes)} nodes, {gpus} GPUs)"
+    elif all(t.resources.gpu == 0 for t in the_plan.trials):
+        cpus = args.num_cpus or sweep.run.num_cpus or os.cpu_count() or 1
+        nodes, cluster = [Node(cpus=float(cpus), gpus=0)], f"this machine's local Ray ({cpus} CPUs)"
+    est = estimate_sweep(sweep, workloads, calibration, epochs, nodes, cluster, args.max_concurrent_trials)
+    return describe_estimate(est, str(args.calibration))

@@ -10,6 +10,7 @@ Layout under the storage path (a local folder, a shared filesystem path or a URI
         attempts/<n>.json   one file per start (node, host, pid, start/end time, resumed or not, status, error)
         outputs/            run_trial's output folder (metrics.json, lora_targets.json, overlays, config.yaml)
         result.json         written once the trial finished; a trial that finds it never trains again
+    <storage>/<sweep name>/features/           frozen backbone features, shared by every trial (sweep/feature_store)
     <storage>/<sweep name>/results.csv         the final table, every metric
 
 Ray's own experiment state is saved only every few seconds, so after a SIGKILL of the driver it may still call a
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import ConfigError
+from .feature_store import SweepFeatureStore
 from .plan import PlannedTrial, SweepPlan, plan, resolved_entries, short_label, without_gpus
 from .progress import ProgressView
 from .results import SweepOutcome, collect_outcome, format_outcome, mlflow_statuses, write_results_csv
@@ -110,7 +112,13 @@ def run_sweep(
         backbones, datasets = resolved_entries(sweep, trials)
         target, tracker = _start_tracking(sweep, the_plan, sid, tracking_uri, workdir, resume, out)
         ctx = TrialContext(
-            store, backbones, datasets, sweep.run.checkpoint_every, sweep.run.checkpoint_min_interval_s, target
+            store,
+            backbones,
+            datasets,
+            sweep.run.checkpoint_every,
+            sweep.run.checkpoint_min_interval_s,
+            target,
+            feature_store=SweepFeatureStore(root),
         )
         store.write_json(MANIFEST, _manifest(sweep, the_plan, sid))
         print(

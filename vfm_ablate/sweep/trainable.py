@@ -24,6 +24,7 @@ from ..data.entries import DatasetEntry
 from ..models.registry import BackboneEntry
 from ..overrides import set_dotted
 from ..validation import validate
+from .feature_store import SweepFeatureStore
 from .plan import PlannedTrial
 from .store import TrialStore
 
@@ -50,6 +51,7 @@ class TrialContext:
     checkpoint_every: int = 1
     checkpoint_min_interval_s: float = 0.0
     tracking: TrackingTarget | None = None
+    feature_store: SweepFeatureStore | None = None  # frozen trials share features sweep-wide
 
 
 GRID_KEY = "trial"  # grid mode: param_space = {GRID_KEY: tune.grid_search([encoded trial, ...])}
@@ -175,7 +177,12 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     out_dir = Path(tempfile.mkdtemp(prefix=f"vfm-{tid}-"))
     try:
         tracker = reporter.tracker = _open_tracker(ctx, spec, tid, node_id)
-        kwargs = {"reporter": reporter, "backbones": ctx.backbones, "datasets": ctx.datasets}
+        kwargs = {
+            "reporter": reporter,
+            "backbones": ctx.backbones,
+            "datasets": ctx.datasets,
+            "feature_store": ctx.feature_store,
+        }
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 result = run_trial(spec, out_dir, resume_from=Path(folder), **kwargs)
