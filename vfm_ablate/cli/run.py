@@ -101,8 +101,12 @@ def _estimate_text(args: argparse.Namespace, sweep: object, the_plan: object) ->
         nodes = cluster_nodes(args.cluster)
         gpus = sum(n.gpus for n in nodes)
         cluster = f"{args.cluster} at its largest ({len(nodes)} nodes, {gpus} GPUs)"
-    elif all(t.resources.gpu == 0 for t in the_plan.trials):
+    else:  # what `vfm-ablate run` without --address would start here
+        import torch
+
         cpus = args.num_cpus or sweep.run.num_cpus or os.cpu_count() or 1
-        nodes, cluster = [Node(cpus=float(cpus), gpus=0)], f"this machine's local Ray ({cpus} CPUs)"
+        gpus = sweep.run.num_gpus if sweep.run.num_gpus is not None else torch.cuda.device_count()
+        nodes = [Node(cpus=float(cpus), gpus=gpus)]
+        cluster = f"this machine's local Ray ({cpus} CPUs, {gpus} GPUs; --gpus N / --cluster FILE for a cluster)"
     est = estimate_sweep(sweep, workloads, calibration, epochs, nodes, cluster, args.max_concurrent_trials)
     return describe_estimate(est, str(args.calibration))

@@ -105,7 +105,7 @@ def _step_seconds(calibration: Calibration, base: ConfigKey, h: int, w: int, n: 
     key = base.model_copy(update={"height": h, "width": w, "batch_size": n})
     m = calibration.find(key) or calibration.nearest_batch(key)
     if m is None:
-        return None, key.label()
+        return None, key.model_copy(update={"batch_size": base.batch_size}).label()
     return m.train_step_s.mean * n / m.key.batch_size, ""
 
 
@@ -171,7 +171,8 @@ def estimate_trial(
     else:
         gpu = entry.gpu_fraction_frozen if s.regime == "frozen" else entry.gpu_fraction_adapted
         share_source = "entry"
-    return TrialEstimate(w, n_epochs, source, seconds, extraction_s, gpu, share_source, peak, tuple(missing))
+    missing_once = tuple(dict.fromkeys(missing))
+    return TrialEstimate(w, n_epochs, source, seconds, extraction_s, gpu, share_source, peak, missing_once)
 
 
 def estimate_sweep(
