@@ -144,7 +144,7 @@ def test_sweep_gpu_settings_override_the_measured_share_and_missing_configuratio
     frozen, lora = est.trials
     assert (lora.gpu, lora.share_source) == (1.0, "sweep")
     assert frozen.seconds is None and frozen.missing == ("tiny_vit_p14 frozen fp32 28x28 batch 2",)
-    assert not est.complete and est.schedule is None
+    assert not est.complete and est.makespan_s is None
 
 
 def test_a_trial_larger_than_the_gpu_needs_whole_gpus() -> None:
@@ -182,3 +182,40 @@ def test_a_broken_calibration_file_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_text(bad.read_text().replace('"startup_s"', '"start_up_s"'))
     with pytest.raises(ConfigError, match="start_up_s"):
         load_calibration(bad)
+
+
+def test_search_mode_counts_every_sample_and_runs_grid_points_one_after_another(tmp_path: Path) -> None:
+    sweep = parse_sweep(
+        {
+            **_sweep(tmp_path),
+            "axes": {"regime": ["lora"], "lora.rank": [16, 8]},
+            "search": {"num_samples": 3, "space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}}},
+        },
+        tmp_path / "costed.yaml",
+    )
+    workloads = sweep_workloads(sweep, plan(sweep).trials)
+    est = estimate_sweep(
+        sweep, workloads, _calibration([_measurement("lora", 1.0, 0.1, None, 20000.0)]), EpochModel(), gpu_nodes(1)
+    )
+    assert [t.samples for t in est.trials] == [3, 3]
+    one = est.trials[0].seconds
+    assert est.trial_hours == pytest.approx(6 * one / 3600)
+    # each grid point's 3 samples fit on the GPU at a third each: one trial's time per point, points in sequence
+    assert est.makespan_s == pytest.approx(2 * one)
+
+
+def test_frozen_features_are_charged_once_per_dataset_of_the_sweep(tmp_path: Path) -> None:
+    sweep = parse_sweep(
+        {
+            **_sweep(tmp_path),
+            "axes": {"data.train": [["sa"], ["sa", "sb"]]},
+            "base": {**_sweep(tmp_path)["base"], "regime": "frozen"},
+            "datasets": {"sa": DATA, "sb": {**DATA, "domain": "b", "n_train": 6, "n_test": 2}},
+        },
+        tmp_path / "costed.yaml",
+    )
+    workloads = sweep_workloads(sweep, plan(sweep).trials)
+    est = estimate_sweep(sweep, workloads, _calibration([_measurement("frozen", 0.2, 0.01, 0.05, None)]), EpochModel())
+    only_a, paired = est.trials
+    assert only_a.extraction_s == pytest.approx(14 * 0.05)
+    assert paired.extraction_s == pytest.approx(8 * 0.05)  # sa is in the store already; only sb is new

@@ -89,8 +89,9 @@ def calibrate(
         measurements.append(m)
         memory = f", peak {m.peak_memory_mb:.0f} MB" if m.peak_memory_mb is not None else ""
         progress(
-            f"[{i}/{len(keys)}] {key.label()}: step {m.train_step_s.describe()}, eval {m.eval_image_s.mean:.4g} s/image"
-            + (f", extract {m.extract_image_s.mean:.4g} s/image" if m.extract_image_s else "")
+            f"[{i}/{len(keys)}] {key.label()}: step {m.train_step_s.describe()}, "
+            f"eval {m.eval_image_s.median:.4g} s/image"
+            + (f", extract {m.extract_image_s.median:.4g} s/image" if m.extract_image_s else "")
             + f"{memory} ({time.perf_counter() - started:.0f} s)"
         )
     costs: list[DatasetCost] = []

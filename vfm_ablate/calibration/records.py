@@ -24,6 +24,7 @@ class Spread(StrictModel):
     """Seconds over timed repeats (warm-up excluded)."""
 
     mean: float = Field(ge=0)
+    median: float = Field(ge=0)  # what the estimate uses: robust to a few repeats slowed by other load
     std: float = Field(0.0, ge=0)
     min: float = Field(ge=0)
     max: float = Field(ge=0)
@@ -34,14 +35,22 @@ class Spread(StrictModel):
         if not values:
             raise ValueError("a spread needs at least one timed value")
         std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return cls(mean=statistics.fmean(values), std=std, min=min(values), max=max(values), n=len(values))
+        return cls(
+            mean=statistics.fmean(values),
+            median=statistics.median(values),
+            std=std,
+            min=min(values),
+            max=max(values),
+            n=len(values),
+        )
 
     @classmethod
     def exactly(cls, value: float) -> Spread:
-        return cls(mean=value, min=value, max=value, n=1)
+        return cls(mean=value, median=value, min=value, max=value, n=1)
 
     def describe(self) -> str:
-        return f"{self.mean:.4g} s ± {self.std / self.mean * 100 if self.mean else 0:.0f} % (n={self.n})"
+        spread = self.std / self.mean * 100 if self.mean else 0
+        return f"{self.median:.4g} s (median; ± {spread:.0f} %, n={self.n})"
 
 
 class ConfigKey(StrictModel):

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, help="calibration file to write (default: calibration-<sweep>.json)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (default 2)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per quantity (default 5)")
+    p.add_argument("--repeats", type=int, default=10, help="timed repeats per quantity (default 10; median used)")
     p.add_argument("--threads", type=int, help="torch CPU threads per measurement (default: the sweep's cpu per trial)")
     p.add_argument("--backbone", nargs="+", help="only these backbone entries of the sweep")
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration (default 1800)")
@@ -107,9 +107,9 @@ def _ray_start_s() -> float:
     import logging
     import time
 
-    import ray
-
     started = time.perf_counter()
+    import ray  # a launch imports it too
+
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
         ray.get(ray.remote(lambda: None).remote())

@@ -80,7 +80,7 @@ def describe_estimate(est: SweepEstimate, calibration_path: str = "") -> str:
                 "rank": rank,
                 "train": train,
                 "sampling": sampling,
-                "trials": str(len(ts)),
+                "trials": str(len(ts)) + (f" x {first.samples}" if first.samples > 1 else ""),
                 "epochs": f"{first.epochs:g} ({first.epochs_source})",
                 "per trial": duration(sum(secs) / len(secs)) if secs else "not calibrated",
                 "extraction": duration(sum(t.extraction_s for t in ts)) if regime == "frozen" else "-",
@@ -112,14 +112,20 @@ def describe_estimate(est: SweepEstimate, calibration_path: str = "") -> str:
         )
     elif est.epoch_note and "max_epochs" not in epochs_used:
         lines.append(f"epochs: {est.epoch_note}")
-    if est.schedule is not None:
-        wall = est.launch_s + est.schedule.makespan
+    if est.makespan_s is not None:
+        wall = est.launch_s + est.makespan_s
         lines.append(
-            f"makespan on {est.cluster}: {duration(wall)} (trials {duration(est.schedule.makespan)} packed in sweep "
+            f"makespan on {est.cluster}: {duration(wall)} (trials {duration(est.makespan_s)} packed in sweep "
             f"order + start-up {duration(est.launch_s)}"
             + (f"; at most {est.max_concurrent} at once" if est.max_concurrent else "")
             + ")"
         )
+        bound = est.compute_bound_s
+        if bound is not None and bound > est.makespan_s * 1.05:
+            lines.append(
+                f"  up to {duration(est.launch_s + bound)} if trials sharing a GPU slow each other down (each was "
+                "timed alone; compute-bound trials gain nothing from sharing)"
+            )
     elif est.cluster:
         lines.append(f"makespan: {est.cluster}")
     else:

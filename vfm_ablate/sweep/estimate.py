@@ -22,7 +22,7 @@ from ..calibration.records import Calibration, ConfigKey, Measurement
 from ..errors import ConfigError
 from ..models.registry import get_entry
 from .epochs import EpochModel
-from .packing import Job, Node, Schedule, simulate
+from .packing import Job, Node, simulate
 from .plan import PlannedTrial
 from .spec import SweepSpec
 from .workload import TrialWorkload
@@ -41,15 +41,21 @@ class TrialEstimate:
     share_source: str  # "memory", "sweep", "entry"
     peak_memory_mb: float | None
     missing: tuple[str, ...] = ()
+    samples: int = 1  # search mode: the trials Optuna runs at this grid point (ASHA may stop some early)
 
     @property
     def trial(self) -> PlannedTrial:
         return self.workload.trial
 
     @property
+    def hours(self) -> float:
+        """Run time of this trial (all its samples in search mode)."""
+        return (self.seconds or 0.0) * self.samples / 3600
+
+    @property
     def gpu_hours(self) -> float:
         """Device-hours it occupies: its run time times the share of a device it holds."""
-        return (self.seconds or 0.0) * max(self.gpu, 0.0) / 3600
+        return self.hours * max(self.gpu, 0.0)
 
 
 @dataclass
@@ -60,7 +66,7 @@ class SweepEstimate:
     launch_s: float
     nodes: list[Node] = field(default_factory=list)
     cluster: str = ""
-    schedule: Schedule | None = None
+    makespan_s: float | None = None  # trials only (search mode: the grid points' searches one after another)
     max_concurrent: int | None = None
 
     @property
@@ -69,7 +75,7 @@ class SweepEstimate:
 
     @property
     def trial_hours(self) -> float:
-        return sum(t.seconds or 0.0 for t in self.trials) / 3600
+        return sum(t.hours for t in self.trials)
 
     @property
     def gpu_hours(self) -> float:
@@ -77,7 +83,17 @@ class SweepEstimate:
 
     @property
     def wall_s(self) -> float | None:
-        return None if self.schedule is None else self.launch_s + self.schedule.makespan
+        return None if self.makespan_s is None else self.launch_s + self.makespan_s
+
+    @property
+    def compute_bound_s(self) -> float | None:
+        """The makespan if trials packed on one GPU shared its compute (each was measured alone): the trials'
+        GPU seconds spread over every GPU of the cluster. None without GPUs or without GPU trials."""
+        gpus = sum(n.gpus for n in self.nodes)
+        on_gpu = [t.hours * 3600 for t in self.trials if t.gpu > 0]
+        if not gpus or not on_gpu or self.makespan_s is None:
+            return None
+        return max(self.makespan_s, sum(on_gpu) / gpus)
 
 
 def measured_share(measurement: Measurement | None, calibration: Calibration) -> tuple[float | None, int | None]:
@@ -106,13 +122,18 @@ def _step_seconds(calibration: Calibration, base: ConfigKey, h: int, w: int, n: 
     m = calibration.find(key) or calibration.nearest_batch(key)
     if m is None:
         return None, key.model_copy(update={"batch_size": base.batch_size}).label()
-    return m.train_step_s.mean * n / m.key.batch_size, ""
+    return m.train_step_s.median * n / m.key.batch_size, ""
 
 
 def estimate_trial(
-    sweep: SweepSpec, w: TrialWorkload, calibration: Calibration, epochs: EpochModel, extracts: bool, workers: int
+    sweep: SweepSpec,
+    w: TrialWorkload,
+    calibration: Calibration,
+    epochs: EpochModel,
+    extracts: set[str],
+    workers: int,
 ) -> TrialEstimate:
-    """One trial's seconds; `extracts`: it is the first of the sweep to need its frozen features."""
+    """One trial's seconds; `extracts`: the datasets whose frozen features it is the first of the sweep to need."""
     s = w.trial.spec
     base = ConfigKey(
         backbone=s.backbone,
@@ -144,12 +165,14 @@ def estimate_trial(
     seconds = None
     if not missing:
         for name, n in w.val_images.items():
-            epoch_s += n * per_size[w.sizes[name]].eval_image_s.mean
-        test_s = sum(n * per_size[w.sizes[name]].eval_image_s.mean for name, n in w.test_images.items())
-        if s.regime == "frozen" and extracts:
+            epoch_s += n * per_size[w.sizes[name]].eval_image_s.median
+        test_s = sum(n * per_size[w.sizes[name]].eval_image_s.median for name, n in w.test_images.items())
+        if s.regime == "frozen":
             for name, n in w.extracted_images.items():
+                if name not in extracts:
+                    continue
                 m = per_size[w.sizes[name]]
-                extraction_s += n * (m.extract_image_s.mean if m.extract_image_s else 0.0)
+                extraction_s += n * (m.extract_image_s.median if m.extract_image_s else 0.0)
         any_m = next(iter(per_size.values()))
         data_s = 0.0
         for name in w.sizes:
@@ -172,7 +195,8 @@ def estimate_trial(
         gpu = entry.gpu_fraction_frozen if s.regime == "frozen" else entry.gpu_fraction_adapted
         share_source = "entry"
     missing_once = tuple(dict.fromkeys(missing))
-    return TrialEstimate(w, n_epochs, source, seconds, extraction_s, gpu, share_source, peak, missing_once)
+    samples = sweep.search.num_samples if sweep.search is not None and w.trial.search_space else 1
+    return TrialEstimate(w, n_epochs, source, seconds, extraction_s, gpu, share_source, peak, missing_once, samples)
 
 
 def estimate_sweep(
@@ -184,24 +208,35 @@ def estimate_sweep(
     cluster: str = "",
     max_concurrent: int | None = None,
 ) -> SweepEstimate:
-    """Every trial's estimate in sweep order, and (given nodes) the simulated makespan."""
+    """Every trial's estimate in sweep order, and (given nodes) the simulated makespan. Grid mode: one Ray
+    experiment of all trials; search mode: one per grid point (its samples), run one after the other."""
     cap = max_concurrent or sweep.run.max_concurrent_trials
     workers = cap or len(workloads)
     seen: set[tuple] = set()
     trials = []
     for w in workloads:
-        keys = {w.feature_key(name) for name in w.sizes}
-        extracts = w.trial.spec.regime == "frozen" and not keys <= seen
-        seen |= keys
+        extracts = set()
+        if w.trial.spec.regime == "frozen":
+            extracts = {name for name in w.sizes if w.feature_key(name) not in seen}
+            seen |= {w.feature_key(name) for name in w.sizes}
         trials.append(estimate_trial(sweep, w, calibration, epochs, extracts, workers))
     launch_s = (calibration.ray_start_s or 0.0) + calibration.startup_s
     out = SweepEstimate(calibration, trials, epochs.note, launch_s, nodes or [], cluster, None, cap)
     if nodes and out.complete:
-        jobs = [Job(seconds=t.seconds or 0.0, cpu=t.trial.resources.cpu, gpu=t.gpu) for t in trials]
-        if all(n.gpus == 0 for n in nodes):  # a CPU-only cluster: the trials ask for no GPU (as the driver does)
-            jobs = [Job(j.seconds, j.cpu, 0.0) for j in jobs]
+        cpu_only = all(n.gpus == 0 for n in nodes)  # the driver then asks for no GPU
+
+        def jobs(ts: list[TrialEstimate]) -> list[Job]:
+            return [
+                Job(t.seconds or 0.0, t.trial.resources.cpu, 0.0 if cpu_only else t.gpu)
+                for t in ts
+                for _ in range(t.samples)
+            ]
+
         try:
-            out.schedule = simulate(jobs, nodes, cap)
+            if sweep.search is None:
+                out.makespan_s = simulate(jobs(trials), nodes, cap).makespan
+            else:
+                out.makespan_s = sum(simulate(jobs([t]), nodes, cap).makespan for t in trials)
         except ConfigError as err:
             out.cluster += f" (cannot schedule: {err})"
     return out
