@@ -219,3 +219,14 @@ def test_frozen_features_are_charged_once_per_dataset_of_the_sweep(tmp_path: Pat
     only_a, paired = est.trials
     assert only_a.extraction_s == pytest.approx(14 * 0.05)
     assert paired.extraction_s == pytest.approx(8 * 0.05)  # sa is in the store already; only sb is new
+
+
+@pytest.mark.slow
+def test_a_launchs_start_up_is_timed_in_fresh_processes(tmp_path: Path) -> None:
+    from vfm_ablate.calibration.launch import driver_start_s, ray_start_s, tracking_start_s
+
+    sweep_file = tmp_path / "costed.yaml"
+    sweep_file.write_text(yaml.safe_dump(_sweep(tmp_path)))
+    driver, ray_s, tracking = driver_start_s(sweep_file), ray_start_s(), tracking_start_s()
+    assert 0 < driver < 120 and 0 < ray_s < 120 and 0 < tracking < 120
+    assert not list(tmp_path.glob("*.db"))  # the dry run and the timed store leave nothing behind

@@ -126,6 +126,8 @@ class Calibration(StrictModel):
     settings: CalibrationSettings
     startup_s: float = Field(0.0, ge=0)  # a fresh worker process importing the trial engine (torch, timm, MONAI)
     ray_start_s: float | None = None  # ray.init + one task + shutdown on this machine (None: not measured)
+    tracking_start_s: float | None = None  # import mlflow, a new SQLite store, one run (a tracked launch's parent)
+    driver_start_s: float | None = None  # the CLI reading and planning the sweep file (`run --dry-run`)
     measurements: list[Measurement] = []
     datasets: list[DatasetCost] = []
     notes: list[str] = []  # configurations that could not be measured, and why

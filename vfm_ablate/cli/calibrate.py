@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device-name", default="GPU (FLOP estimate)", help="with --flops: the device it stands for")
     p.add_argument("--device-memory-gb", type=float, help="with --flops: that device's memory")
-    p.add_argument("--no-ray", action="store_true", help="do not time a Ray start-up (part of a sweep's wall time)")
+    p.add_argument(
+        "--no-ray", action="store_true", help="do not time a launch's start-up (CLI, MLflow store, Ray), seconds each"
+    )
     p.set_defaults(func=_run)
 
 
@@ -90,8 +92,16 @@ def _run(args: argparse.Namespace) -> int:
         info=info,
     )
     if args.flops is None and not args.no_ray:
-        calibration = calibration.model_copy(update={"ray_start_s": _ray_start_s()})
-        print(f"Ray start-up + shutdown: {calibration.ray_start_s:.1f} s")
+        from ..calibration.launch import driver_start_s, ray_start_s, tracking_start_s
+
+        launch = {"driver_start_s": driver_start_s(args.sweep), "ray_start_s": ray_start_s()}
+        if sweep.tracking.enabled:
+            launch["tracking_start_s"] = tracking_start_s()
+        calibration = calibration.model_copy(update=launch)
+        print(
+            "once per launch: "
+            + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in launch.items())
+        )
     out = args.out or Path(f"calibration-{sweep.name}.json")
     save_calibration(calibration, out)
     print(
@@ -100,19 +110,3 @@ def _run(args: argparse.Namespace) -> int:
         + f"; use it: vfm-ablate run {args.sweep} --dry-run --calibration {out}"
     )
     return 0 if calibration.measurements else 1
-
-
-def _ray_start_s() -> float:
-    """A local Ray's start, one task round trip and shutdown: what every launch of a sweep pays once."""
-    import logging
-    import time
-
-    started = time.perf_counter()
-    import ray  # a launch imports it too
-
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    try:
-        ray.get(ray.remote(lambda: None).remote())
-    finally:
-        ray.shutdown()
-    return time.perf_counter() - started

@@ -10,7 +10,8 @@ One trial, as `trial.run.run_trial` spends it (every term measured by `vfm-ablat
       (backbone, weights, precision, dataset, input size): the sweep's shared feature store serves the rest;
       steps and evaluations are then the head on cached features
 
-A sweep adds, once: Ray start-up and the first worker processes' imports (`startup_s`, paid in parallel).
+A launch adds, once: the CLI planning the sweep, MLflow's store and parent run (when tracked), Ray's start-up,
+and the first worker processes' imports (`startup_s`, paid in parallel by the concurrent workers).
 """
 
 from __future__ import annotations
@@ -220,7 +221,12 @@ def estimate_sweep(
             extracts = {name for name in w.sizes if w.feature_key(name) not in seen}
             seen |= {w.feature_key(name) for name in w.sizes}
         trials.append(estimate_trial(sweep, w, calibration, epochs, extracts, workers))
-    launch_s = (calibration.ray_start_s or 0.0) + calibration.startup_s
+    launch_s = (
+        (calibration.driver_start_s or 0.0)
+        + (calibration.ray_start_s or 0.0)
+        + (calibration.tracking_start_s or 0.0 if sweep.tracking.enabled else 0.0)
+        + calibration.startup_s
+    )
     out = SweepEstimate(calibration, trials, epochs.note, launch_s, nodes or [], cluster, None, cap)
     if nodes and out.complete:
         cpu_only = all(n.gpus == 0 for n in nodes)  # the driver then asks for no GPU
