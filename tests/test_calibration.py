@@ -21,7 +21,7 @@ from vfm_ablate.calibration.records import (
 from vfm_ablate.cli.main import main
 from vfm_ablate.errors import ConfigError
 from vfm_ablate.sweep.epochs import EpochModel, observed_epochs
-from vfm_ablate.sweep.estimate import estimate_sweep, measured_share
+from vfm_ablate.sweep.estimate import estimate_sweep, measured_gpu_shares, measured_share, with_gpu_shares
 from vfm_ablate.sweep.packing import gpu_nodes
 from vfm_ablate.sweep.plan import plan
 from vfm_ablate.sweep.spec import parse_sweep
@@ -131,6 +131,12 @@ def test_the_estimate_is_the_hand_computed_sum(tmp_path: Path) -> None:
     assert (lora_1.gpu, lora_1.share_source) == (pytest.approx(1 / 3), "memory")
     assert frozen_1.gpu == pytest.approx(1 / 73)
     assert est.gpu_hours == pytest.approx(sum(t.seconds * t.gpu for t in est.trials) / 3600)
+    # `run --calibration`: the trials ask Ray for these shares instead of the entry's guess (0.05)
+    asks = {t.trial_id: t.resources.gpu for t in with_gpu_shares(trials, measured_gpu_shares(est))}
+    assert asks[lora_1.trial.trial_id] == pytest.approx(1 / 3) and asks[frozen_2.trial.trial_id] == pytest.approx(
+        1 / 73
+    )
+    assert {t.resources.gpu for t in trials} == {0.05}
     # one GPU holds all four at once: makespan = the longest trial, plus Ray start-up and worker imports
     assert est.wall_s == pytest.approx(3.0 + 7.0 + max(t.seconds for t in est.trials))
 

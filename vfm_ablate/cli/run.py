@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..sweep.estimate import SweepEstimate
+    from ..sweep.plan import SweepPlan
+    from ..sweep.spec import SweepSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,9 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrent-trials", type=int, help="cap on trials running at once")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored with --address)")
     p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own log output")
-    cost = p.add_argument_group("cost estimate (with --dry-run)")
+    cost = p.add_argument_group("cost estimate (with --dry-run) and measured GPU shares")
     cost.add_argument(
-        "--calibration", type=Path, help="calibration file from `vfm-ablate calibrate`: hours, GPU shares, makespan"
+        "--calibration",
+        type=Path,
+        help="calibration file from `vfm-ablate calibrate`: with --dry-run hours, GPU shares and makespan; "
+        "without, trials ask for the GPU share their measured memory calls for",
     )
     cost.add_argument("--gpus", type=int, help="makespan on N single-GPU nodes")
     cost.add_argument("--cluster", type=Path, help="makespan on a Ray cluster-launcher file's largest size")
@@ -38,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from ..sweep.describe import describe_plan
+    from ..sweep.describe import describe_estimate, describe_plan
     from ..sweep.plan import plan
     from ..sweep.spec import load_sweep
 
@@ -49,10 +58,14 @@ def _run(args: argparse.Namespace) -> int:
         the_plan = plan(sweep)
         print(describe_plan(sweep, the_plan))
         if args.calibration is not None:
-            print(_estimate_text(args, sweep, the_plan))
+            print(describe_estimate(_estimate(args, sweep, the_plan), str(args.calibration)))
         return 0
-    if args.calibration is not None:
-        raise ConfigError("--calibration goes with --dry-run (the estimate); a run uses the sweep's own GPU asks")
+    gpu_shares = None
+    if args.calibration is not None:  # trials ask for the GPU share their measured memory calls for
+        from ..sweep.estimate import measured_gpu_shares
+
+        gpu_shares = measured_gpu_shares(_estimate(args, sweep, plan(sweep)))
+        print(f"GPU shares from measured memory ({args.calibration}): {len(gpu_shares)} trials")
     if args.resume and args.max_concurrent_trials is not None:
         print("note: a resumed sweep keeps the max_concurrent_trials it was started with")
 
@@ -68,19 +81,19 @@ def _run(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         retry_failed=args.retry_failed,
         verbose=args.verbose,
+        gpu_shares=gpu_shares,
     )
     if outcome.interrupted:
         return 130
     return 0 if outcome.count("FAILED") == 0 else 1
 
 
-def _estimate_text(args: argparse.Namespace, sweep: object, the_plan: object) -> str:
-    """The estimate section of the dry run (calibration file, epochs from MLflow, cluster shape)."""
+def _estimate(args: argparse.Namespace, sweep: SweepSpec, the_plan: SweepPlan) -> SweepEstimate:
+    """The sweep's cost from a calibration file, epochs from MLflow, on the cluster shape the flags give."""
     import os
 
     from ..calibration.records import load_calibration
     from ..errors import ConfigError
-    from ..sweep.describe import describe_estimate
     from ..sweep.epochs import DEFAULT_ASSUMED_EPOCHS, observed_epochs
     from ..sweep.estimate import estimate_sweep
     from ..sweep.packing import Node, cluster_nodes, gpu_nodes
@@ -108,5 +121,4 @@ def _estimate_text(args: argparse.Namespace, sweep: object, the_plan: object) ->
         gpus = sweep.run.num_gpus if sweep.run.num_gpus is not None else torch.cuda.device_count()
         nodes = [Node(cpus=float(cpus), gpus=gpus)]
         cluster = f"this machine's local Ray ({cpus} CPUs, {gpus} GPUs; --gpus N / --cluster FILE for a cluster)"
-    est = estimate_sweep(sweep, workloads, calibration, epochs, nodes, cluster, args.max_concurrent_trials)
-    return describe_estimate(est, str(args.calibration))
+    return estimate_sweep(sweep, workloads, calibration, epochs, nodes, cluster, args.max_concurrent_trials)

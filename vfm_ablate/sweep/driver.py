@@ -25,10 +25,12 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import ConfigError
+from .estimate import with_gpu_shares
 from .feature_store import SweepFeatureStore
 from .plan import PlannedTrial, SweepPlan, plan, resolved_entries, short_label, without_gpus
 from .progress import ProgressView
@@ -69,18 +71,22 @@ def run_sweep(
     workdir: Path | None = None,
     verbose: bool = False,
     out: TextIO | None = None,
+    gpu_shares: dict[str, float] | None = None,
 ) -> SweepOutcome:
     """Run (or, with resume, finish) a sweep on Ray Tune and return one outcome per trial.
 
     Uses the Ray already initialised in this process if any (tests, notebooks), else starts a local Ray or joins
     `address` ("auto", "ray://head:10001"), and shuts down only what it started. Progress lines go to stdout,
-    the start line and the final table to `out`.
+    the start line and the final table to `out`. `gpu_shares` (trial id -> share, from a calibration's measured
+    memory) replaces the trials' GPU asks.
     """
     import ray
 
     out = out or sys.stdout
     workdir = (workdir or Path.cwd()).resolve()
     the_plan = plan(sweep)
+    if gpu_shares:  # measured memory (a calibration file) instead of the backbone entries' guessed shares
+        the_plan = replace(the_plan, trials=with_gpu_shares(the_plan.trials, gpu_shares))
     root = storage_root(resolve_storage_path(sweep, storage_path), sweep.name, workdir)
     store = TrialStore(root)
     sid = sweep_id(sweep, the_plan)

@@ -17,16 +17,19 @@ and the first worker processes' imports (`startup_s`, paid in parallel by the co
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from ..calibration.records import Calibration, ConfigKey, Measurement
 from ..errors import ConfigError
 from ..models.registry import get_entry
 from .epochs import EpochModel
 from .packing import Job, Node, simulate
-from .plan import PlannedTrial
+from .plan import PlannedTrial, TrialResources
 from .spec import SweepSpec
-from .workload import TrialWorkload
+
+if TYPE_CHECKING:  # workload computes input sizes with data.transforms, which loads torch: not for the driver
+    from .workload import TrialWorkload
 
 MEMORY_HEADROOM = 0.9  # share of a GPU's memory trials may fill (CUDA context, allocator fragmentation)
 
@@ -246,3 +249,16 @@ def estimate_sweep(
         except ConfigError as err:
             out.cluster += f" (cannot schedule: {err})"
     return out
+
+
+def measured_gpu_shares(estimate: SweepEstimate) -> dict[str, float]:
+    """trial id -> the GPU share its measured memory calls for (trials the sweep file sets itself excluded)."""
+    return {t.trial.trial_id: t.gpu for t in estimate.trials if t.share_source == "memory"}
+
+
+def with_gpu_shares(trials: list[PlannedTrial], shares: dict[str, float]) -> list[PlannedTrial]:
+    """The planned trials asking Ray for the given GPU shares instead of their backbone entry's guess."""
+    return [
+        replace(t, resources=TrialResources(cpu=t.resources.cpu, gpu=shares[t.trial_id])) if t.trial_id in shares else t
+        for t in trials
+    ]
