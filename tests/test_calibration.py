@@ -229,10 +229,16 @@ def test_frozen_features_are_charged_once_per_dataset_of_the_sweep(tmp_path: Pat
 
 @pytest.mark.slow
 def test_a_launchs_start_up_is_timed_in_fresh_processes(tmp_path: Path) -> None:
-    from vfm_ablate.calibration.launch import driver_start_s, ray_start_s, tracking_start_s
+    from vfm_ablate.calibration.launch import launch_costs
 
     sweep_file = tmp_path / "costed.yaml"
     sweep_file.write_text(yaml.safe_dump(_sweep(tmp_path)))
-    driver, ray_s, tracking = driver_start_s(sweep_file), ray_start_s(), tracking_start_s()
-    assert 0 < driver < 120 and 0 < ray_s < 120 and 0 < tracking < 120
+    timed, notes = launch_costs(sweep_file, tracked=True)
+    assert notes == []
+    assert set(timed) == {"driver_start_s", "ray_start_s", "tracking_start_s"}
+    assert all(0 < seconds < 120 for seconds in timed.values())
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: broken\nbase: {backbone: no_such_backbone}\n")
+    timed, notes = launch_costs(broken, tracked=False, attempts=1)
+    assert "driver_start_s" not in timed and notes and "driver_start_s: not measured" in notes[0]
     assert not list(tmp_path.glob("*.db"))  # the dry run and the timed store leave nothing behind

@@ -92,12 +92,12 @@ def _run(args: argparse.Namespace) -> int:
         info=info,
     )
     if args.flops is None and not args.no_ray:
-        from ..calibration.launch import driver_start_s, ray_start_s, tracking_start_s
+        from ..calibration.launch import launch_costs
 
-        launch = {"driver_start_s": driver_start_s(args.sweep), "ray_start_s": ray_start_s()}
-        if sweep.tracking.enabled:
-            launch["tracking_start_s"] = tracking_start_s()
-        calibration = calibration.model_copy(update=launch)
+        launch, notes = launch_costs(args.sweep, sweep.tracking.enabled)
+        calibration = calibration.model_copy(update={**launch, "notes": [*calibration.notes, *notes]})
+        for note in notes:
+            print(note)
         print(
             "once per launch: "
             + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in launch.items())
