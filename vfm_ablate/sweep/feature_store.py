@@ -7,13 +7,14 @@ Several trials may miss the same image at once (repeats start together). A miss 
 
     features file there?            -> load it (no extraction)
     fresh claim by another trial?   -> wait for its features file (or for the claim to go stale: owner died)
-    else write a claim (own id), wait `settle_s`, read it back:
+    else write a claim (own id), wait `settle`, read it back:
         still ours                  -> extract, write the features (write-then-rename: never torn), drop the claim
         another trial's             -> it won the race: wait for its features
 
-Two trials extract the same image only if one writes its claim more than `settle_s` after the other checked
-for claims and found none, i.e. if the check-to-claim gap of one (a file write) exceeds `settle_s`: a bounded
-race, not the rule. A claim whose owner died is taken over after `claim_timeout_s`.
+Two trials extract the same image only if one writes its claim more than `settle` after the other checked for
+claims and found none. That gap is one read and one write of a small file, so `settle` is three times what writing
+the claim took (at least `settle_s`, 20 ms): fast on a local disk, longer on a bucket. A bounded race, not the
+rule. A claim whose owner died is taken over after `claim_timeout_s`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ FEATURES_DIR = "features"
 class SweepFeatureStore:
     """A `trial.features.FeatureStore` on the sweep's storage (any filesystem pyarrow reaches)."""
 
-    def __init__(self, root: str, claim_timeout_s: float = 600.0, settle_s: float = 0.2, poll_s: float = 0.1):
+    def __init__(self, root: str, claim_timeout_s: float = 600.0, settle_s: float = 0.02, poll_s: float = 0.1):
         self.root = root
         self.claim_timeout_s = claim_timeout_s
         self.settle_s = settle_s
@@ -63,8 +64,9 @@ class SweepFeatureStore:
             if holder is not None and holder != self._owner:
                 self._wait(rel, claim)
                 continue
+            started = time.monotonic()
             self._store.write_bytes(claim, json.dumps({"owner": self._owner, "time": time.time()}).encode())
-            time.sleep(self.settle_s)
+            time.sleep(max(self.settle_s, 3 * (time.monotonic() - started)))
             if self._claim_holder(claim) != self._owner:
                 continue  # another trial claimed it in the same moment and won: wait for its features
             try:
