@@ -78,18 +78,19 @@ def test_calibrate_on_cpu_writes_a_file_that_the_dry_run_uses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sweep_file = tmp_path / "costed.yaml"
-    sweep_file.write_text(yaml.safe_dump(_sweep(tmp_path)))
+    sweep_file.write_text(yaml.safe_dump(_sweep(tmp_path, run={"num_cpus": 2})))
     out = tmp_path / "cal.json"
     args = ["calibrate", str(sweep_file), "-o", str(out), "--warmup", "1", "--repeats", "2", "--no-ray"]
     assert main(args) == 0
     cal = load_calibration(out)
     assert cal.device.kind == "cpu" and cal.torch_version and cal.settings.repeats == 2
     assert cal.settings.sweep == str(sweep_file) and cal.settings.threads == 1
+    assert cal.settings.concurrent == 2  # the sweep runs 2 one-CPU trials at once here: measured 2 at once
     by_regime = {m.key.regime: m for m in cal.measurements}
     assert set(by_regime) == {"frozen", "lora"}
     for m in by_regime.values():
         assert (m.key.height, m.key.width, m.key.batch_size) == (28, 28, 2)
-        assert m.train_step_s.n == 2 and m.train_step_s.mean > 0 and m.eval_image_s.mean > 0
+        assert m.train_step_s.n == 2 * 2 and m.train_step_s.median > 0 and m.eval_image_s.median > 0
         # measured alone in a fresh process: the peak RSS is above what the process held before building it
         assert m.memory_kind == "process_rss" and m.peak_memory_mb > m.baseline_memory_mb > 0
     assert by_regime["frozen"].extract_image_s is not None and by_regime["lora"].extract_image_s is None

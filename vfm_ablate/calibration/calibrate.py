@@ -6,6 +6,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import torch
@@ -15,9 +16,9 @@ from ..data.entries import DatasetEntry
 from ..device import resolve_device
 from ..models.registry import BackboneEntry
 from .flops import flop_measurement
-from .isolate import measure_isolated
+from .isolate import IsolatedResult, measure_isolated
 from .measure import measure_dataset
-from .records import Calibration, CalibrationSettings, ConfigKey, DatasetCost, DeviceInfo, Measurement
+from .records import Calibration, CalibrationSettings, ConfigKey, DatasetCost, DeviceInfo, Measurement, Spread
 
 
 def device_info(device: str) -> DeviceInfo:
@@ -70,22 +71,14 @@ def calibrate(
                 progress(f"[{i}/{len(keys)}] {key.label()}: FAILED {notes[-1]}")
                 continue
         else:
-            result = measure_isolated(
-                key,
-                entries[key.backbone],
-                device=device,
-                warmup=settings.warmup,
-                repeats=settings.repeats,
-                threads=settings.threads,
-                timeout_s=timeout_s,
-            )
-            if result.import_s:
-                imports.append(result.import_s)
-            if result.measurement is None:
-                notes.append(f"{key.label()}: {result.error}")
-                progress(f"[{i}/{len(keys)}] {key.label()}: FAILED {result.error}")
+            results = _measure_copies(key, entries[key.backbone], settings, device, timeout_s)
+            imports.extend(r.import_s for r in results if r.import_s)
+            failed = [r.error for r in results if r.measurement is None]
+            if failed:
+                notes.append(f"{key.label()}: {failed[0]}")
+                progress(f"[{i}/{len(keys)}] {key.label()}: FAILED {failed[0]}")
                 continue
-            m = result.measurement
+            m = _pooled([r.measurement for r in results if r.measurement is not None])
         measurements.append(m)
         memory = f", peak {m.peak_memory_mb:.0f} MB" if m.peak_memory_mb is not None else ""
         progress(
@@ -115,4 +108,45 @@ def calibrate(
         measurements=measurements,
         datasets=costs,
         notes=notes,
+    )
+
+
+def _measure_copies(
+    key: ConfigKey, entry: BackboneEntry, settings: CalibrationSettings, device: str, timeout_s: float | None
+) -> list[IsolatedResult]:
+    """`settings.concurrent` fresh processes measuring the same configuration at the same time: a trial's speed
+    while the sweep runs that many trials side by side on the device (CPU cores, memory bandwidth, one GPU)."""
+
+    def one(_: int) -> IsolatedResult:
+        return measure_isolated(
+            key,
+            entry,
+            device=device,
+            warmup=settings.warmup,
+            repeats=settings.repeats,
+            threads=settings.threads,
+            timeout_s=timeout_s,
+        )
+
+    with ThreadPoolExecutor(settings.concurrent) as pool:
+        return list(pool.map(one, range(settings.concurrent)))
+
+
+def _pooled(measurements: list[Measurement]) -> Measurement:
+    """The copies of one configuration as one measurement: pooled timings, the largest peak memory."""
+    first = measurements[0]
+    if len(measurements) == 1:
+        return first
+    extracts = [m.extract_image_s for m in measurements if m.extract_image_s is not None]
+    peaks = [m.peak_memory_mb for m in measurements if m.peak_memory_mb is not None]
+    return first.model_copy(
+        update={
+            "setup_s": max(m.setup_s for m in measurements),
+            "train_step_s": Spread.pooled([m.train_step_s for m in measurements]),
+            "eval_image_s": Spread.pooled([m.eval_image_s for m in measurements]),
+            "extract_image_s": Spread.pooled(extracts) if extracts else None,
+            "save_s": max(m.save_s for m in measurements),
+            "peak_memory_mb": max(peaks) if peaks else None,
+            "baseline_memory_mb": max(m.baseline_memory_mb for m in measurements),
+        }
     )

@@ -48,6 +48,18 @@ class Spread(StrictModel):
     def exactly(cls, value: float) -> Spread:
         return cls(mean=value, median=value, min=value, max=value, n=1)
 
+    @classmethod
+    def pooled(cls, spreads: list[Spread]) -> Spread:
+        """Several processes' spreads of the same quantity as one (the median of their medians)."""
+        return cls(
+            mean=statistics.fmean(s.mean for s in spreads),
+            median=statistics.median(s.median for s in spreads),
+            std=max(s.std for s in spreads),
+            min=min(s.min for s in spreads),
+            max=max(s.max for s in spreads),
+            n=sum(s.n for s in spreads),
+        )
+
     def describe(self) -> str:
         spread = self.std / self.mean * 100 if self.mean else 0
         return f"{self.median:.4g} s (median; ± {spread:.0f} %, n={self.n})"
@@ -111,6 +123,7 @@ class CalibrationSettings(StrictModel):
     warmup: int = Field(ge=0)
     repeats: int = Field(ge=1)
     threads: int | None = None  # torch CPU threads per measured process (a CPU trial's cpu ask)
+    concurrent: int = Field(1, ge=1)  # copies of each configuration measured at once (trials sharing the device)
     assumed_tflops: float | None = None  # flops source: sustained throughput the seconds are derived from
     sweep: str | None = None  # the sweep file whose configurations were measured
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..sweep.spec import SweepSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (default 2)")
     p.add_argument("--repeats", type=int, default=10, help="timed repeats per quantity (default 10; median used)")
     p.add_argument("--threads", type=int, help="torch CPU threads per measurement (default: the sweep's cpu per trial)")
+    p.add_argument(
+        "--concurrent",
+        type=int,
+        help="copies of each configuration measured at once, as trials share the device (default: on a CPU, the "
+        "trials the sweep runs at once on this machine; on a GPU 1)",
+    )
     p.add_argument("--backbone", nargs="+", help="only these backbone entries of the sweep")
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration (default 1800)")
     p.add_argument(
@@ -68,10 +78,14 @@ def _run(args: argparse.Namespace) -> int:
             sizes.setdefault(name, set()).add(size)
     datasets = {name: (resolve_dataset(name, sweep.datasets), sorted(s)) for name, s in sizes.items()}
     threads = args.threads or max(1, int(sweep.resources.cpu))
+    concurrent = args.concurrent or _trials_at_once(sweep, args.device)
+    if concurrent < 1:
+        raise ConfigError(f"--concurrent must be at least 1, got {concurrent}")
     settings = CalibrationSettings(
         warmup=args.warmup,
         repeats=args.repeats,
         threads=threads,
+        concurrent=concurrent,
         assumed_tflops=args.flops,
         sweep=str(args.sweep),
     )
@@ -80,7 +94,11 @@ def _run(args: argparse.Namespace) -> int:
         info = DeviceInfo(kind="cuda", name=args.device_name, memory_gb=args.device_memory_gb, cpu_count=1)
     print(
         f"calibrating {len(keys)} configurations of {args.sweep} "
-        + (f"from FLOP counts at {args.flops:g} TFLOP/s" if args.flops else f"on {args.device}, {threads} thread(s)")
+        + (
+            f"from FLOP counts at {args.flops:g} TFLOP/s"
+            if args.flops
+            else f"on {args.device}, {threads} thread(s), {concurrent} at once"
+        )
     )
     calibration = calibrate(
         keys,
@@ -110,3 +128,17 @@ def _run(args: argparse.Namespace) -> int:
         + f"; use it: vfm-ablate run {args.sweep} --dry-run --calibration {out}"
     )
     return 0 if calibration.measurements else 1
+
+
+def _trials_at_once(sweep: SweepSpec, device: str) -> int:
+    """On a CPU: the trials the sweep's local Ray runs side by side here (they share cores and memory bandwidth,
+    so each is measured beside as many copies); on a GPU: 1 (measure packing with --concurrent N)."""
+    import os
+
+    from ..device import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        return 1
+    cpus = sweep.run.num_cpus or os.cpu_count() or 1
+    at_once = max(1, int(cpus // sweep.resources.cpu))
+    return min(at_once, sweep.run.max_concurrent_trials or at_once)
