@@ -178,7 +178,11 @@ def test_epochs_come_from_the_sweeps_finished_trials_in_mlflow(tmp_path: Path) -
     model = observed_epochs(uri, "costed", assumed=100)
     assert model.epochs_for(lora) == (20, "median of 3 finished")
     assert model.epochs_for(frozen) == (100, "assumed")  # no finished frozen trial yet
-    assert "no MLflow experiment" in observed_epochs(uri, "other").note or observed_epochs(uri, "other").note
+    other = observed_epochs(uri, "other")
+    assert other.observed == {} and "'other'" in other.note and other.epochs_for(lora) == (100, "assumed")
+    missing = tmp_path / "nothing" / "mlflow.db"
+    assert "no MLflow store" in observed_epochs(f"sqlite:///{missing}", "costed").note
+    assert not missing.parent.exists()  # a dry run creates no store
 
 
 def test_a_broken_calibration_file_is_a_clear_error(tmp_path: Path) -> None:

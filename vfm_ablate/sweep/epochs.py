@@ -42,6 +42,11 @@ def observed_epochs(tracking_uri: str, experiment: str, assumed: int = DEFAULT_A
     """Median-ready epochs_run of the experiment's FINISHED trial runs, grouped; never fails the dry run."""
     from ..errors import VfmAblateError
     from ..report.runs import load_runs
+    from ..tracking.store import sqlite_path
+
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        return EpochModel(assumed, {}, f"no MLflow store at {db} yet")
 
     # a dry run must not hang on an unreachable tracking server
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
