@@ -188,9 +188,10 @@ def estimate_trial(
         seconds = any_m.setup_s + data_s + n_epochs * epoch_s + test_s + extraction_s + any_m.save_s
 
     entry = get_entry(s.backbone, sweep.backbones)
-    first = per_size.get(next(iter(w.sizes.values()))) if w.sizes else None
-    share, _ = measured_share(first, calibration)
-    peak = first.peak_memory_mb if first is not None else None
+    # the trial's largest input decides its memory (paired data: the larger dataset's images)
+    largest = max(per_size.values(), key=lambda m: m.peak_memory_mb or 0.0, default=None)
+    share, _ = measured_share(largest, calibration)
+    peak = largest.peak_memory_mb if largest is not None else None
     if _explicit_gpu(sweep, w.trial):
         gpu, share_source = w.trial.resources.gpu, "sweep"
     elif share is not None:
