@@ -29,6 +29,7 @@ LAYERS = {
     "fetch": 4,
     "trial": 5,
     "report": 6,
+    "calibration": 6,
     "sweep": 7,
     "cli": 8,
     "__main__": 9,

@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from ..errors import VfmAblateError
-from . import backbones, data, diagnose, fetch, report, run, train
+from . import backbones, calibrate, data, diagnose, fetch, report, run, train
 
-COMMANDS = (data, backbones, fetch, train, run, report, diagnose)
+COMMANDS = (data, backbones, fetch, train, run, calibrate, report, diagnose)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..sweep.estimate import SweepEstimate
+    from ..sweep.plan import SweepPlan
+    from ..sweep.spec import SweepSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,12 +44,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="without a terminal (logs, Slurm): at most one epoch line per running trial every SECONDS "
         "(default: the sweep's run.progress_interval_s, 30)",
     )
+    cost = p.add_argument_group("cost estimate (with --dry-run) and measured GPU shares")
+    cost.add_argument(
+        "--calibration",
+        type=Path,
+        help="calibration file from `vfm-ablate calibrate`: with --dry-run hours, GPU shares and makespan; "
+        "without, trials ask for the GPU share their measured memory calls for",
+    )
+    cost.add_argument("--gpus", type=int, help="makespan on N single-GPU nodes")
+    cost.add_argument("--cluster", type=Path, help="makespan on a Ray cluster-launcher file's largest size")
+    cost.add_argument("--epochs", type=int, help="epochs per trial where MLflow has no finished trial (default 100)")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from ..sweep.describe import describe_plan
+    from ..sweep.describe import describe_estimate, describe_plan
     from ..sweep.plan import plan
     from ..sweep.spec import load_sweep
 
@@ -59,7 +75,15 @@ def _run(args: argparse.Namespace) -> int:
         print(describe_plan(sweep, the_plan))
         specs = [t.spec for t in the_plan.trials]
         print(check_inputs(specs, sweep.backbones, sweep.datasets, sweep.source).describe(with_downloads=False))
+        if args.calibration is not None:
+            print(describe_estimate(_estimate(args, sweep, the_plan), str(args.calibration)))
         return 0
+    gpu_shares = None
+    if args.calibration is not None:  # trials ask for the GPU share their measured memory calls for
+        from ..sweep.estimate import measured_gpu_shares
+
+        gpu_shares = measured_gpu_shares(_estimate(args, sweep, plan(sweep)))
+        print(f"GPU shares from measured memory ({args.calibration}): {len(gpu_shares)} trials")
     if args.resume and args.max_concurrent_trials is not None:
         print("note: a resumed sweep keeps the max_concurrent_trials it was started with")
 
@@ -77,7 +101,44 @@ def _run(args: argparse.Namespace) -> int:
         rerun_changed=args.rerun_changed,
         verbose=args.verbose,
         progress_interval_s=args.progress_interval,
+        gpu_shares=gpu_shares,
     )
     if outcome.interrupted:
         return 130
     return 0 if outcome.count("FAILED") == 0 else 1
+
+
+def _estimate(args: argparse.Namespace, sweep: SweepSpec, the_plan: SweepPlan) -> SweepEstimate:
+    """The sweep's cost from a calibration file, epochs from MLflow, on the cluster shape the flags give."""
+    import os
+
+    from ..calibration.records import load_calibration
+    from ..errors import ConfigError
+    from ..sweep.epochs import DEFAULT_ASSUMED_EPOCHS, observed_epochs
+    from ..sweep.estimate import estimate_sweep
+    from ..sweep.packing import Node, cluster_nodes, gpu_nodes
+    from ..sweep.workload import sweep_workloads
+    from ..tracking.store import resolve_tracking_uri
+
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    calibration = load_calibration(args.calibration)
+    workloads = sweep_workloads(sweep, the_plan.trials)
+    assumed = args.epochs or DEFAULT_ASSUMED_EPOCHS
+    uri = resolve_tracking_uri(args.tracking_uri, sweep.tracking.uri, Path.cwd())
+    epochs = observed_epochs(uri, sweep.experiment_name, assumed)
+    nodes, cluster = [], ""
+    if args.gpus is not None:
+        nodes, cluster = gpu_nodes(args.gpus), f"{args.gpus} single-GPU node(s)"
+    elif args.cluster is not None:
+        nodes = cluster_nodes(args.cluster)
+        gpus = sum(n.gpus for n in nodes)
+        cluster = f"{args.cluster} at its largest ({len(nodes)} nodes, {gpus} GPUs)"
+    else:  # what `vfm-ablate run` without --address would start here
+        import torch
+
+        cpus = args.num_cpus or sweep.run.num_cpus or os.cpu_count() or 1
+        gpus = sweep.run.num_gpus if sweep.run.num_gpus is not None else torch.cuda.device_count()
+        nodes = [Node(cpus=float(cpus), gpus=gpus)]
+        cluster = f"this machine's local Ray ({cpus} CPUs, {gpus} GPUs; --gpus N / --cluster FILE for a cluster)"
+    return estimate_sweep(sweep, workloads, calibration, epochs, nodes, cluster, args.max_concurrent_trials)

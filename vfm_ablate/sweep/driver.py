@@ -12,6 +12,7 @@ Layout under the storage path (a local folder, a shared filesystem path or a URI
         attempts/<n>.json   one file per start (node, host, pid, start/end time, resumed or not, status, error)
         outputs/            run_trial's output folder (metrics.json, lora_targets.json, overlays, config.yaml)
         result.json         written once the trial finished; a trial that finds it never trains again
+    <storage>/<sweep name>/features/           frozen backbone features, shared by every trial (sweep/feature_store)
     <storage>/<sweep name>/results.csv         the final table, every metric
 
 Ray's own experiment state is saved only every few seconds, so after a SIGKILL of the driver it may still call a
@@ -28,11 +29,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import TrialSpec
 from ..errors import ConfigError
+from .estimate import with_gpu_shares
+from .feature_store import SweepFeatureStore
 from .identity import InputIdentities, input_identities
 from .inputs import check_inputs
 from .plan import PlannedTrial, SweepPlan, plan, short_label, without_gpus
@@ -79,6 +83,7 @@ def run_sweep(
     verbose: bool = False,
     progress_interval_s: float | None = None,
     out: TextIO | None = None,
+    gpu_shares: dict[str, float] | None = None,
 ) -> SweepOutcome:
     """Run (or, with resume, finish) a sweep on Ray Tune and return one outcome per trial.
 
@@ -89,13 +94,16 @@ def run_sweep(
     notebooks), else starts a local Ray or joins `address` ("auto", "ray://head:10001"), and shuts down only what
     it started. Progress lines go to stdout (a live table on a terminal; else at most one epoch line per trial
     every `progress_interval_s`, default the sweep's `run.progress_interval_s`), the start line, the final table
-    and where to look to `out`.
+    and where to look to `out`. `gpu_shares` (trial id -> share, from a calibration's measured memory) replaces
+    the trials' GPU asks.
     """
     import ray
 
     out = out or sys.stdout
     workdir = (workdir or Path.cwd()).resolve()
     the_plan = plan(sweep)
+    if gpu_shares:  # measured memory (a calibration file) instead of the backbone entries' guessed shares
+        the_plan = replace(the_plan, trials=with_gpu_shares(the_plan.trials, gpu_shares))
     check_ready(sweep, the_plan.trials, out)  # offline with a dataset or weight missing: stop before Ray starts
     root = storage_root(resolve_storage_path(sweep, storage_path), sweep.name, workdir)
     check_storage_root(root)
@@ -152,6 +160,7 @@ def run_sweep(
             sweep.run.checkpoint_min_interval_s,
             target,
             identities,
+            feature_store=SweepFeatureStore(root),
         )
         store.write_json(MANIFEST, _manifest(sweep, the_plan, sid, execution, identities))
         print(

@@ -133,6 +133,7 @@ def format_outcome(outcome: SweepOutcome) -> str:
     counts = ", ".join(
         f"{outcome.count(s)} {s.lower()}" for s in ("FINISHED", "FAILED", "STOPPED", "NOT RUN") if outcome.count(s)
     )
+    extractions = feature_summary(outcome)
     return "\n".join(
         [
             f"results of sweep '{outcome.sweep_name}': {counts}",
@@ -140,7 +141,21 @@ def format_outcome(outcome: SweepOutcome) -> str:
             format_table(rows, columns),
             f"every metric: {outcome.store_root}/{RESULTS_CSV}; "
             f"trial outputs: {outcome.store_root}/trials/<id>/outputs",
+            *([extractions] if extractions else []),
         ]
+    )
+
+
+def feature_summary(outcome: SweepOutcome) -> str:
+    """The sweep's backbone extractions (frozen trials): each image once per sweep, the rest from the store."""
+    frozen = [t for t in outcome.trials if "backbone_extractions" in t.metrics]
+    if not frozen:
+        return ""
+    extracted = sum(int(float(t.metrics["backbone_extractions"])) for t in frozen)
+    loaded = sum(int(float(t.metrics.get("feature_store_hits", 0))) for t in frozen)
+    return (
+        f"backbone extractions: {extracted} over {len(frozen)} frozen trials ({loaded} images served by the sweep's "
+        f"feature store {outcome.store_root}/features)"
     )
 
 

@@ -39,13 +39,31 @@ class TrialStore:
         return f"{self._base.rstrip('/')}/{rel}" if rel else self._base
 
     def write_text(self, rel: str, text: str) -> None:
-        """Write-then-rename, so a reader never sees half a file (rename is atomic on local/NFS stores)."""
+        self.write_bytes(rel, text.encode())
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write-then-rename, so a reader never sees half a file (rename is atomic on local/NFS stores; an
+        object store's upload appears whole)."""
         path = self._path(rel)
         self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         tmp = f"{path}.tmp-{os.getpid()}-{time.monotonic_ns()}"
         with self._fs.open_output_stream(tmp) as out:
-            out.write(text.encode())
+            out.write(data)
         self._fs.move(tmp, path)
+
+    def read_bytes(self, rel: str) -> bytes | None:
+        """The file's content, or None when it does not exist (yet)."""
+        try:
+            with self._fs.open_input_stream(self._path(rel)) as src:
+                return src.read()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, rel: str) -> None:
+        try:
+            self._fs.delete_file(self._path(rel))
+        except FileNotFoundError:
+            pass
 
     def write_json(self, rel: str, payload: Any) -> None:
         self.write_text(rel, json.dumps(payload, indent=2, sort_keys=True, default=str))

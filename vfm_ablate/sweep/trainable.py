@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..models.registry import BackboneEntry
 from ..overrides import set_dotted
 from ..validation import validate
+from .feature_store import SweepFeatureStore
 from .identity import INPUTS_ID_KEY, InputIdentities
 from .plan import PlannedTrial, trial_label
 from .store import TrialStore
@@ -57,6 +58,7 @@ class TrialContext:
     checkpoint_min_interval_s: float = 0.0
     tracking: TrackingTarget | None = None
     identities: InputIdentities | None = None  # what the entries are (files included): each trial's inputs id
+    feature_store: SweepFeatureStore | None = None  # frozen trials share features sweep-wide
 
 
 GRID_KEY = "trial"  # grid mode: param_space = {GRID_KEY: tune.grid_search([encoded trial, ...])}
@@ -194,7 +196,12 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     out_dir = Path(tempfile.mkdtemp(prefix=f"vfm-{tid}-"))
     try:
         tracker = reporter.tracker = _open_tracker(ctx, spec, tid, node_id, inputs_id)
-        kwargs = {"reporter": reporter, "backbones": ctx.backbones, "datasets": ctx.datasets}
+        kwargs = {
+            "reporter": reporter,
+            "backbones": ctx.backbones,
+            "datasets": ctx.datasets,
+            "feature_store": ctx.feature_store,
+        }
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 result = run_trial(spec, out_dir, resume_from=Path(folder), **kwargs)

@@ -16,7 +16,7 @@ import torch
 from ..config import TrialSpec
 from ..models.registry import BackboneEntry
 from ..models.segmenter import Segmenter
-from .features import FeatureCache, backbone_fingerprint
+from .features import FeatureCache, FeatureStore, backbone_fingerprint
 from .items import Item
 
 if TYPE_CHECKING:
@@ -42,14 +42,23 @@ def dice_loss() -> DiceLoss:
 class Forward:
     """Runs the segmenter on items; in the frozen regime the backbone part goes through the feature cache."""
 
-    def __init__(self, model: Segmenter, device: torch.device, spec: TrialSpec, entry: BackboneEntry) -> None:
+    def __init__(
+        self,
+        model: Segmenter,
+        device: torch.device,
+        spec: TrialSpec,
+        entry: BackboneEntry,
+        feature_store: FeatureStore | None = None,
+    ) -> None:
         self.model = model
         self.device = device
         self.precision = spec.precision
         self.cache: FeatureCache | None = None
         if spec.regime == "frozen":
             fingerprint = backbone_fingerprint(entry.model_dump(mode="json"), spec.weights, spec.precision)
-            self.cache = FeatureCache(self._backbone_features, spec.feature_cache, fingerprint, spec.feature_cache_dir)
+            self.cache = FeatureCache(
+                self._backbone_features, spec.feature_cache, fingerprint, spec.feature_cache_dir, feature_store
+            )
 
     @torch.no_grad()
     def _backbone_features(self, images: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from ..models.registry import BackboneEntry, get_entry
 from ..models.segmenter import Segmenter, build_segmenter
 from .domain import domain_diagnostics
 from .evaluate import evaluate
+from .features import FeatureStore
 from .forward import Forward, batch_loss, dice_loss, validation_loss
 from .items import TrialData, load_trial_data
 from .outputs import write_outputs, write_overlays
@@ -64,8 +65,10 @@ def run_trial(
     resume_from: str | Path | None = None,
     backbones: dict[str, BackboneEntry] | None = None,
     datasets: dict[str, DatasetEntry] | None = None,
+    feature_store: FeatureStore | None = None,
 ) -> TrialResult:
-    """Train and evaluate one trial; `resume_from` is a folder written by `save_checkpoint` of an earlier run."""
+    """Train and evaluate one trial; `resume_from` is a folder written by `save_checkpoint` of an earlier run;
+    `feature_store` shares frozen features beyond this trial (a sweep's store)."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +81,7 @@ def run_trial(
     optimiser = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=spec.optim.lr, weight_decay=spec.optim.weight_decay
     )
-    fwd = Forward(model, device, spec, entry)
+    fwd = Forward(model, device, spec, entry, feature_store)
     state = TrainState()
     if resume_from is not None:
         state = load_training_state(Path(resume_from), spec.trial_id(), model, optimiser)
@@ -169,6 +172,7 @@ def trial_metrics(
     }
     if fwd.cache is not None:
         metrics["backbone_extractions"] = float(fwd.cache.extractions)
+        metrics["feature_store_hits"] = float(fwd.cache.store_hits)
     if device.type == "cuda":
         metrics["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return metrics

@@ -1,0 +1,144 @@
+"""`vfm-ablate calibrate SWEEP.yaml`: measure what the sweep's trials cost on this machine, into a calibration
+file that `vfm-ablate run SWEEP.yaml --dry-run --calibration FILE` turns into hours, GPU shares and a makespan."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..sweep.spec import SweepSpec
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="measure seconds per step / image and peak memory of a sweep's configurations on this machine",
+        description="Time the training step, evaluation and feature extraction of every (backbone, regime, "
+        "precision, input size, batch size) a sweep file needs, with random-init weights, each in a fresh "
+        "process (its own peak memory), warm-up excluded; and the reading / resizing of its datasets.",
+    )
+    p.add_argument("sweep", type=Path, help="sweep file whose backbones and input sizes to measure")
+    p.add_argument("-o", "--out", type=Path, help="calibration file to write (default: calibration-<sweep>.json)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (default 2)")
+    p.add_argument("--repeats", type=int, default=10, help="timed repeats per quantity (default 10; median used)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per measurement (default: the sweep's cpu per trial)")
+    p.add_argument(
+        "--concurrent",
+        type=int,
+        help="copies of each configuration measured at once, as trials share the device (default: on a CPU, the "
+        "trials the sweep runs at once on this machine; on a GPU 1)",
+    )
+    p.add_argument("--backbone", nargs="+", help="only these backbone entries of the sweep")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration (default 1800)")
+    p.add_argument(
+        "--flops",
+        type=float,
+        metavar="TFLOPS",
+        help="no timing: derive seconds from FLOP counts at this sustained TFLOP/s (for a GPU not at hand)",
+    )
+    p.add_argument("--device-name", default="GPU (FLOP estimate)", help="with --flops: the device it stands for")
+    p.add_argument("--device-memory-gb", type=float, help="with --flops: that device's memory")
+    p.add_argument(
+        "--no-ray", action="store_true", help="do not time a launch's start-up (CLI, MLflow store, Ray), seconds each"
+    )
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..calibration.calibrate import calibrate
+    from ..calibration.records import CalibrationSettings, DeviceInfo, save_calibration
+    from ..data.entries import resolve_dataset
+    from ..errors import ConfigError
+    from ..models.registry import get_entry
+    from ..sweep.plan import plan
+    from ..sweep.spec import load_sweep
+    from ..sweep.workload import config_keys, sweep_workloads
+
+    if args.warmup < 0 or args.repeats < 1:
+        raise ConfigError(f"--warmup must be >= 0 and --repeats >= 1, got {args.warmup} and {args.repeats}")
+    sweep = load_sweep(args.sweep)
+    the_plan = plan(sweep)
+    workloads = sweep_workloads(sweep, the_plan.trials)
+    keys = config_keys(workloads)
+    if args.backbone:
+        known = {k.backbone for k in keys}
+        unknown = sorted(set(args.backbone) - known)
+        if unknown:
+            raise ConfigError(
+                f"--backbone {', '.join(unknown)}: not in {args.sweep} (it uses {', '.join(sorted(known))})"
+            )
+        keys = [k for k in keys if k.backbone in args.backbone]
+    entries = {k.backbone: get_entry(k.backbone, sweep.backbones) for k in keys}
+    sizes: dict[str, set[tuple[int, int]]] = {}
+    for w in workloads:
+        for name, size in w.sizes.items():
+            sizes.setdefault(name, set()).add(size)
+    datasets = {name: (resolve_dataset(name, sweep.datasets), sorted(s)) for name, s in sizes.items()}
+    threads = args.threads or max(1, int(sweep.resources.cpu))
+    concurrent = args.concurrent or _trials_at_once(sweep, args.device)
+    if concurrent < 1:
+        raise ConfigError(f"--concurrent must be at least 1, got {concurrent}")
+    settings = CalibrationSettings(
+        warmup=args.warmup,
+        repeats=args.repeats,
+        threads=threads,
+        concurrent=concurrent,
+        assumed_tflops=args.flops,
+        sweep=str(args.sweep),
+    )
+    info = None
+    if args.flops is not None:
+        info = DeviceInfo(kind="cuda", name=args.device_name, memory_gb=args.device_memory_gb, cpu_count=1)
+    print(
+        f"calibrating {len(keys)} configurations of {args.sweep} "
+        + (
+            f"from FLOP counts at {args.flops:g} TFLOP/s"
+            if args.flops
+            else f"on {args.device}, {threads} thread(s), {concurrent} at once"
+        )
+    )
+    calibration = calibrate(
+        keys,
+        entries,
+        settings,
+        device=args.device,
+        datasets=datasets,
+        timeout_s=args.timeout,
+        info=info,
+    )
+    if args.flops is None and not args.no_ray:
+        from ..calibration.launch import launch_costs
+
+        launch, notes = launch_costs(args.sweep, sweep.tracking.enabled)
+        calibration = calibration.model_copy(update={**launch, "notes": [*calibration.notes, *notes]})
+        for note in notes:
+            print(note)
+        print(
+            "once per launch: "
+            + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in launch.items())
+        )
+    out = args.out or Path(f"calibration-{sweep.name}.json")
+    save_calibration(calibration, out)
+    print(
+        f"wrote {out}: {len(calibration.measurements)} configurations"
+        + (f", {len(calibration.notes)} not measured (see its notes)" if calibration.notes else "")
+        + f"; use it: vfm-ablate run {args.sweep} --dry-run --calibration {out}"
+    )
+    return 0 if calibration.measurements else 1
+
+
+def _trials_at_once(sweep: SweepSpec, device: str) -> int:
+    """On a CPU: the trials the sweep's local Ray runs side by side here (they share cores and memory bandwidth,
+    so each is measured beside as many copies); on a GPU: 1 (measure packing with --concurrent N)."""
+    import os
+
+    from ..device import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        return 1
+    cpus = sweep.run.num_cpus or os.cpu_count() or 1
+    at_once = max(1, int(cpus // sweep.resources.cpu))
+    return min(at_once, sweep.run.max_concurrent_trials or at_once)
