@@ -121,7 +121,9 @@ def regime_bar_chart(table: SummaryTable, path: str | Path) -> Path:
                 else:
                     ax.text(x, 0.01, rec.cell, rotation=90, ha="center", va="bottom", fontsize=6, color="crimson")
             label = regime + (f" ({variant})" if variant else "")
-            ax.bar(xs, heights, width=width, label=label)
+            bars = ax.bar(xs, heights, width=width, label=label)
+            # the value on every bar: an IoU of 0.000 is a bar of no height, which must not read as "not run"
+            ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
             if spread:
                 ex, ey, err = zip(*spread)
                 ax.errorbar(ex, ey, yerr=err, fmt="none", ecolor="black", capsize=2, linewidth=1)
