@@ -1,9 +1,12 @@
-"""Helpers for benchmark scripts: locate ../shared/data and point the built-in dataset entries at it."""
+"""Helpers for benchmark scripts: locate ../shared/data and point the built-in dataset entries at it; count the
+images backbone modules actually run on."""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -16,3 +19,24 @@ def require_shared_data() -> Path:
         sys.exit(0)
     os.environ["VFM_ABLATE_DATA_ROOT"] = str(SHARED_DATA)
     return SHARED_DATA
+
+
+@contextmanager
+def backbone_images() -> Iterator[list[int]]:
+    """Images passed through any backbone module while the block runs (a forward hook on the backbone modules
+    themselves: what really ran, not what the feature cache believes it computed)."""
+    import torch
+
+    from vfm_ablate.models.backbones import Backbone
+
+    counts: list[int] = []
+
+    def hook(module: torch.nn.Module, args: tuple, output: object) -> None:
+        if isinstance(module, Backbone):
+            counts.append(int(args[0].shape[0]))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield counts
+    finally:
+        handle.remove()

@@ -1,11 +1,11 @@
 """Images/s for loading + resizing the shared VNC stack: cold (read from disk) vs cached (in-process).
 
-Usage: python benchmarks/bench_data_loading.py [--data-root ../shared/data] [--repeats 3] [--patch 14]
+Usage: python benchmarks/bench_data_loading.py [--data-root ../shared/data] [--repeats 5] [--patch 14] [--threads 1]
 
 Cold = clear the loader's cache, read and decode all 20 labelled slices (TIFF images, PNG masks in
 mixed encodings), then resize each to the study's input size (1022x1022 for patch 14) as float
 tensors; cached = the same with the loader's in-process cache warm (what every trial after the first
-in a process pays). Reports the median over repeats.
+in a process pays). Reports the median over repeats with the min - max.
 """
 
 from __future__ import annotations
@@ -34,12 +34,17 @@ def _one_pass(entry, patch: int) -> int:
     return n
 
 
+def _spread(rates: list[float]) -> str:
+    return f"{statistics.median(rates):8.1f} ({min(rates):.1f} - {max(rates):.1f})"
+
+
 def main(argv: list[str] | None = None) -> int:
     repo = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=str(repo.parent / "shared" / "data"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--patch", type=int, default=14)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared 2-core machine)")
     args = parser.parse_args(argv)
     if not (Path(args.data_root) / "vnc" / "stack1").is_dir():
         print(f"VNC data not found under {args.data_root}; pass --data-root", file=sys.stderr)
@@ -47,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["VFM_ABLATE_DATA_ROOT"] = args.data_root
     import torch
 
+    torch.set_num_threads(args.threads)
     from vfm_ablate.data.entries import resolve_dataset
     from vfm_ablate.data.sources import clear_cache
 
@@ -69,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     c, w = statistics.median(cold), statistics.median(warm)
     print(
         f"VNC stack1: {n} slices 1024x1024 -> resized for patch {args.patch}; "
-        f"torch threads {torch.get_num_threads()}, cpu {os.cpu_count()}, repeats {args.repeats}"
+        f"torch threads {torch.get_num_threads()}, cpu {os.cpu_count()}, repeats {args.repeats}; median (min - max)"
     )
-    print(f"cold   (read + decode + resize): {c:8.1f} images/s")
-    print(f"cached (resize only)           : {w:8.1f} images/s")
-    print(f"cached / cold                  : {w / c:8.2f}x")
-    print(f"(cold read + decode alone      : {statistics.median(read_only):8.1f} images/s)")
+    print(f"cold   (read + decode + resize): {_spread(cold)} images/s")
+    print(f"cached (resize only)           : {_spread(warm)} images/s")
+    print(f"cached / cold                  : {w / c:8.2f}x (of the medians)")
+    print(f"(cold read + decode alone      : {_spread(read_only)} images/s)")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Overhead of running N demo trials through Ray Tune vs calling the trial engine N times in a loop.
 
-Usage: python benchmarks/bench_ray_overhead.py [--trials 16] [--epochs N (default: the demo's)]
+Usage: python benchmarks/bench_ray_overhead.py [--trials 16] [--epochs N (default: the demo's)] [--repeats 3]
 
 Each mode runs in a fresh Python process and is timed end to end from the parent (interpreter start, imports,
 Ray start-up and shutdown included), on the same trials (sweeps/demo.yaml: tiny random-init ViTs, synthetic
@@ -13,8 +13,10 @@ Ray start-up and shutdown included), on the same trials (sweeps/demo.yaml: tiny 
                records, actors reused), MLflow off: the cost of Ray itself                           <- the ratio
   ray-2+mlflow the demo's configuration: two trials at a time, MLflow on (what Ray buys on 2 cores)
 
-The child processes also report where the time went (imports, Ray start, first trial start, time inside
-tune.report/checkpointing), so the output says what dominates. Ratio = ray-1 wall time / loop wall time.
+Each mode runs `--repeats` times, the order of the modes rotated between runs; every figure is printed as the
+median with its min - max. The child processes also report where the time went (imports, Ray start, first trial
+start, time inside tune.report/checkpointing); the closing lines are computed from these numbers (what
+dominates, whether the difference exceeds the run-to-run spread), not fixed text. Ratio = ray-1 wall / loop wall.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per mode (medians and min - max are printed)")
     parser.add_argument("--child", choices=["loop", "ray-1", "ray-2+mlflow"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -158,44 +162,114 @@ def main(argv: list[str] | None = None) -> int:
 
     epochs = args.epochs or "the demo's"
     print(
-        f"{args.trials} demo trials ({epochs} epochs), {os.cpu_count()} CPUs, 1 thread per trial; "
-        "each mode in a fresh process"
+        f"{args.trials} demo trials ({epochs} epochs), {os.cpu_count()} CPUs, 1 thread per trial; each mode in a "
+        f"fresh process, {args.repeats} runs per mode, the order of the modes rotated between runs",
+        flush=True,
     )
-    results = {}
-    for mode in ("loop", "ray-1", "ray-2+mlflow"):
-        wall, report = run_child(mode, args)
-        results[mode] = (wall, report)
-        bodies = report["trial_bodies_s"]
-        parts = [f"wall {wall:6.1f} s", f"imports {report['imports_s']:.1f} s"]
-        if "ray_init_s" in report:
-            parts += [
-                f"ray.init {report['ray_init_s']:.1f} s",
-                f"first trial body starts {report['first_trial_start_s']:.1f} s into the run",
-                f"ray.shutdown {report['ray_shutdown_s']:.1f} s",
-            ]
-        parts.append(f"trial bodies {sum(bodies):.1f} s (median {sorted(bodies)[len(bodies) // 2]:.1f} s)")
-        if "reporting_s" in report:
-            parts.append(
-                f"of which tune.report + checkpoints{' + MLflow' if 'mlflow' in mode else ''} "
-                f"{report['reporting_s']:.1f} s"
-            )
-        print(f"{mode:13s} " + " | ".join(parts), flush=True)
-    loop_wall, loop = results["loop"]
-    ray_wall, ray1 = results["ray-1"]
-    ratio = ray_wall / loop_wall
-    print(f"ratio ray-1 / loop = {ratio:.3f}   (ray-2+mlflow / loop = {results['ray-2+mlflow'][0] / loop_wall:.3f})")
-    worker_start = ray1["first_trial_start_s"] - loop["imports_s"]  # the loop pays the imports in-process
-    print(
-        f"Ray's own costs in ray-1: ray.init {ray1['ray_init_s']:.1f} s + ray.shutdown {ray1['ray_shutdown_s']:.1f} s "
-        f"(fixed), first worker start {ray1['first_trial_start_s']:.1f} s of which ~{loop['imports_s']:.1f} s are the "
-        f"imports the loop pays too (net ~{worker_start:.1f} s), "
-        f"and {ray1['reporting_s'] / args.trials:.2f} s per trial "
-        f"in tune.report + per-epoch checkpoints ({100 * ray1['reporting_s'] / sum(ray1['trial_bodies_s']):.1f} % of "
-        f"the trial bodies), {ray1['between_trials_s'] / max(args.trials - 1, 1):.2f} s between consecutive trials "
-        f"({ray1['between_trials_s']:.1f} s in all: Tune ends one trial, saves state, resets the actor, starts the "
-        "next); the rest is run-to-run noise of the trial bodies themselves"
-    )
+    walls: dict[str, list[float]] = {mode: [] for mode in MODES}
+    reports: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    for rep in range(args.repeats):
+        for mode in MODES[rep % len(MODES) :] + MODES[: rep % len(MODES)]:
+            wall, report = run_child(mode, args)
+            walls[mode].append(wall)
+            reports[mode].append(report)
+            print(f"  run {rep + 1} {mode:<13s} wall {wall:6.1f} s", flush=True)
+    print()
+    for mode in MODES:
+        print(f"{mode:13s} " + " | ".join(describe_mode(mode, walls[mode], reports[mode])))
+    for line in interpret(walls, reports, args.trials):
+        print(line)
     return 0
+
+
+MODES = ["loop", "ray-1", "ray-2+mlflow"]
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float], unit: str = " s", digits: int = 1) -> str:
+    """median (min - max): every figure this script prints about a mode is over its repeats."""
+    return f"{med(values):.{digits}f}{unit} ({min(values):.{digits}f} - {max(values):.{digits}f})"
+
+
+def describe_mode(mode: str, walls: list[float], reports: list[dict]) -> list[str]:
+    """One line of medians (min - max over the runs) for a mode."""
+
+    def each(key: str) -> list[float]:
+        return [r[key] for r in reports]
+
+    bodies = [sum(r["trial_bodies_s"]) for r in reports]
+    parts = [f"wall {spread(walls)}", f"imports {spread(each('imports_s'))}"]
+    if mode != "loop":
+        parts += [
+            f"ray.init {spread(each('ray_init_s'))}",
+            f"first trial body starts {spread(each('first_trial_start_s'))} in",
+            f"ray.shutdown {spread(each('ray_shutdown_s'))}",
+        ]
+    parts.append(f"trial bodies {spread(bodies)}")
+    if mode != "loop":
+        what = "tune.report + checkpoints" + (" + MLflow" if "mlflow" in mode else "")
+        parts.append(f"of which {what} {spread(each('reporting_s'), digits=2)}")
+    return parts
+
+
+def interpret(walls: dict[str, list[float]], reports: dict[str, list[dict]], trials: int) -> list[str]:
+    """What the numbers say, derived from them: the ratio and its spread, whether the difference exceeds the
+    run-to-run noise, where Ray's time goes, and the trial work at which the one-at-a-time ratio drops to 1.15."""
+    loop, ray1, ray2 = (med(walls[m]) for m in MODES)
+    pairs = [r / lp for r, lp in zip(walls["ray-1"], walls["loop"])]  # runs of the same repeat, same load
+    lines = [
+        f"ratio ray-1 / loop = {ray1 / loop:.2f} of the medians (per run {min(pairs):.2f} - {max(pairs):.2f}); "
+        f"ray-2+mlflow / loop = {ray2 / loop:.2f}"
+    ]
+    noise = max(max(w) - min(w) for w in (walls["loop"], walls["ray-1"]))
+    difference = ray1 - loop
+    if abs(difference) <= noise:
+        lines.append(
+            f"ray-1 and the loop differ by {difference:+.1f} s, within the run-to-run spread of either "
+            f"({noise:.1f} s): no overhead of Ray measurable at this size"
+        )
+    else:
+        lines.append(f"ray-1 takes {difference:+.1f} s against the loop, beyond the run-to-run spread ({noise:.1f} s)")
+
+    def ray1_med(key: str) -> float:
+        return med([r[key] for r in reports["ray-1"]])
+
+    loop_imports = med([r["imports_s"] for r in reports["loop"]])
+    worker_start = ray1_med("first_trial_start_s") - loop_imports  # the loop pays the imports in-process too
+    fixed = ray1_med("ray_init_s") + ray1_med("ray_shutdown_s") + worker_start
+    per_trial = (ray1_med("reporting_s") + ray1_med("between_trials_s")) / trials
+    body_loop = med([sum(r["trial_bodies_s"]) for r in reports["loop"]])
+    body_ray = med([sum(r["trial_bodies_s"]) for r in reports["ray-1"]])
+    lines.append(
+        f"where ray-1's time goes (medians): fixed {fixed:.1f} s per launch (ray.init {ray1_med('ray_init_s'):.1f} s, "
+        f"shutdown {ray1_med('ray_shutdown_s'):.1f} s, first worker {worker_start:.1f} s beyond the "
+        f"{loop_imports:.1f} s of imports the loop pays too); per trial {per_trial:.2f} s "
+        f"(tune.report + checkpoints {ray1_med('reporting_s') / trials:.2f} s, between trials "
+        f"{ray1_med('between_trials_s') / max(trials - 1, 1):.2f} s), {per_trial * trials:.1f} s for {trials}; "
+        f"trial bodies {body_ray - body_loop:+.1f} s against the loop's"
+    )
+    total_per_trial = per_trial * trials
+    unexplained = difference - fixed - total_per_trial - (body_ray - body_loop)
+    lines.append(
+        f"{'fixed start-up' if fixed >= total_per_trial else 'per-trial machinery'} dominates; "
+        f"{unexplained:+.1f} s of the difference is not accounted for by these parts"
+        + (" (within the run-to-run spread)" if abs(unexplained) <= noise else "")
+    )
+    share = per_trial / (body_loop / trials)  # per-trial machinery as a share of one trial's work
+    if share < 0.15:
+        break_even = fixed / (0.15 - share)
+        lines.append(
+            f"with {100 * share:.1f} % per-trial cost, the one-at-a-time ratio falls below 1.15 once a launch holds "
+            f"more than ~{break_even:.0f} s of trial work (here {body_loop:.0f} s)"
+        )
+    else:
+        lines.append(f"the per-trial machinery alone costs {100 * share:.0f} % of a trial: the ratio stays above 1.15")
+    verdict = "faster" if ray2 < loop else "slower"
+    lines.append(f"two trials at a time with MLflow (the demo) is {verdict} than the loop: x{ray2 / loop:.2f}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -148,3 +149,49 @@ def test_a_trial_whose_worker_dies_continues_from_its_checkpoint(local_ray: None
     assert run.info.status == "FINISHED" and run.data.tags["vfm.attempt"] == "2"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
     assert sorted(set(steps)) == list(range(6))
+
+
+def test_a_trial_that_diverges_mid_training_fails_alone_with_its_error(local_ray: None, tmp_path: Path) -> None:
+    """Non-finite loss at epoch k >= 1 inside a real sweep: that trial is FAILED with NonFiniteLossError (store,
+    outcome, MLflow) after reporting its first k epochs; the other trials finish.
+
+    The divergence is real, not injected: with lr 1 and weight decay 11, AdamW multiplies every weight by
+    (1 - lr * weight_decay) = -10 per step, so within a few epochs the activations overflow and the loss is NaN.
+    """
+    from mlflow import MlflowClient
+
+    sweep = parse_sweep(
+        {
+            "name": "diverge",
+            "base": tiny_base({"max_epochs": 6, "patience": 100}),
+            "axes": [{"seed": [0, 1]}, {"optim.lr": [1.0], "optim.weight_decay": [11.0]}],
+            "datasets": {"sa": TINY_DATA},
+            "run": {"max_concurrent_trials": 2},
+        },
+        tmp_path / "diverge.yaml",
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    outcome = run_sweep(sweep, storage_path=str(tmp_path / "results"), tracking_uri=uri, workdir=tmp_path)
+
+    [failed] = [t for t in outcome.trials if t.status == "FAILED"]
+    finished = [t for t in outcome.trials if t.status == "FINISHED"]
+    assert failed.spec.optim.weight_decay == 11.0 and len(finished) == 2
+    match = re.search(r"NonFiniteLossError: .*nan at epoch (\d+)", failed.error or "")
+    assert match, failed.error
+    k = int(match.group(1))
+    assert k >= 1, "the loss must turn non-finite mid-training, after at least one finished epoch"
+    [attempt] = TrialStore(outcome.store_root).attempts(failed.trial_id)
+    assert attempt["status"] == "FAILED" and attempt["epochs_run"] == k
+    assert "NonFiniteLossError" in attempt["error"] and "NonFiniteLossError" in attempt["traceback"]
+    for t in finished:
+        assert t.metrics["epochs_run"] == 6 and math.isfinite(t.metrics["iou_fg/sa"])
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("diverge").experiment_id], "tags.`vfm.role` = 'trial'")
+    by_trial = {r.data.tags["vfm.trial_id"]: r for r in runs}
+    assert {tid: r.info.status for tid, r in by_trial.items()} == {
+        t.trial_id: "FAILED" if t is failed else "FINISHED" for t in outcome.trials
+    }
+    failed_run = by_trial[failed.trial_id]
+    assert "NonFiniteLossError" in failed_run.data.tags["vfm.error"]
+    assert [m.step for m in client.get_metric_history(failed_run.info.run_id, "val_loss")] == list(range(k))

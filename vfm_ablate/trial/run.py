@@ -135,7 +135,7 @@ def fit(
             items = [data.train[d][i] for d, i in batch]
             loss = batch_loss(fwd, loss_fn, items)
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"loss became {float(loss)} at epoch {epoch} (lr={spec.optim.lr})")
+                raise NonFiniteLossError(f"loss became {loss.item()} at epoch {epoch} (lr={spec.optim.lr})")
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
