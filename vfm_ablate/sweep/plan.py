@@ -2,8 +2,9 @@
 duplicates dropped by trial id, each trial validated and given its CPU/GPU ask.
 
     base (partial TrialSpec)  x  axes (grid; a list of grids is their union)  x  repeats (seed AND split_seed)
-      -> collapse settings that do not apply (lora.* unless regime is lora; sampling/weights with one train
-         dataset) -> de-duplicate by TrialSpec.trial_id() -> one PlannedTrial per distinct trial.
+      -> collapse settings that do not apply (lora.* unless regime is lora; alignment options of methods not in
+         use; data.target when no alignment setting reads target images; sampling/weights with one dataset in the
+         batches) -> de-duplicate by TrialSpec.trial_id() -> one PlannedTrial per distinct trial.
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ from itertools import product
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import SAMPLING_KEYS, TrialSpec, sampling_applies
+from pydantic import ValidationError
+
+from ..config import (
+    ALIGNMENT_OPTIONS,
+    SAMPLING_KEYS,
+    AlignmentSpec,
+    TrialSpec,
+    alignment_label,
+    sampling_applies,
+    uses_target_images,
+)
 from ..data.entries import DatasetEntry, resolve_dataset
 from ..errors import ConfigError
 from ..models.registry import BackboneEntry, get_entry
@@ -51,19 +62,23 @@ class PlannedTrial:
         return trial_label(self.spec, self.trial_id)
 
 
-LABEL_COLUMNS = ("id", "backbone", "regime", "rank", "train", "sampling", "seed")  # the keys of trial_label, in order
+# the keys of trial_label, in order
+LABEL_COLUMNS = ("id", "backbone", "regime", "rank", "train", "sampling", "alignment", "seed")
 
 
 def trial_label(s: TrialSpec, trial_id: str | None = None) -> dict[str, str]:
-    """The columns of the dry-run / result tables: what tells one trial of a study from another."""
-    multi = sampling_applies(len(s.data.train))
+    """The columns of the dry-run / result tables: what tells one trial of a study from another. `train` shows
+    an unlabelled target as `source→target`."""
+    multi = sampling_applies(len(s.batch_datasets()))
+    train = "+".join(s.data.train) + (f"→{'+'.join(s.data.target)}" if s.data.target else "")
     return {
         "id": trial_id or s.trial_id(),
         "backbone": s.backbone,
         "regime": s.regime,
         "rank": str(s.lora.rank) if s.regime == "lora" else "-",
-        "train": "+".join(s.data.train),
+        "train": train,
         "sampling": s.data.sampling if multi else "-",
+        "alignment": alignment_label(s.alignment) if s.alignment.active else "-",
         "seed": str(s.seed) if s.seed == s.split_seed else f"{s.seed}/{s.split_seed}",
     }
 
@@ -77,6 +92,8 @@ def short_label(s: TrialSpec) -> str:
     parts.append(lab["train"])
     if lab["sampling"] != "-":
         parts.append(lab["sampling"])
+    if lab["alignment"] != "-":
+        parts.append(lab["alignment"])
     parts.append(f"seed {lab['seed']}")
     return " ".join(parts)
 
@@ -170,24 +187,61 @@ def _merge_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 def _collapse(data: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
     """Drop settings that cannot affect this trial, so trials differing only in them share one trial_id.
 
-    LoRA settings only matter in the lora regime; sampling (and its weights) only with several train datasets.
+    LoRA settings only matter in the lora regime; an alignment option only with its method (`AlignmentSpec.applies`);
+    unlabelled target datasets only when an alignment setting reads their images (`uses_target_images`; the test
+    datasets stay as they were); data.normalisation not under z-scoring; sampling (and its weights) only with
+    several datasets in the batches.
     """
     dropped: set[str] = set()
     regime = data.get("regime", TrialSpec.model_fields["regime"].default)
     if regime != "lora" and "lora" in data:
         del data["lora"]
         dropped.add(f"lora settings dropped for regime '{regime}'")
+    alignment = _collapse_alignment(data, dropped)
     section = data.get("data")
-    if (
-        isinstance(section, dict)
-        and isinstance(section.get("train"), list)
-        and not sampling_applies(len(section["train"]))
-    ):
+    if not isinstance(section, dict) or not isinstance(section.get("train"), list):
+        return data, dropped
+    target = section.get("target") or []
+    if alignment is not None and isinstance(target, list) and target:
+        if not uses_target_images(alignment, target):
+            if section.get("test") is None:
+                section["test"] = [*section["train"], *target]  # the targets are still tested
+            del section["target"]
+            dropped.add("data.target dropped: no alignment setting reads target images")
+    if alignment is not None and alignment.input == "zscore" and "normalisation" in section:
+        del section["normalisation"]
+        dropped.add("data.normalisation dropped: alignment.input 'zscore' replaces it")
+    in_batches = len(section["train"]) + (len(section.get("target") or []) if _loss_on(alignment) else 0)
+    if not sampling_applies(in_batches):
         if section.get("sampling", "natural") != "natural" or section.get("weights") is not None:
             dropped.add("sampling dropped for a single train dataset")
         for key in SAMPLING_KEYS:
             section.pop(key.split(".", 1)[1], None)
     return data, dropped
+
+
+def _loss_on(alignment: AlignmentSpec | None) -> bool:
+    return alignment is not None and alignment.loss != "none"
+
+
+def _collapse_alignment(data: dict[str, Any], dropped: set[str]) -> AlignmentSpec | None:
+    """Drop the alignment options the trial's methods do not use; the section as validated (None if invalid:
+    the trial's own validation then reports it)."""
+    section = data.get("alignment", {})
+    if not isinstance(section, dict):
+        return None
+    try:
+        alignment = AlignmentSpec.model_validate(section)
+    except ValidationError:
+        return None
+    for key in alignment.unused_options():
+        if key in section:
+            del section[key]
+            parent = ALIGNMENT_OPTIONS[key][0]
+            dropped.add(f"alignment.{key} dropped: not used with alignment.{parent} '{getattr(alignment, parent)}'")
+    if "alignment" in data and not section:
+        del data["alignment"]
+    return alignment
 
 
 def _check_trial(sweep: SweepSpec, spec: TrialSpec, where: str) -> None:
@@ -207,9 +261,10 @@ def _applicable_space(sweep: SweepSpec, spec: TrialSpec) -> dict[str, Distributi
     space = dict(sweep.search.space)
     if spec.regime != "lora":
         space = {k: v for k, v in space.items() if not k.startswith(LORA_PREFIX + ".")}
-    if not sampling_applies(len(spec.data.train)):
+    if not sampling_applies(len(spec.batch_datasets())):
         space = {k: v for k, v in space.items() if k not in SAMPLING_KEYS}
-    return space
+    unused = {f"alignment.{k}" for k in spec.alignment.unused_options()}
+    return {k: v for k, v in space.items() if k not in unused}
 
 
 # --------------------------------------------------------------------------------------------- resources
