@@ -208,6 +208,21 @@ def uses_target_images(a: AlignmentSpec, target: list[str]) -> bool:
     return a.input == "histogram" and a.reference in ("target", *target)
 
 
+def inapplicable_settings(regime: str, alignment: AlignmentSpec, train: list[str], target: list[str]) -> list[str]:
+    """The dotted settings (a whole section as its name, e.g. `lora`) that cannot change a trial with these facts:
+    what sweep expansion collapses and what reports never compare."""
+    out = [] if regime == "lora" else ["lora"]
+    out += [f"alignment.{k}" for k in alignment.unused_options()]
+    if target and not uses_target_images(alignment, target):
+        out.append("data.target")
+    if alignment.input == "zscore":
+        out.append("data.normalisation")
+    in_batches = len(train) + (len(target) if alignment.loss != "none" else 0)
+    if not sampling_applies(in_batches):
+        out += SAMPLING_KEYS
+    return out
+
+
 class TrialSpec(StrictModel):
     """One trial = backbone (+LoRA) + head trained and evaluated under one setting."""
 

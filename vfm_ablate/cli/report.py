@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +35,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sweep-id", help="only runs of this sweep id (tag vfm.sweep_id); default: every sweep in the experiment"
     )
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="AXIS=A,B",
+        help="B against A over matched repeats (same seed and split seed): mean Δ with a 95%% bootstrap CI per "
+        "metric, 'within seed noise' when it includes 0; AXIS is any dotted setting (regime=frozen,lora, "
+        "lora.rank=8,16, data.sampling=natural,balanced) or method (an alignment method label, e.g. method=none,mmd)",
+    )
+    p.add_argument(
+        "--transfer",
+        action="store_true",
+        help="the transfer table: every alignment method against none (source → target IoU, feature-gap diagnostics)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -51,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..report.tables import summary_table, to_markdown
     from ..report.write import write_report
 
+    requests = [_compare_request(r) for r in args.compare]  # a malformed request fails before anything is read
     experiment, uri = resolve_target(args.target, args.tracking_uri)
     runs = load_runs(uri, experiment, sweep_id=args.sweep_id)
     table = summary_table(runs, metric=args.metric)
@@ -60,4 +79,31 @@ def _run(args: argparse.Namespace) -> int:
     print(to_markdown(table))
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
+    _comparisons(requests, args.transfer, runs, out)
     return 0
+
+
+def _compare_request(request: str) -> tuple[str, str, str]:
+    from ..errors import ConfigError
+
+    axis, _, values = request.partition("=")
+    choices = [v.strip() for v in values.split(",")]
+    if not axis.strip() or len(choices) != 2 or not all(choices):
+        raise ConfigError(f"--compare {request!r}: expected AXIS=A,B (e.g. regime=frozen,lora)")
+    return axis.strip(), choices[0], choices[1]
+
+
+def _comparisons(requests: list[tuple[str, str, str]], transfer: bool, runs: pd.DataFrame, out: Path) -> None:
+    """--compare / --transfer: printed, and written as compare_<axis>_<a>_<b>.md / transfer.md in the report folder."""
+    from ..report.compare import compare_settings, to_markdown, transfer_markdown, transfer_table
+
+    texts: dict[str, str] = {}
+    for axis, a, b in requests:
+        texts[f"compare_{axis}_{a}_{b}"] = to_markdown(compare_settings(runs, axis, a, b))
+    if transfer:
+        texts["transfer"] = "alignment methods against none\n\n" + transfer_markdown(transfer_table(runs))
+    for name, text in texts.items():
+        path = out / (re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".md")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+        print(f"\n{text}\nwrote comparison: {path}")

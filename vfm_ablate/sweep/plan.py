@@ -24,8 +24,8 @@ from ..config import (
     AlignmentSpec,
     TrialSpec,
     alignment_label,
+    inapplicable_settings,
     sampling_applies,
-    uses_target_images,
 )
 from ..data.entries import DatasetEntry, resolve_dataset
 from ..errors import ConfigError
@@ -36,7 +36,6 @@ from ..validation import validate
 if TYPE_CHECKING:
     from .spec import Distribution, SweepSpec
 
-LORA_PREFIX = "lora"  # settings under it only matter in the lora regime
 _HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # package:..., s3://..., file://... (not a plain path)
 
 
@@ -185,63 +184,55 @@ def _merge_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _collapse(data: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
-    """Drop settings that cannot affect this trial, so trials differing only in them share one trial_id.
+    """Drop settings that cannot affect this trial (`config.inapplicable_settings`), so trials differing only in
+    them share one trial_id.
 
-    LoRA settings only matter in the lora regime; an alignment option only with its method (`AlignmentSpec.applies`);
-    unlabelled target datasets only when an alignment setting reads their images (`uses_target_images`; the test
-    datasets stay as they were); data.normalisation not under z-scoring; sampling (and its weights) only with
-    several datasets in the batches.
+    LoRA settings only matter in the lora regime; an alignment option only with its method; unlabelled target
+    datasets only when an alignment setting reads their images (the test datasets stay as they were);
+    data.normalisation not under z-scoring; sampling (and its weights) only with several datasets in the batches.
     """
     dropped: set[str] = set()
     regime = data.get("regime", TrialSpec.model_fields["regime"].default)
-    if regime != "lora" and "lora" in data:
-        del data["lora"]
-        dropped.add(f"lora settings dropped for regime '{regime}'")
-    alignment = _collapse_alignment(data, dropped)
-    section = data.get("data")
-    if not isinstance(section, dict) or not isinstance(section.get("train"), list):
+    alignment = _alignment_of(data)
+    section = data.get("data") if isinstance(data.get("data"), dict) else {}
+    train = section.get("train") if isinstance(section.get("train"), list) else None
+    target = section.get("target") if isinstance(section.get("target"), list) else []
+    if alignment is None or train is None:  # invalid: the trial's own validation reports it
+        if regime != "lora" and "lora" in data:
+            del data["lora"]
+            dropped.add(f"lora settings dropped for regime '{regime}'")
         return data, dropped
-    target = section.get("target") or []
-    if alignment is not None and isinstance(target, list) and target:
-        if not uses_target_images(alignment, target):
+    for key in inapplicable_settings(regime, alignment, train, target):
+        if key == "lora" and "lora" in data:
+            del data["lora"]
+            dropped.add(f"lora settings dropped for regime '{regime}'")
+        elif key.startswith("alignment.") and key.split(".", 1)[1] in data.get("alignment", {}):
+            del data["alignment"][key.split(".", 1)[1]]
+            parent = ALIGNMENT_OPTIONS[key.split(".", 1)[1]][0]
+            dropped.add(f"{key} dropped: not used with alignment.{parent} '{getattr(alignment, parent)}'")
+        elif key == "data.target" and "target" in section:
             if section.get("test") is None:
-                section["test"] = [*section["train"], *target]  # the targets are still tested
+                section["test"] = [*train, *target]  # the targets are still tested
             del section["target"]
             dropped.add("data.target dropped: no alignment setting reads target images")
-    if alignment is not None and alignment.input == "zscore" and "normalisation" in section:
-        del section["normalisation"]
-        dropped.add("data.normalisation dropped: alignment.input 'zscore' replaces it")
-    in_batches = len(section["train"]) + (len(section.get("target") or []) if _loss_on(alignment) else 0)
-    if not sampling_applies(in_batches):
-        if section.get("sampling", "natural") != "natural" or section.get("weights") is not None:
-            dropped.add("sampling dropped for a single train dataset")
-        for key in SAMPLING_KEYS:
-            section.pop(key.split(".", 1)[1], None)
+        elif key == "data.normalisation" and "normalisation" in section:
+            del section["normalisation"]
+            dropped.add("data.normalisation dropped: alignment.input 'zscore' replaces it")
+        elif key in SAMPLING_KEYS and key.split(".", 1)[1] in section:
+            value = section.pop(key.split(".", 1)[1])
+            if key == "data.weights" or value != "natural":
+                dropped.add("sampling dropped for a single train dataset")
+    if data.get("alignment") == {}:
+        del data["alignment"]
     return data, dropped
 
 
-def _loss_on(alignment: AlignmentSpec | None) -> bool:
-    return alignment is not None and alignment.loss != "none"
-
-
-def _collapse_alignment(data: dict[str, Any], dropped: set[str]) -> AlignmentSpec | None:
-    """Drop the alignment options the trial's methods do not use; the section as validated (None if invalid:
-    the trial's own validation then reports it)."""
+def _alignment_of(data: dict[str, Any]) -> AlignmentSpec | None:
     section = data.get("alignment", {})
-    if not isinstance(section, dict):
-        return None
     try:
-        alignment = AlignmentSpec.model_validate(section)
+        return AlignmentSpec.model_validate(section)
     except ValidationError:
         return None
-    for key in alignment.unused_options():
-        if key in section:
-            del section[key]
-            parent = ALIGNMENT_OPTIONS[key][0]
-            dropped.add(f"alignment.{key} dropped: not used with alignment.{parent} '{getattr(alignment, parent)}'")
-    if "alignment" in data and not section:
-        del data["alignment"]
-    return alignment
 
 
 def _check_trial(sweep: SweepSpec, spec: TrialSpec, where: str) -> None:
@@ -259,12 +250,8 @@ def _applicable_space(sweep: SweepSpec, spec: TrialSpec) -> dict[str, Distributi
     if sweep.search is None:
         return {}
     space = dict(sweep.search.space)
-    if spec.regime != "lora":
-        space = {k: v for k, v in space.items() if not k.startswith(LORA_PREFIX + ".")}
-    if not sampling_applies(len(spec.batch_datasets())):
-        space = {k: v for k, v in space.items() if k not in SAMPLING_KEYS}
-    unused = {f"alignment.{k}" for k in spec.alignment.unused_options()}
-    return {k: v for k, v in space.items() if k not in unused}
+    unused = inapplicable_settings(spec.regime, spec.alignment, spec.data.train, spec.data.target)
+    return {k: v for k, v in space.items() if not any(k == u or k.startswith(u + ".") for u in unused)}
 
 
 # --------------------------------------------------------------------------------------------- resources
