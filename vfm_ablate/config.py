@@ -213,7 +213,7 @@ def inapplicable_settings(regime: str, alignment: AlignmentSpec, train: list[str
     what sweep expansion collapses and what reports never compare."""
     out = [] if regime == "lora" else ["lora"]
     out += [f"alignment.{k}" for k in alignment.unused_options()]
-    if target and not uses_target_images(alignment, target):
+    if not uses_target_images(alignment, target):  # (no target at all: nothing to compare either)
         out.append("data.target")
     if alignment.input == "zscore":
         out.append("data.normalisation")

@@ -33,6 +33,7 @@ METHOD = "method"  # the derived axis: the alignment method's label
 NOISE = "within seed noise"
 BEYOND = "beyond seed noise"
 DIAG_MEASURES = ("fd", "mmd", "probe_acc")
+TRANSFER_LABEL = ("backbone", "regime", "data.train")  # shown in the transfer table even when constant
 RESULT_COLUMNS = [
     "axis", "a", "b", "group", "metric", "n", "mean_a", "std_a", "mean_b", "std_b", "delta", "ci_low", "ci_high",
     "verdict",
@@ -49,10 +50,12 @@ def compare_settings(
     confidence: float = 0.95,
     n_resamples: int = 9999,
     seed: int = 0,
+    label: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """One row per (group of matched pairs, metric): n pairs, means / stds of both sides over those pairs, mean Δ
     (b − a), its bootstrap interval and the verdict. `group` holds the other settings the pairs share (those that
-    vary in the compared runs); a group's own columns are `params.<key>`."""
+    vary in the compared runs, and the `label` settings even when they do not); a group's own columns are
+    `params.<key>`."""
     finished = _finished(runs)
     col = f"params.{axis}"
     if axis == METHOD and col not in finished:
@@ -60,6 +63,9 @@ def compare_settings(
     if col not in finished:
         known = [c[len("params.") :] for c in finished if c.startswith("params.")]
         raise VfmAblateError(suggest(axis, known, "setting to compare"))
+    if axis != METHOD:  # a frozen run's lora.rank (a default it never used) is no value of the axis
+        applies = [not _covered(axis, _inapplicable(_params(row))) for _, row in finished.iterrows()]
+        finished = finished[applies]
     values = finished[col].fillna("").astype(str)
     side_a, side_b = finished[values == a], finished[values == b]
     for value, side in ((a, side_a), (b, side_b)):
@@ -67,7 +73,7 @@ def compare_settings(
             seen = ", ".join(sorted(set(values)))
             raise VfmAblateError(f"no finished run has {axis} = {value!r} (values found: {seen})")
     metrics = metrics or default_metrics(pd.concat([side_a, side_b]))
-    condition = _varying_conditions(pd.concat([side_a, side_b]), axis)
+    condition = _varying_conditions(pd.concat([side_a, side_b]), axis, label)
     pairs = _matched_pairs(side_a, side_b, condition)
     rows = []
     for label, matched in pairs.items():
@@ -122,7 +128,16 @@ def transfer_table(
     if not methods:
         raise VfmAblateError(f"every finished run uses alignment method '{baseline}': nothing to compare")
     frames = [
-        compare_settings(finished, METHOD, baseline, m, confidence=confidence, n_resamples=n_resamples, seed=seed)
+        compare_settings(
+            finished,
+            METHOD,
+            baseline,
+            m,
+            confidence=confidence,
+            n_resamples=n_resamples,
+            seed=seed,
+            label=TRANSFER_LABEL,
+        )
         for m in methods
     ]
     return pd.concat(frames, ignore_index=True)
@@ -208,6 +223,7 @@ def transfer_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
         group = {k[len("params.") :]: v for k, v in r.items() if k.startswith("params.") and isinstance(v, str)}
         train = group.pop("data.train", "")
         target = group.pop("data.target", "")
+        group.pop("data.test", None)  # "measured" names the test dataset
         source = "+".join(d for d in train.split(",") if d)
         if target:
             source += " (target " + "+".join(d for d in target.split(",") if d) + ")"
@@ -250,8 +266,9 @@ def _finished(runs: pd.DataFrame) -> pd.DataFrame:
     return done
 
 
-def _varying_conditions(runs: pd.DataFrame, axis: str) -> list[str]:
-    """The settings besides the axis and the seeds that take more than one value among the compared runs."""
+def _varying_conditions(runs: pd.DataFrame, axis: str, label: tuple[str, ...] = ()) -> list[str]:
+    """The settings besides the axis and the seeds that take more than one value among the compared runs (and the
+    `label` ones)."""
     out = []
     for col in runs.columns:
         if not col.startswith("params."):
@@ -261,7 +278,7 @@ def _varying_conditions(runs: pd.DataFrame, axis: str) -> list[str]:
             continue
         if axis == METHOD and key.startswith("alignment."):
             continue  # the method is made of these
-        if runs[col].fillna("").astype(str).nunique() > 1:
+        if key in label or runs[col].fillna("").astype(str).nunique() > 1:
             out.append(key)
     return sorted(out)
 
