@@ -212,9 +212,7 @@ def print_tables(runs: pd.DataFrame, args: argparse.Namespace) -> None:
                 cells.append(cell)
             print(f"| {method} | " + " | ".join(cells) + " |")
 
-    print(
-        f"\nΔ: against none over {int(np.median(deltas['n']))} matched seeds; * = its 95 % bootstrap CI excludes 0"
-    )
+    print(f"\nΔ: against none over {int(np.median(deltas['n']))} matched seeds; * = its 95 % bootstrap CI excludes 0")
     table("target IoU_fg (source → target, the target's test split)", lambda s, t: f"iou_fg/{t}")
     table("source IoU_fg (in-domain test split)", lambda s, t: f"iou_fg/{s}")
     table(
