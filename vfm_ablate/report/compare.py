@@ -288,15 +288,14 @@ def _matched_pairs(
 ) -> dict[tuple[tuple[str, str], ...], list[tuple[pd.Series, pd.Series]]]:
     """Pairs (a run, b run) with the same seed and split seed that agree on every varying setting applying to both,
     grouped by the values of the varying settings (taken from the side where each applies)."""
-    by_seed: dict[tuple[str, str], list[pd.Series]] = defaultdict(list)
+    by_seed: dict[tuple[str, str], list[tuple[pd.Series, list[str]]]] = defaultdict(list)
     for _, rb in side_b.iterrows():
-        by_seed[_seeds(rb)].append(rb)
+        by_seed[_seeds(rb)].append((rb, _inapplicable(_params(rb))))
     groups: dict[tuple[tuple[str, str], ...], list[tuple[pd.Series, pd.Series]]] = defaultdict(list)
     seen: dict[tuple[tuple[str, str], ...], set[tuple[str, str]]] = defaultdict(set)
     for _, ra in side_a.iterrows():
         skip_a = _inapplicable(_params(ra))
-        for rb in by_seed.get(_seeds(ra), []):
-            skip_b = _inapplicable(_params(rb))
+        for rb, skip_b in by_seed.get(_seeds(ra), []):
             label = []
             for key in condition:
                 on_a, on_b = not _covered(key, skip_a), not _covered(key, skip_b)
