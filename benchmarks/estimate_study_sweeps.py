@@ -30,7 +30,16 @@ from vfm_ablate.sweep.spec import load_sweep
 from vfm_ablate.sweep.workload import DatasetShape, config_keys, sweep_workloads
 
 REPO = Path(__file__).resolve().parents[1]
-STUDY = ["main_table", "scale_dinov2", "scale_dinov3", "scale_openclip", "lora_rank", "sampling", "domain_diagnostics"]
+STUDY = [
+    "main_table",
+    "scale_dinov2",
+    "scale_dinov3",
+    "scale_openclip",
+    "lora_rank",
+    "sampling",
+    "domain_diagnostics",
+    "domain_alignment",
+]
 FULL_STUDY_DATA = {
     "lucchi_pp": DatasetShape("lucchi_pp", 165, 165, 768, 1024),
     "vnc": DatasetShape("vnc", 17, 3, 1024, 1024),

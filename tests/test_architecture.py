@@ -12,7 +12,8 @@ import vfm_ablate
 PACKAGE = Path(vfm_ablate.__file__).parent
 
 # Lower layers first. A module may import its own package (same layer name) and any lower layer, nothing above:
-# cli -> sweep -> report -> trial -> diagnostics -> data / models / tracking -> config -> errors / validation.
+# cli -> sweep -> report -> trial -> diagnostics -> alignment / data / models / tracking -> config -> errors /
+# validation.
 LAYERS = {
     "errors": 0,
     "validation": 1,
@@ -21,6 +22,7 @@ LAYERS = {
     "digests": 1,
     "config": 2,
     "device": 2,
+    "alignment": 3,
     "data": 3,
     "models": 3,
     "tracking": 3,
@@ -35,7 +37,7 @@ LAYERS = {
     "__main__": 9,
 }
 # the packages that make up the trial engine: none of them may import Ray or MLflow, even inside a function
-ENGINE = ("trial", "diagnostics", "data", "models", "config", "device", "trialfile")
+ENGINE = ("trial", "diagnostics", "alignment", "data", "models", "config", "device", "trialfile")
 
 
 def _layer_of(module: str) -> str:

@@ -247,3 +247,27 @@ def test_a_launchs_start_up_is_timed_in_fresh_processes(tmp_path: Path) -> None:
     timed, notes = launch_costs(broken, tracked=False, attempts=1)
     assert "driver_start_s" not in timed and notes and "driver_start_s: not measured" in notes[0]
     assert not list(tmp_path.glob("*.db"))  # the dry run and the timed store leave nothing behind
+
+
+def test_target_images_of_a_loss_level_alignment_are_trained_on_and_extracted(tmp_path: Path) -> None:
+    base = {**_sweep(tmp_path)["base"], "regime": "frozen", "data": {"train": ["sa"], "target": ["sb"]}}
+    base["data"]["resize"] = {"policy": "native"}
+    base["data"]["sampling"] = "balanced"
+    sweep = parse_sweep(
+        {
+            **_sweep(tmp_path),
+            "base": base,
+            "axes": {"alignment": [{}, {"loss": "mmd"}]},
+            "datasets": {"sa": DATA, "sb": {**DATA, "domain": "b", "n_train": 6, "n_test": 2}},
+        },
+        tmp_path / "costed.yaml",
+    )
+    by_method = {w.trial.spec.alignment.loss: w for w in sweep_workloads(sweep, plan(sweep).trials)}
+    none, mmd = by_method["none"], by_method["mmd"]
+    # none: the target's training images are dropped (nothing reads them): 9 source images in 5 batches; only
+    # sb's 2 test images are extracted
+    assert none.step_groups == {(28, 28, 2): 4, (28, 28, 1): 1}
+    assert none.target_images == {} and none.extracted_images["sb"] == 2
+    # mmd: balanced "1+1" batches over 9 source and 6 target images; sb's 6 training images extracted too
+    assert sum(n * k for (_, _, n), k in mmd.step_groups.items()) == 2 * 9
+    assert mmd.target_images == {"sb": 6} and mmd.extracted_images["sb"] == 6 + 2

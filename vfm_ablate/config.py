@@ -12,13 +12,14 @@ from .validation import StrictModel
 
 Regime = Literal["frozen", "lora", "full"]
 Sampling = Literal["natural", "balanced", "weighted"]
-# the settings that only mean something with several train datasets (dropped, and hidden, with one)
+# the settings that only mean something with several datasets in the batches (dropped, and hidden, with one)
 SAMPLING_KEYS = ("data.sampling", "data.weights")
 
 
-def sampling_applies(num_train_datasets: int) -> bool:
-    """Paired-data sampling (and its weights) only changes anything when a trial trains on several datasets."""
-    return num_train_datasets > 1
+def sampling_applies(num_batch_datasets: int) -> bool:
+    """Paired-data sampling (and its weights) only changes anything when a trial's batches draw from several
+    datasets: several train datasets, or train + unlabelled target datasets under a loss-level alignment."""
+    return num_batch_datasets > 1
 
 
 def balanced_share(batch_size: int, num_datasets: int) -> int:
@@ -71,21 +72,22 @@ class DataSpec(StrictModel):
     resize: ResizeSpec = ResizeSpec()
     normalisation: Literal["imagenet", "backbone"] = "imagenet"
     unlabelled: list[str] = []  # extra dataset names used only for diagnostics (e.g. vnc_stack2)
+    # unsupervised domain adaptation: datasets whose training images join the trial WITHOUT their masks (which are
+    # never read) wherever an alignment setting uses them; their labelled test splits are tested
+    target: list[str] = []
 
     @model_validator(mode="after")
     def _sampling_fits(self) -> DataSpec:
-        if self.sampling == "weighted":
-            if self.weights is None or len(self.weights) != len(self.train):
-                raise ValueError(
-                    f"sampling 'weighted' needs 'weights' with one value per train dataset ({len(self.train)})"
-                )
-        elif self.weights is not None:
+        if self.sampling != "weighted" and self.weights is not None:
             raise ValueError("'weights' is only used with sampling: weighted")
+        if self.sampling == "weighted" and self.weights is None:
+            raise ValueError("sampling 'weighted' needs 'weights' (one value per dataset in the batches)")
         return self
 
     @property
     def test_datasets(self) -> list[str]:
-        return list(self.test) if self.test is not None else list(self.train)
+        """The explicit test list, else every train and target dataset (its test split)."""
+        return list(self.test) if self.test is not None else [*self.train, *self.target]
 
 
 class OptimSpec(StrictModel):
@@ -108,6 +110,119 @@ class DiagnosticsSpec(StrictModel):
     pca_dim: int | None = None  # compute FD on PCA-reduced features when set
 
 
+InputAlignment = Literal["none", "histogram", "zscore", "clahe"]
+FeatureAlignment = Literal["none", "standardise"]
+LossAlignment = Literal["none", "mmd", "coral", "dann"]
+ALIGNMENT_LEVELS = ("input", "features", "loss")
+# each option of AlignmentSpec -> (the setting it depends on, the values of that setting it applies to); an option
+# applies when its setting applies and has one of those values (the rule of sweep collapsing and method labels)
+ALIGNMENT_OPTIONS: dict[str, tuple[str, frozenset[str]]] = {
+    "reference": ("input", frozenset({"histogram"})),
+    "clahe_clip_limit": ("input", frozenset({"clahe"})),
+    "clahe_kernel": ("input", frozenset({"clahe"})),
+    "loss_weight": ("loss", frozenset({"mmd", "coral", "dann"})),
+    "schedule": ("loss", frozenset({"mmd", "coral", "dann"})),
+    "schedule_epochs": ("schedule", frozenset({"dann"})),
+    "layer": ("loss", frozenset({"mmd", "coral", "dann"})),
+    "sample": ("loss", frozenset({"mmd", "coral", "dann"})),
+    "max_tokens": ("sample", frozenset({"tokens"})),
+    "mmd_bandwidth": ("loss", frozenset({"mmd"})),
+    "dann_hidden": ("loss", frozenset({"dann"})),
+}
+
+
+class AlignmentSpec(StrictModel):
+    """Domain alignment at three levels, combinable (one method per level); docs/alignment.md defines each method
+    with its reference. Every field is a sweep axis (`alignment.input`, `alignment.loss_weight`, ...)."""
+
+    # input level, on the raw pixels before resize: histogram matching to a reference dataset, per-dataset
+    # intensity z-scoring (replaces data.normalisation), or CLAHE
+    input: InputAlignment = "none"
+    # histogram: whose intensity distribution every image is matched to: "source" (the first train dataset),
+    # "target" (the first data.target dataset) or a dataset name of the trial (its training images, never its test)
+    reference: str = "source"
+    clahe_clip_limit: float = Field(0.01, gt=0, le=1)
+    clahe_kernel: int | None = Field(None, ge=8)  # None: 1/8 of each image side (scikit-image's default)
+    # feature level: the backbone's patch tokens standardised per dataset before the head
+    features: FeatureAlignment = "none"
+    # loss level, added to Dice: Gaussian-kernel MMD, CORAL, or DANN (gradient reversal into a domain classifier)
+    loss: LossAlignment = "none"
+    loss_weight: float = Field(1.0, gt=0)  # lambda (DANN: the gradient-reversal coefficient)
+    schedule: Literal["constant", "dann"] = "constant"  # dann: lambda * (2 / (1 + exp(-10 p)) - 1), p = epoch ramp
+    schedule_epochs: int = Field(10, ge=1)  # epochs over which the dann ramp goes from 0 to lambda
+    # where the loss acts: "bottleneck" = the head's first 512-channel stage (trainable in every regime, and its
+    # gradient reaches LoRA / full backbones), "head_input" = the features the head receives (not for frozen)
+    layer: Literal["bottleneck", "head_input"] = "bottleneck"
+    # samples of each domain: one mean-pooled vector per image, or the feature vectors of its patch tokens
+    sample: Literal["pooled", "tokens"] = "pooled"
+    max_tokens: int = Field(256, ge=2)  # tokens drawn per domain and batch (seeded) with sample: tokens
+    mmd_bandwidth: float | None = Field(None, gt=0)  # Gaussian kernel sigma; None: median pairwise distance
+    dann_hidden: int = Field(256, ge=1)  # hidden units of DANN's domain classifier
+
+    def applies(self, option: str) -> bool:
+        """Whether `option` can change anything under this spec's methods (unused options collapse in sweeps)."""
+        if option in ALIGNMENT_LEVELS:
+            return True
+        parent, values = ALIGNMENT_OPTIONS[option]
+        return self.applies(parent) and getattr(self, parent) in values
+
+    def unused_options(self) -> list[str]:
+        return [k for k in ALIGNMENT_OPTIONS if not self.applies(k)]
+
+    @property
+    def active(self) -> bool:
+        return any(getattr(self, level) != "none" for level in ALIGNMENT_LEVELS)
+
+
+def alignment_label(a: AlignmentSpec) -> str:
+    """The method as one short name (the report's "method" axis): each level that is not none, with the options
+    that apply and differ from their defaults, e.g. `histogram+standardise`, `mmd(loss_weight=0.1)`, `none`."""
+    defaults = AlignmentSpec()
+    parts = []
+    for level in ALIGNMENT_LEVELS:
+        value = getattr(a, level)
+        if value == "none":
+            continue
+        opts = [
+            f"{k}={getattr(a, k):g}" if isinstance(getattr(a, k), float) else f"{k}={getattr(a, k)}"
+            for k in ALIGNMENT_OPTIONS
+            if _option_level(k) == level and a.applies(k) and getattr(a, k) != getattr(defaults, k)
+        ]
+        parts.append(f"{value}({', '.join(opts)})" if opts else value)
+    return "+".join(parts) or "none"
+
+
+def _option_level(option: str) -> str:
+    while option not in ALIGNMENT_LEVELS:
+        option = ALIGNMENT_OPTIONS[option][0]
+    return option
+
+
+def uses_target_images(a: AlignmentSpec, target: list[str]) -> bool:
+    """Whether any alignment setting reads the target datasets' (unlabelled) training images: loss-level methods
+    draw them into batches, per-dataset statistics are estimated on them, a histogram reference may be one."""
+    if not target:
+        return False
+    if a.loss != "none" or a.input == "zscore" or a.features == "standardise":
+        return True
+    return a.input == "histogram" and a.reference in ("target", *target)
+
+
+def inapplicable_settings(regime: str, alignment: AlignmentSpec, train: list[str], target: list[str]) -> list[str]:
+    """The dotted settings (a whole section as its name, e.g. `lora`) that cannot change a trial with these facts:
+    what sweep expansion collapses and what reports never compare."""
+    out = [] if regime == "lora" else ["lora"]
+    out += [f"alignment.{k}" for k in alignment.unused_options()]
+    if not uses_target_images(alignment, target):  # (no target at all: nothing to compare either)
+        out.append("data.target")
+    if alignment.input == "zscore":
+        out.append("data.normalisation")
+    in_batches = len(train) + (len(target) if alignment.loss != "none" else 0)
+    if not sampling_applies(in_batches):
+        out += SAMPLING_KEYS
+    return out
+
+
 class TrialSpec(StrictModel):
     """One trial = backbone (+LoRA) + head trained and evaluated under one setting."""
 
@@ -126,23 +241,57 @@ class TrialSpec(StrictModel):
     feature_cache_dir: str | None = None  # disk cache location (default: ~/.cache/vfm_ablate/features)
     eval_native_resolution: bool = False
     diagnostics: DiagnosticsSpec = DiagnosticsSpec()
+    alignment: AlignmentSpec = AlignmentSpec()
     save_checkpoint: bool = True
     num_overlays: int = Field(3, ge=0)
 
     @model_validator(mode="after")
     def _fits_together(self) -> TrialSpec:
-        n_train = len(self.data.train)
-        if len(set(self.data.train)) != n_train:
-            raise ValueError(f"data.train lists a dataset twice: {self.data.train}")
-        if self.data.sampling == "balanced" and sampling_applies(n_train):
-            balanced_share(self.optim.batch_size, n_train)
+        data = self.data
+        n_train = len(data.train)
+        if len(set(data.train)) != n_train:
+            raise ValueError(f"data.train lists a dataset twice: {data.train}")
+        if len(set(data.target)) != len(data.target):
+            raise ValueError(f"data.target lists a dataset twice: {data.target}")
+        both = [d for d in data.target if d in data.train]
+        if both:
+            raise ValueError(
+                f"data.target {both} is also in data.train: a dataset is either labelled source data or an unlabelled "
+                "target, not both"
+            )
+        batch = self.batch_datasets()
+        if data.sampling == "weighted" and data.weights is not None and len(data.weights) != len(batch):
+            raise ValueError(
+                f"sampling 'weighted' needs 'weights' with one value per dataset in the batches ({len(batch)}: {batch})"
+            )
+        if data.sampling == "balanced" and sampling_applies(len(batch)):
+            balanced_share(self.optim.batch_size, len(batch))
+        _check_alignment(self)
         return self
 
+    def batch_datasets(self) -> list[str]:
+        """The datasets training batches draw from: the train datasets, then the unlabelled targets when a
+        loss-level alignment needs their images in the batches."""
+        targets = self.data.target if self.alignment.loss != "none" else []
+        return [*self.data.train, *targets]
+
     def dataset_names(self) -> list[str]:
-        """Every dataset this trial reads (train, test, unlabelled, diagnostics when on), each once, in that order."""
+        """Every dataset this trial reads (train, target, test, unlabelled, diagnostics when on), each once, in that
+        order."""
         diagnostics = (self.diagnostics.datasets or []) if self.diagnostics.enabled else []
-        names = [*self.data.train, *self.data.test_datasets, *self.data.unlabelled, *diagnostics]
+        names = [*self.data.train, *self.data.target, *self.data.test_datasets, *self.data.unlabelled, *diagnostics]
         return list(dict.fromkeys(names))
+
+    def reference_dataset(self) -> str | None:
+        """The dataset whose training images histogram matching uses as its reference (None: not histogram)."""
+        a = self.alignment
+        if a.input != "histogram":
+            return None
+        if a.reference == "source":
+            return self.data.train[0]
+        if a.reference == "target":
+            return self.data.target[0] if self.data.target else None
+        return a.reference
 
     def trial_id(self) -> str:
         """Stable content hash: the same settings always get the same id (used for resume and MLflow dedupe)."""
@@ -164,3 +313,53 @@ class TrialSpec(StrictModel):
 
         walk("", self.model_dump(mode="json"))
         return out
+
+
+def _check_alignment(spec: TrialSpec) -> None:
+    """Alignment settings that cannot work with this trial's data or regime, rejected with the setting named."""
+    a, data = spec.alignment, spec.data
+    own_images = [*data.train, *data.target]
+    if a.input == "histogram":
+        if a.reference == "target" and not data.target:
+            raise ValueError(
+                "alignment.reference 'target' (histogram matching) needs an unlabelled target dataset in data.target; "
+                f"this trial has none (train: {data.train})"
+            )
+        if a.reference not in ("source", "target") and a.reference not in own_images:
+            raise ValueError(
+                f"alignment.reference '{a.reference}' (histogram matching) must be 'source', 'target' or one of the "
+                f"trial's train/target datasets {own_images}: the reference distribution comes from its training "
+                "images"
+            )
+    for setting, on in (
+        ("alignment.input 'zscore'", a.input == "zscore"),
+        ("alignment.features 'standardise'", a.features == "standardise"),
+    ):
+        missing = [d for d in data.test_datasets if d not in own_images]
+        if on and missing:
+            raise ValueError(
+                f"{setting} uses each dataset's own statistics, estimated on its training images; test dataset(s) "
+                f"{missing} are neither in data.train nor in data.target: list them in data.target (their training "
+                "images are used without labels)"
+            )
+    if a.loss == "none":
+        return
+    domains = spec.batch_datasets()
+    if len(domains) < 2:
+        raise ValueError(
+            f"alignment.loss '{a.loss}' aligns two domains, but this trial's batches hold one dataset ({domains}): "
+            "add an unlabelled target dataset (data.target) or train on two datasets"
+        )
+    if a.layer == "head_input" and spec.regime == "frozen":
+        raise ValueError(
+            f"alignment.loss '{a.loss}' on alignment.layer 'head_input' cannot move anything in the frozen regime "
+            "(nothing before the head trains): use alignment.layer 'bottleneck', or regime lora / full"
+        )
+    if a.loss == "coral" and a.sample == "pooled":
+        share = spec.optim.batch_size // len(domains) if data.sampling == "balanced" else 0
+        if share < 2:
+            raise ValueError(
+                "alignment.loss 'coral' with alignment.sample 'pooled' matches covariances of pooled image vectors, "
+                f"which needs at least 2 images of each domain in every batch (balanced sampling with optim.batch_size "
+                f">= {2 * len(domains)}); use alignment.sample 'tokens' (covariance over patch tokens) instead"
+            )

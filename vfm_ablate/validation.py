@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,8 +68,17 @@ def format_validation_error(model: type[BaseModel], err: ValidationError, source
             got_s = repr(got)
             if len(got_s) > 80:
                 got_s = got_s[:77] + "..."
-            lines.append(f"  - {where}: {e.get('msg')} (got {got_s})")
+            lines.append(f"  - {where}: {e.get('msg')} (got {got_s}){_value_hint(e)}")
     return "\n".join(lines)
+
+
+def _value_hint(error: Any) -> str:
+    """' Did you mean ...?' for a misspelt choice (a Literal value such as a method name)."""
+    if error.get("type") != "literal_error" or not isinstance(error.get("input"), str):
+        return ""
+    choices = re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))
+    close = difflib.get_close_matches(error["input"], choices, n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else ""
 
 
 def validate(model: type[M], data: Any, source: str | Path = "<config>") -> M:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +40,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--execution-id",
         help="only runs of this execution of a sweep (tag vfm.execution_id, printed by `run` and kept in sweep.json)",
     )
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="AXIS=A,B",
+        help="B against A over matched repeats (same seed and split seed): mean Δ with a 95%% bootstrap CI per "
+        "metric, 'within seed noise' when it includes 0; AXIS is any dotted setting (regime=frozen,lora, "
+        "lora.rank=8,16, data.sampling=natural,balanced) or method (an alignment method label, e.g. method=none,mmd)",
+    )
+    p.add_argument(
+        "--transfer",
+        action="store_true",
+        help="the transfer table: every alignment method against none (source → target IoU, feature-gap diagnostics)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -60,6 +78,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..report.write import write_report
     from ..tracking.store import check_tracking_store
 
+    requests = [_compare_request(r) for r in args.compare]  # a malformed request fails before anything is read
     experiment, uri = resolve_target(args.target, args.tracking_uri)
     check_tracking_store(uri)
     runs = load_runs(uri, experiment, sweep_id=args.sweep_id, execution_id=args.execution_id)
@@ -68,4 +87,31 @@ def _run(args: argparse.Namespace) -> int:
     print(f"experiment '{experiment}' at {uri}: {len(runs)} trial runs")
     print(as_text(parts))
     print(f"report: {paths['html']} (self-contained), {paths['markdown']}; tables as CSV and figures in {out}")
+    _comparisons(requests, args.transfer, runs, out)
     return 0
+
+
+def _compare_request(request: str) -> tuple[str, str, str]:
+    from ..errors import ConfigError
+
+    axis, _, values = request.partition("=")
+    choices = [v.strip() for v in values.split(",")]
+    if not axis.strip() or len(choices) != 2 or not all(choices):
+        raise ConfigError(f"--compare {request!r}: expected AXIS=A,B (e.g. regime=frozen,lora)")
+    return axis.strip(), choices[0], choices[1]
+
+
+def _comparisons(requests: list[tuple[str, str, str]], transfer: bool, runs: pd.DataFrame, out: Path) -> None:
+    """--compare / --transfer: printed, and written as compare_<axis>_<a>_<b>.md / transfer.md in the report folder."""
+    from ..report.compare import compare_settings, to_markdown, transfer_markdown, transfer_table
+
+    texts: dict[str, str] = {}
+    for axis, a, b in requests:
+        texts[f"compare_{axis}_{a}_{b}"] = to_markdown(compare_settings(runs, axis, a, b))
+    if transfer:
+        texts["transfer"] = "alignment methods against none\n\n" + transfer_markdown(transfer_table(runs))
+    for name, text in texts.items():
+        path = out / (re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".md")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+        print(f"\n{text}\nwrote comparison: {path}")

@@ -15,6 +15,10 @@ whole dataset (data/intensity.py); colour images are refused unless the entry co
 
 Loaded datasets are cached in-process (pixels per entry, splits per split seed)
 and their arrays are read-only, because many trials reuse them.
+
+An unlabelled target of domain adaptation is loaded with ``train_masks=False``: its training slices come without
+masks, which are then never read from disk (only the test split's masks are), so no target label can reach
+training.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from ..errors import DataError
 from .entries import DatasetEntry
 from .images import Slice, read_all
 from .intensity import IntensityStats
-from .layouts import list_slices, seeded_test_indices
+from .layouts import Listing, list_slices, seeded_test_indices
 
 __all__ = ["LoadedDataset", "Slice", "clear_cache", "load_dataset"]
 
@@ -50,7 +54,7 @@ class _Pixels:
 
 
 _PIXELS: dict[str, _Pixels] = {}
-_DATASETS: dict[tuple[str, int], LoadedDataset] = {}
+_DATASETS: dict[tuple[str, int, bool], LoadedDataset] = {}
 _LOCK = threading.Lock()
 
 
@@ -61,17 +65,19 @@ def _entry_key(entry: DatasetEntry) -> str:
     return repr(sorted(data.items()))
 
 
-def _read_pixels(entry: DatasetEntry) -> _Pixels:
-    if entry.layout == "synthetic":
-        from .synthetic import generate_slices
+def _synthetic(entry: DatasetEntry) -> _Pixels:
+    from .synthetic import generate_slices
 
-        assert entry.domain is not None
-        train = generate_slices(entry.domain, entry.n_train, entry.size, entry.seed, split="train")
-        test = generate_slices(entry.domain, entry.n_test, entry.size, entry.seed, split="test")
-        for s in train + test:
-            s.image.setflags(write=False)
-            s.mask.setflags(write=False)  # type: ignore[union-attr]
-        return _Pixels(labelled=train, test=test, unlabelled=[], test_count=0)
+    assert entry.domain is not None
+    train = generate_slices(entry.domain, entry.n_train, entry.size, entry.seed, split="train")
+    test = generate_slices(entry.domain, entry.n_test, entry.size, entry.seed, split="test")
+    for s in train + test:
+        s.image.setflags(write=False)
+        s.mask.setflags(write=False)  # type: ignore[union-attr]
+    return _Pixels(labelled=train, test=test, unlabelled=[], test_count=0)
+
+
+def _listing(entry: DatasetEntry) -> Listing:
     listing = list_slices(entry)
     if listing.problems:
         shown = "\n  - ".join(listing.problems[:10])
@@ -80,6 +86,13 @@ def _read_pixels(entry: DatasetEntry) -> _Pixels:
             f"dataset '{entry.name}' ({entry.layout} at {entry.path}) is broken:\n  - {shown}{more}\n"
             f"(run `vfm-ablate data check {entry.path}` for a full report)"
         )
+    return listing
+
+
+def _read_pixels(entry: DatasetEntry) -> _Pixels:
+    if entry.layout == "synthetic":
+        return _synthetic(entry)
+    listing = _listing(entry)
     rule = entry.mask_rule
     labelled = read_all(listing.labelled, rule, entry.colour)
     test = read_all(listing.test, rule, entry.colour) if listing.test is not None else None
@@ -108,14 +121,22 @@ def value_ranges(entry: DatasetEntry, slices: list[Slice]) -> dict[str, tuple[fl
     return stats.value_ranges(entry.intensity)
 
 
-def load_dataset(entry: DatasetEntry, split_seed: int) -> LoadedDataset:
-    """An entry's slices split into train/test (+ unlabelled); deterministic per split_seed, cached in-process."""
+def load_dataset(entry: DatasetEntry, split_seed: int, *, train_masks: bool = True) -> LoadedDataset:
+    """An entry's slices split into train/test (+ unlabelled); deterministic per split_seed, cached in-process.
+
+    `train_masks=False` (an unlabelled target): the same split, but the training slices carry no mask and their
+    mask files are not read (unless this process already read them for a labelled use of the entry: then they are
+    dropped here)."""
     key = _entry_key(entry)
     with _LOCK:
-        cached = _DATASETS.get((key, split_seed))
+        cached = _DATASETS.get((key, split_seed, train_masks))
         pixels = _PIXELS.get(key)
     if cached is not None:
         return cached
+    if not train_masks:
+        dataset = _without_train_masks(entry, split_seed, pixels)
+        with _LOCK:
+            return _DATASETS.setdefault((key, split_seed, False), dataset)
     if pixels is None:
         pixels = _read_pixels(entry)
         with _LOCK:
@@ -128,7 +149,24 @@ def load_dataset(entry: DatasetEntry, split_seed: int) -> LoadedDataset:
         test = [s for i, s in enumerate(pixels.labelled) if i in test_idx]
     dataset = LoadedDataset(name=entry.name, train=train, test=test, unlabelled=list(pixels.unlabelled))
     with _LOCK:
-        return _DATASETS.setdefault((key, split_seed), dataset)
+        return _DATASETS.setdefault((key, split_seed, True), dataset)
+
+
+def _without_train_masks(entry: DatasetEntry, split_seed: int, pixels: _Pixels | None) -> LoadedDataset:
+    if pixels is None and entry.layout != "synthetic":
+        listing = _listing(entry)
+        rule = entry.mask_rule
+        if listing.test is not None:
+            train_refs, test_refs = listing.labelled, listing.test
+        else:
+            test_idx = set(seeded_test_indices(len(listing.labelled), listing.test_count, split_seed))
+            train_refs = [r for i, r in enumerate(listing.labelled) if i not in test_idx]
+            test_refs = [r for i, r in enumerate(listing.labelled) if i in test_idx]
+        train = read_all([replace(r, mask=None, mask_page=None) for r in train_refs], rule)
+        return LoadedDataset(entry.name, train, read_all(test_refs, rule), read_all(listing.unlabelled, rule))
+    labelled = load_dataset(entry, split_seed)  # already in memory (or generated): drop the training masks
+    train = [Slice(image=s.image, mask=None, source=s.source) for s in labelled.train]
+    return LoadedDataset(entry.name, train, list(labelled.test), list(labelled.unlabelled))
 
 
 def clear_cache() -> None:

@@ -92,6 +92,8 @@ def stage_backbone(setup: DiagnoseSetup, stage: str, device: torch.device) -> tu
     assert setup.checkpoint is not None
     segmenter = build_segmenter(setup.spec, setup.entry)
     state = read_state_dict(setup.checkpoint)
+    # an aligned trial's feature statistics / domain classifier ("alignment.*") are not part of its backbone
+    state = {k: v for k, v in state.items() if not k.startswith("alignment.")}
     segmenter.load_trainable_state_dict(state)  # exact keys and shapes, or CheckpointError
     report = {**segmenter.backbone.load_report, "trial_checkpoint": str(setup.checkpoint), "trial_tensors": len(state)}
     return segmenter.backbone.to(device), report

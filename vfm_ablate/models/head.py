@@ -46,12 +46,20 @@ class SegmentationHead(nn.Module):
 
     def forward(self, features: torch.Tensor, out_size: tuple[int, int] | None = None) -> torch.Tensor:
         """Logits at `out_size` (the mask's size); None keeps the decoder's own 16x-upsampled size."""
+        return self.decode(self.bottleneck(features), out_size)
+
+    def bottleneck(self, features: torch.Tensor) -> torch.Tensor:
+        """The first stage (1x1 conv to 512 + BN + GELU): where loss-level domain alignment acts by default."""
         if features.ndim != 4 or features.shape[1] != self.embed_dim:
             raise ValueError(
                 f"SegmentationHead({self.embed_dim}) expects B x {self.embed_dim} x h x w features, "
                 f"got {tuple(features.shape)}"
             )
-        logits = self.classifier(self.up(self.reduce(features)))
+        return self.reduce(features)
+
+    def decode(self, bottleneck: torch.Tensor, out_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The up-blocks and classifier on the bottleneck's output, resized bilinearly to `out_size`."""
+        logits = self.classifier(self.up(bottleneck))
         if out_size is not None and tuple(logits.shape[-2:]) != tuple(out_size):
             logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
         return logits

@@ -30,7 +30,14 @@ class Segmenter(nn.Module):
         self.head = head
         self.regime = regime
         self.lora_targets = list(lora_targets)
+        # a trial's domain-alignment modules (feature statistics, domain classifier), attached by the trial engine:
+        # they are trained / estimated with the model, so they belong to its trainable state
+        self.alignment: nn.Module | None = None
         self._apply_regime()
+
+    def attach_alignment(self, modules: nn.Module) -> None:
+        """Make `modules` part of the model: moved with it, in its trainable state, trained when they need grad."""
+        self.alignment = modules
 
     @property
     def entry(self) -> BackboneEntry:
@@ -63,12 +70,13 @@ class Segmenter(nn.Module):
         return parameter_counts(self)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """What training changes: head (with its BN statistics) + LoRA adapters, or everything for `full`."""
+        """What training changes: head (with its BN statistics) + LoRA adapters + attached alignment modules, or
+        everything for `full`."""
         state = self.state_dict()
         if self.regime == "full":
             return state
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in state.items() if k.startswith("head.") or k in trainable}
+        return {k: v for k, v in state.items() if k.startswith(("head.", "alignment.")) or k in trainable}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what `trainable_state_dict` saved; keys and shapes must match exactly."""

@@ -2,8 +2,9 @@
 duplicates dropped by trial id, each trial validated and given its CPU/GPU ask.
 
     base (partial TrialSpec)  x  axes (grid; a list of grids is their union)  x  repeats (seed AND split_seed)
-      -> collapse settings that do not apply (lora.* unless regime is lora; sampling/weights with one train
-         dataset) -> de-duplicate by TrialSpec.trial_id() -> one PlannedTrial per distinct trial.
+      -> collapse settings that do not apply (lora.* unless regime is lora; alignment options of methods not in
+         use; data.target when no alignment setting reads target images; sampling/weights with one dataset in the
+         batches) -> de-duplicate by TrialSpec.trial_id() -> one PlannedTrial per distinct trial.
 """
 
 from __future__ import annotations
@@ -13,7 +14,17 @@ from dataclasses import dataclass, field, replace
 from itertools import product
 from typing import TYPE_CHECKING, Any
 
-from ..config import SAMPLING_KEYS, TrialSpec, sampling_applies
+from pydantic import ValidationError
+
+from ..config import (
+    ALIGNMENT_OPTIONS,
+    SAMPLING_KEYS,
+    AlignmentSpec,
+    TrialSpec,
+    alignment_label,
+    inapplicable_settings,
+    sampling_applies,
+)
 from ..data.entries import DatasetEntry, resolve_dataset
 from ..errors import ConfigError
 from ..models.registry import BackboneEntry, get_entry
@@ -22,8 +33,6 @@ from ..validation import validate
 
 if TYPE_CHECKING:
     from .spec import Distribution, SweepSpec
-
-LORA_PREFIX = "lora"  # settings under it only matter in the lora regime
 
 
 @dataclass(frozen=True)
@@ -48,19 +57,23 @@ class PlannedTrial:
         return trial_label(self.spec, self.trial_id)
 
 
-LABEL_COLUMNS = ("id", "backbone", "regime", "rank", "train", "sampling", "seed")  # the keys of trial_label, in order
+# the keys of trial_label, in order
+LABEL_COLUMNS = ("id", "backbone", "regime", "rank", "train", "sampling", "alignment", "seed")
 
 
 def trial_label(s: TrialSpec, trial_id: str | None = None) -> dict[str, str]:
-    """The columns of the dry-run / result tables: what tells one trial of a study from another."""
-    multi = sampling_applies(len(s.data.train))
+    """The columns of the dry-run / result tables: what tells one trial of a study from another. `train` shows
+    an unlabelled target as `source→target`."""
+    multi = sampling_applies(len(s.batch_datasets()))
+    train = "+".join(s.data.train) + (f"→{'+'.join(s.data.target)}" if s.data.target else "")
     return {
         "id": trial_id or s.trial_id(),
         "backbone": s.backbone,
         "regime": s.regime,
         "rank": str(s.lora.rank) if s.regime == "lora" else "-",
-        "train": "+".join(s.data.train),
+        "train": train,
         "sampling": s.data.sampling if multi else "-",
+        "alignment": alignment_label(s.alignment) if s.alignment.active else "-",
         "seed": str(s.seed) if s.seed == s.split_seed else f"{s.seed}/{s.split_seed}",
     }
 
@@ -74,6 +87,8 @@ def short_label(s: TrialSpec) -> str:
     parts.append(lab["train"])
     if lab["sampling"] != "-":
         parts.append(lab["sampling"])
+    if lab["alignment"] != "-":
+        parts.append(lab["alignment"])
     parts.append(f"seed {lab['seed']}")
     return " ".join(parts)
 
@@ -165,26 +180,55 @@ def _merge_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _collapse(data: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
-    """Drop settings that cannot affect this trial, so trials differing only in them share one trial_id.
+    """Drop settings that cannot affect this trial (`config.inapplicable_settings`), so trials differing only in
+    them share one trial_id.
 
-    LoRA settings only matter in the lora regime; sampling (and its weights) only with several train datasets.
+    LoRA settings only matter in the lora regime; an alignment option only with its method; unlabelled target
+    datasets only when an alignment setting reads their images (the test datasets stay as they were);
+    data.normalisation not under z-scoring; sampling (and its weights) only with several datasets in the batches.
     """
     dropped: set[str] = set()
     regime = data.get("regime", TrialSpec.model_fields["regime"].default)
-    if regime != "lora" and "lora" in data:
-        del data["lora"]
-        dropped.add(f"lora settings dropped for regime '{regime}'")
-    section = data.get("data")
-    if (
-        isinstance(section, dict)
-        and isinstance(section.get("train"), list)
-        and not sampling_applies(len(section["train"]))
-    ):
-        if section.get("sampling", "natural") != "natural" or section.get("weights") is not None:
-            dropped.add("sampling dropped for a single train dataset")
-        for key in SAMPLING_KEYS:
-            section.pop(key.split(".", 1)[1], None)
+    alignment = _alignment_of(data)
+    section = data.get("data") if isinstance(data.get("data"), dict) else {}
+    train = section.get("train") if isinstance(section.get("train"), list) else None
+    target = section.get("target") if isinstance(section.get("target"), list) else []
+    if alignment is None or train is None:  # invalid: the trial's own validation reports it
+        if regime != "lora" and "lora" in data:
+            del data["lora"]
+            dropped.add(f"lora settings dropped for regime '{regime}'")
+        return data, dropped
+    for key in inapplicable_settings(regime, alignment, train, target):
+        if key == "lora" and "lora" in data:
+            del data["lora"]
+            dropped.add(f"lora settings dropped for regime '{regime}'")
+        elif key.startswith("alignment.") and key.split(".", 1)[1] in data.get("alignment", {}):
+            del data["alignment"][key.split(".", 1)[1]]
+            parent = ALIGNMENT_OPTIONS[key.split(".", 1)[1]][0]
+            dropped.add(f"{key} dropped: not used with alignment.{parent} '{getattr(alignment, parent)}'")
+        elif key == "data.target" and "target" in section:
+            if section.get("test") is None:
+                section["test"] = [*train, *target]  # the targets are still tested
+            del section["target"]
+            dropped.add("data.target dropped: no alignment setting reads target images")
+        elif key == "data.normalisation" and "normalisation" in section:
+            del section["normalisation"]
+            dropped.add("data.normalisation dropped: alignment.input 'zscore' replaces it")
+        elif key in SAMPLING_KEYS and key.split(".", 1)[1] in section:
+            value = section.pop(key.split(".", 1)[1])
+            if key == "data.weights" or value != "natural":
+                dropped.add("sampling dropped for a single train dataset")
+    if data.get("alignment") == {}:
+        del data["alignment"]
     return data, dropped
+
+
+def _alignment_of(data: dict[str, Any]) -> AlignmentSpec | None:
+    section = data.get("alignment", {})
+    try:
+        return AlignmentSpec.model_validate(section)
+    except ValidationError:
+        return None
 
 
 def _check_trial(sweep: SweepSpec, spec: TrialSpec, where: str) -> None:
@@ -202,11 +246,8 @@ def _applicable_space(sweep: SweepSpec, spec: TrialSpec) -> dict[str, Distributi
     if sweep.search is None:
         return {}
     space = dict(sweep.search.space)
-    if spec.regime != "lora":
-        space = {k: v for k, v in space.items() if not k.startswith(LORA_PREFIX + ".")}
-    if not sampling_applies(len(spec.data.train)):
-        space = {k: v for k, v in space.items() if k not in SAMPLING_KEYS}
-    return space
+    unused = inapplicable_settings(spec.regime, spec.alignment, spec.data.train, spec.data.target)
+    return {k: v for k, v in space.items() if not any(k == u or k.startswith(u + ".") for u in unused)}
 
 
 # --------------------------------------------------------------------------------------------- resources

@@ -45,13 +45,15 @@ class TrialWorkload:
     sizes: dict[str, Size]  # dataset -> network input size (height, width)
     train_images: dict[str, int]  # after the validation hold-out
     val_images: dict[str, int]
+    target_images: dict[str, int]  # unlabelled target training images (domain alignment): all of them
     test_images: dict[str, int]
     step_groups: Counter[tuple[int, int, int]]  # (height, width, images in the group) -> groups per epoch
 
     @property
     def extracted_images(self) -> dict[str, int]:
-        """Frozen: every image the feature cache sees once (train + validation + test)."""
-        out = Counter(self.train_images) + Counter(self.val_images) + Counter(self.test_images)
+        """Frozen: every image the feature cache sees once (train + validation + target + test)."""
+        out = Counter(self.train_images) + Counter(self.val_images) + Counter(self.target_images)
+        out += Counter(self.test_images)
         return dict(out)
 
     def feature_key(self, dataset: str) -> tuple[str, str, str, str, Size]:
@@ -83,7 +85,7 @@ def dataset_shapes(
     """The shape of every train/test dataset the trials use; `given` (e.g. the full Lucchi++) wins."""
     out = dict(given or {})
     for t in trials:
-        for name in [*t.spec.data.train, *t.spec.data.test_datasets]:
+        for name in [*t.spec.data.train, *t.spec.data.target, *t.spec.data.test_datasets]:
             if name not in out:
                 out[name] = dataset_shape(resolve_dataset(name, sweep.datasets))
     return out
@@ -92,21 +94,24 @@ def dataset_shapes(
 def trial_workload(sweep: SweepSpec, trial: PlannedTrial, shapes: dict[str, DatasetShape]) -> TrialWorkload:
     s = trial.spec
     entry = get_entry(s.backbone, sweep.backbones)
-    names = list(dict.fromkeys([*s.data.train, *s.data.test_datasets]))
+    names = list(dict.fromkeys([*s.data.train, *s.data.target, *s.data.test_datasets]))
     sizes = {n: target_size(shapes[n].height, shapes[n].width, s.data.resize, entry.patch_size) for n in names}
     train, val = {}, {}
     for name in s.data.train:
         tr, va = split_validation(shapes[name].n_train, s.data.val_fraction, s.split_seed)
         train[name], val[name] = len(tr), len(va)
+    target = {name: shapes[name].n_train for name in s.data.target if name not in train}
     test = {name: shapes[name].n_test for name in s.data.test_datasets}
+    pools = s.batch_datasets()  # loss-level alignment: target images join the batches, as in trial/run.fit
     rng = np.random.default_rng([s.seed, 0])  # epoch 0 of the trial's own batch order
-    batches = epoch_batches([train[n] for n in s.data.train], s.data.sampling, s.optim.batch_size, rng, s.data.weights)
+    counts = [train[n] if n in train else target[n] for n in pools]
+    batches = epoch_batches(counts, s.data.sampling, s.optim.batch_size, rng, s.data.weights)
     groups: Counter[tuple[int, int, int]] = Counter()
     for batch in batches:
-        per_size = Counter(sizes[s.data.train[d]] for d, _ in batch)
+        per_size = Counter(sizes[pools[d]] for d, _ in batch)
         for (h, w), n in per_size.items():
             groups[(h, w, n)] += 1
-    return TrialWorkload(trial, sizes, train, val, test, groups)
+    return TrialWorkload(trial, sizes, train, val, target, test, groups)
 
 
 def sweep_workloads(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..alignment.standardise import FeatureStandardiser
 from ..config import TrialSpec
 from ..models.registry import BackboneEntry
 from ..models.segmenter import Segmenter
@@ -40,7 +41,8 @@ def dice_loss() -> DiceLoss:
 
 
 class Forward:
-    """Runs the segmenter on items; in the frozen regime the backbone part goes through the feature cache."""
+    """Runs the segmenter on items; in the frozen regime the backbone part goes through the feature cache, and an
+    attached feature standardiser sits between backbone and head."""
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class Forward:
         self.model = model
         self.device = device
         self.precision = spec.precision
+        self.align_layer = spec.alignment.layer if spec.alignment.loss != "none" else None
         self.cache: FeatureCache | None = None
         if spec.regime == "frozen":
             fingerprint = backbone_fingerprint(entry.model_dump(mode="json"), spec.weights, spec.precision)
@@ -60,21 +63,34 @@ class Forward:
                 self._backbone_features, spec.feature_cache, fingerprint, spec.feature_cache_dir, feature_store
             )
 
+    @property
+    def standardiser(self) -> FeatureStandardiser | None:
+        modules = self.model.alignment
+        return getattr(modules, "standardiser", None) if modules is not None else None
+
     @torch.no_grad()
     def _backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
             return self.model.features(images.to(self.device)).float()
 
+    def backbone_features(self, items: list[Item]) -> torch.Tensor:
+        """The backbone's grid for same-shaped items (cached when frozen), before any feature alignment."""
+        if self.cache is not None:
+            return torch.stack([self.cache.features(it.key, it.image) for it in items]).to(self.device)
+        images = torch.stack([it.image for it in items]).to(self.device)
+        return self.model.features(images)
+
+    def head_input(self, items: list[Item]) -> torch.Tensor:
+        """What the head receives: the backbone's grid, standardised per dataset when feature alignment is on."""
+        feats = self.backbone_features(items)
+        standardiser = self.standardiser
+        return standardiser(feats, [it.dataset for it in items]) if standardiser is not None else feats
+
     def logits(self, items: list[Item]) -> torch.Tensor:
         """Logits for same-shaped items, stacked (callers group by shape: no zero padding, ever)."""
-        out_size = tuple(items[0].mask.shape)
+        out_size = tuple(items[0].image.shape[1:])
         with autocast(self.device, self.precision):
-            if self.cache is not None:
-                feats = torch.stack([self.cache.features(it.key, it.image) for it in items]).to(self.device)
-                logits = self.model.head_forward(feats, out_size)
-            else:
-                images = torch.stack([it.image for it in items]).to(self.device)
-                logits = self.model(images, out_size)
+            logits = self.model.head_forward(self.head_input(items), out_size)
         return logits.float()
 
 
@@ -85,14 +101,38 @@ def by_shape(items: list[Item]) -> Iterator[list[Item]]:
     yield from groups.values()
 
 
-def batch_loss(fwd: Forward, loss_fn: DiceLoss, items: list[Item]) -> torch.Tensor:
-    """Mean per-image Dice loss; images of different sizes are run as separate groups instead of padded."""
+AlignFeatures = list[tuple[list[Item], torch.Tensor]]  # per same-size group: its items and their feature grids
+
+
+def batch_loss(
+    fwd: Forward, loss_fn: DiceLoss, items: list[Item], collect: AlignFeatures | None = None
+) -> torch.Tensor | None:
+    """Mean per-image Dice loss over the labelled items (None when there are none); images of different sizes
+    run as separate groups instead of padded. With `collect`, every item's features at the alignment layer (head
+    input or bottleneck) are appended to it, unlabelled target items included (they never reach the Dice loss)."""
     total: torch.Tensor | float = 0.0
+    labelled = 0
     for group in by_shape(items):
-        logits = fwd.logits(group)
-        target = torch.stack([it.mask for it in group]).unsqueeze(1).to(fwd.device)
-        total = total + loss_fn(logits, target) * len(group)
-    return total / len(items)  # type: ignore[return-value]
+        rows = [i for i, it in enumerate(group) if it.mask is not None]
+        out_size = tuple(group[0].image.shape[1:])
+        with autocast(fwd.device, fwd.precision):
+            feats = fwd.head_input(group)
+            if collect is None:
+                logits = fwd.model.head_forward(feats, out_size) if rows else None
+            else:
+                bottleneck = fwd.model.head.bottleneck(feats)
+                collect.append((group, feats if fwd.align_layer == "head_input" else bottleneck))
+                if rows and len(rows) < len(group):
+                    bottleneck = bottleneck[rows]
+                logits = fwd.model.head.decode(bottleneck, out_size) if rows else None
+        if logits is None:
+            continue
+        target = torch.stack([group[i].mask for i in rows]).unsqueeze(1).to(fwd.device)  # type: ignore[misc]
+        total = total + loss_fn(logits.float(), target) * len(rows)
+        labelled += len(rows)
+    if not labelled:
+        return None
+    return total / labelled  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -101,5 +141,5 @@ def validation_loss(fwd: Forward, loss_fn: DiceLoss, items: list[Item], batch_si
     losses = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        losses.append(float(batch_loss(fwd, loss_fn, chunk)) * len(chunk))
+        losses.append(float(batch_loss(fwd, loss_fn, chunk)) * len(chunk))  # type: ignore[arg-type]
     return sum(losses) / len(items)

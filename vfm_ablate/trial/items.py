@@ -1,4 +1,5 @@
-"""A trial's data: its datasets loaded, resized and normalised for the backbone, split into train / val / test items."""
+"""A trial's data: its datasets loaded, input-aligned, resized and normalised for the backbone, split into train /
+val / test items, plus the unlabelled target items of domain adaptation."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..alignment.intensity import InputAlignment, intensity_statistics, reference_pixels
 from ..config import TrialSpec
 from ..data.entries import DatasetEntry, resolve_dataset
 from ..data.sampling import split_validation
@@ -18,25 +20,39 @@ from ..models.registry import BackboneEntry
 
 @dataclass
 class Item:
-    """One prepared slice: network-sized image and mask tensors (CPU), plus the native mask for native-size eval."""
+    """One prepared slice: network-sized image and mask tensors (CPU), plus the native mask for native-size eval.
+    An unlabelled target item has no mask at all."""
 
     key: str
     dataset: str
     image: torch.Tensor  # 3 x h x w float32, normalised
-    mask: torch.Tensor  # h x w int64 (0/1)
+    mask: torch.Tensor | None  # h x w int64 (0/1); None: an unlabelled target image
     native_mask: np.ndarray | None
     source: str
 
 
 @dataclass
 class TrialData:
-    """Train items per train dataset (the sampler draws across them), the validation hold-out, the test items."""
+    """Train items per train dataset (the sampler draws across them), the validation hold-out, the test items, and
+    per target dataset its unlabelled training images."""
 
     train: list[list[Item]]
     val: list[Item]
     test: list[Item]
     loaded: dict[str, LoadedDataset]  # every dataset the trial reads, by name (diagnostics embed from these)
     entries: dict[str, DatasetEntry]  # and the entries they were read from (written to config.yaml)
+    target: list[list[Item]]  # per data.target dataset, its training images without masks
+    align: InputAlignment  # the input-level alignment every item went through
+
+    def own_images(self, spec: TrialSpec) -> dict[str, list[Item]]:
+        """Each train / target dataset's training images (train + validation, or the target's): what per-dataset
+        statistics are estimated on; never a test image."""
+        out: dict[str, list[Item]] = {}
+        for name, items in zip(spec.data.train, self.train):
+            out[name] = [*items, *(it for it in self.val if it.dataset == name)]
+        for name, items in zip(spec.data.target, self.target):
+            out[name] = list(items)
+        return out
 
 
 def normalisation(spec: TrialSpec, entry: BackboneEntry) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -46,39 +62,75 @@ def normalisation(spec: TrialSpec, entry: BackboneEntry) -> tuple[tuple[float, .
     return IMAGENET_MEAN, IMAGENET_STD
 
 
-def prepare_items(slices: list[Slice], dataset: str, split: str, entry: BackboneEntry, spec: TrialSpec) -> list[Item]:
-    """Resize (patch multiples), normalise and tensorise labelled slices; a slice without a mask is an error."""
-    mean, std = normalisation(spec, entry)
+def prepare_items(
+    slices: list[Slice],
+    dataset: str,
+    split: str,
+    entry: BackboneEntry,
+    spec: TrialSpec,
+    align: InputAlignment | None = None,
+    *,
+    labelled: bool = True,
+) -> list[Item]:
+    """Input-align, resize (patch multiples), normalise and tensorise slices; a labelled split without a mask is an
+    error, an unlabelled one never looks at masks."""
+    align = align or InputAlignment()
     items = []
     for i, s in enumerate(slices):
-        if s.mask is None:
+        if labelled and s.mask is None:
             raise DataError(
                 f"{s.source}: dataset '{dataset}' {split} slice has no mask but is used for training/testing"
             )
         size = target_size(s.image.shape[0], s.image.shape[1], spec.data.resize, entry.patch_size)
+        value_range = align.value_range(s.value_range)
+        mean, std = align.normalisation(dataset, s.image.dtype, normalisation(spec, entry), value_range)
         items.append(
             Item(
                 key=f"{dataset}/{split}/{i}",
                 dataset=dataset,
-                image=image_to_tensor(s.image, size, mean, std, s.value_range),
-                mask=mask_to_tensor(s.mask, size),
-                native_mask=s.mask if spec.eval_native_resolution else None,
+                image=image_to_tensor(align.pixels(s.image), size, mean, std, value_range),
+                mask=mask_to_tensor(s.mask, size) if labelled else None,  # type: ignore[arg-type]
+                native_mask=s.mask if labelled and spec.eval_native_resolution else None,
                 source=s.source,
             )
         )
     return items
 
 
+def input_alignment(spec: TrialSpec, loaded: dict[str, LoadedDataset]) -> InputAlignment:
+    """The trial's input-level method, estimated on training images only (the reference dataset's for histogram
+    matching, each train / target dataset's own for z-scoring)."""
+    a = spec.alignment
+    if a.input == "histogram":
+        ref = spec.reference_dataset()
+        assert ref is not None  # TrialSpec guarantees it
+        slices = loaded[ref].train
+        pixels = reference_pixels([s.image for s in slices], f"alignment.reference '{ref}'")
+        return InputAlignment("histogram", reference=pixels, reference_range=slices[0].value_range)
+    if a.input == "zscore":
+        stats = {
+            name: intensity_statistics([s.image for s in loaded[name].train], f"dataset '{name}' (z-scoring)")
+            for name in [*spec.data.train, *spec.data.target]
+        }
+        return InputAlignment("zscore", statistics=stats)
+    if a.input == "clahe":
+        return InputAlignment("clahe", clip_limit=a.clahe_clip_limit, kernel_size=a.clahe_kernel)
+    return InputAlignment()
+
+
 def load_trial_data(
     spec: TrialSpec, entry: BackboneEntry, datasets: dict[str, DatasetEntry] | None = None
 ) -> TrialData:
-    """Every dataset the trial reads; per train dataset a validation hold-out drawn with the split seed."""
+    """Every dataset the trial reads; per train dataset a validation hold-out drawn with the split seed. Target
+    datasets are loaded without their training masks (never read from disk)."""
     entries = {name: resolve_dataset(name, datasets) for name in spec.dataset_names()}
-    loaded = {name: load_dataset(e, spec.split_seed) for name, e in entries.items()}
+    targets = set(spec.data.target)
+    loaded = {name: load_dataset(e, spec.split_seed, train_masks=name not in targets) for name, e in entries.items()}
+    align = input_alignment(spec, loaded)
     train: list[list[Item]] = []
     val: list[Item] = []
     for name in spec.data.train:
-        prepared = prepare_items(loaded[name].train, name, "train", entry, spec)
+        prepared = prepare_items(loaded[name].train, name, "train", entry, spec, align)
         if len(prepared) < 2:
             raise DataError(
                 f"dataset '{name}' has {len(prepared)} training slice(s); need at least 2 (train + validation)"
@@ -86,9 +138,14 @@ def load_trial_data(
         tr_idx, va_idx = split_validation(len(prepared), spec.data.val_fraction, spec.split_seed)
         train.append([prepared[i] for i in tr_idx])
         val.extend(prepared[i] for i in va_idx)
+    target: list[list[Item]] = []
+    for name in spec.data.target:
+        if not loaded[name].train:
+            raise DataError(f"target dataset '{name}' has no training images")
+        target.append(prepare_items(loaded[name].train, name, "target", entry, spec, align, labelled=False))
     test: list[Item] = []
     for name in spec.data.test_datasets:
         if not loaded[name].test:
             raise DataError(f"dataset '{name}' has no labelled test split")
-        test.extend(prepare_items(loaded[name].test, name, "test", entry, spec))
-    return TrialData(train=train, val=val, test=test, loaded=loaded, entries=entries)
+        test.extend(prepare_items(loaded[name].test, name, "test", entry, spec, align))
+    return TrialData(train=train, val=val, test=test, loaded=loaded, entries=entries, target=target, align=align)

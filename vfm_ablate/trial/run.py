@@ -1,8 +1,8 @@
 """Fit and evaluate one trial under the study's protocol. No Ray, no MLflow: runs from a notebook, the CLI or a Ray
 trial.
 
-`run_trial` reads top to bottom as its steps: data -> model -> (resume) -> fit (epochs, early stopping on the
-validation loss) -> test with the best-validation state -> diagnostics -> write the output folder.
+`run_trial` reads top to bottom as its steps: data -> model (+ alignment modules) -> (resume) -> fit (epochs, early
+stopping on the validation loss) -> test with the best-validation state -> diagnostics -> write the output folder.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from ..data.sampling import epoch_batches
 from ..device import resolve_device
 from ..models.registry import BackboneEntry, get_entry
 from ..models.segmenter import Segmenter, build_segmenter
-from .domain import domain_diagnostics
+from .alignment import AlignmentLoss, attach_alignment, estimate_feature_statistics
+from .domain import diagnostic_items, domain_diagnostics, head_diagnostics
 from .evaluate import evaluate
 from .features import FeatureStore
-from .forward import Forward, batch_loss, dice_loss, validation_loss
+from .forward import AlignFeatures, Forward, batch_loss, dice_loss, validation_loss
 from .items import TrialData, load_trial_data
 from .outputs import write_outputs, write_overlays
 from .state import TrainState, load_training_state, save_training_state
@@ -76,8 +77,10 @@ def run_trial(
     entry = get_entry(spec.backbone, backbones)
 
     data = load_trial_data(spec, entry, datasets)
+    diag_items = diagnostic_items(spec, entry, data) if spec.diagnostics.enabled else {}
     seed_everything(spec.seed)
     model = build_segmenter(spec, entry).to(device)
+    attach_alignment(model, spec, list(dict.fromkeys([*data.own_images(spec), *diag_items])))
     optimiser = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=spec.optim.lr, weight_decay=spec.optim.weight_decay
     )
@@ -101,8 +104,10 @@ def run_trial(
         model.load_trainable_state_dict(state.best_state)
     acc, preds = evaluate(fwd, data.test, spec.eval_native_resolution)
     write_overlays(out_dir, data.test, preds, spec.num_overlays)
-    if spec.diagnostics.enabled and spec.regime != "frozen":
-        diag_metrics.update(domain_diagnostics(model, spec, entry, data.loaded, "adapted", out_dir))
+    if spec.diagnostics.enabled:
+        if spec.regime != "frozen":
+            diag_metrics.update(domain_diagnostics(model, spec, entry, data.loaded, "adapted", out_dir))
+        diag_metrics.update(head_diagnostics(fwd, spec, data, diag_items, out_dir))
 
     metrics = trial_metrics(model, state, fwd, device, acc.metrics(), diag_metrics, time.perf_counter() - started)
     write_outputs(out_dir, spec, entry, model, metrics, state.history, data.entries)
@@ -123,29 +128,49 @@ def fit(
     """Epochs until early stopping (patience on the validation loss) or max_epochs, from wherever `state` is."""
     loss_fn = dice_loss()
     model = fwd.model
-    sizes = [len(items) for items in data.train]
+    own_images = data.own_images(spec)
+    pools = [*data.train, *(data.target if spec.alignment.loss != "none" else [])]  # spec.batch_datasets() order
+    sizes = [len(items) for items in pools]
+    classifier = getattr(model.alignment, "classifier", None)
+    align_loss = AlignmentLoss(spec, classifier) if spec.alignment.loss != "none" else None
+    estimate_feature_statistics(fwd, own_images)  # frozen: the only estimate; LoRA / full: re-done every epoch
     while not state.done(spec.optim.max_epochs):
         epoch = state.epoch
         epoch_start = time.perf_counter()
         model.train()
         rng = np.random.default_rng([spec.seed, epoch])  # per-epoch stream: a resumed trial replays the same order
         batches = epoch_batches(sizes, spec.data.sampling, spec.optim.batch_size, rng, spec.data.weights)
-        running, count = 0.0, 0
-        for batch in batches:
-            items = [data.train[d][i] for d, i in batch]
-            loss = batch_loss(fwd, loss_fn, items)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"loss became {loss.item()} at epoch {epoch} (lr={spec.optim.lr})")
+        running, count, align_running, align_steps = 0.0, 0, 0.0, 0
+        for step, batch in enumerate(batches):
+            items = [pools[d][i] for d, i in batch]
+            collected: AlignFeatures | None = [] if align_loss is not None else None
+            dice = batch_loss(fwd, loss_fn, items, collected)
+            extra = align_loss(collected, epoch, step, len(batches)) if align_loss is not None else None
+            if dice is None and extra is None:
+                continue  # natural sampling drew only unlabelled target images of one domain: nothing to learn
+            loss = (dice if dice is not None else 0.0) + (extra if extra is not None else 0.0)
+            if not torch.isfinite(loss):  # type: ignore[arg-type]
+                raise NonFiniteLossError(f"loss became {float(loss.detach())} at epoch {epoch} (lr={spec.optim.lr})")
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[union-attr]
             optimiser.step()
-            running += float(loss.detach()) * len(items)
-            count += len(items)
+            if dice is not None:
+                labelled = sum(it.mask is not None for it in items)
+                running += float(dice.detach()) * labelled
+                count += labelled
+            if extra is not None:
+                align_running += float(extra.detach())
+                align_steps += 1
+        if spec.regime != "frozen":
+            estimate_feature_statistics(fwd, own_images)  # the adapted backbone's statistics, before validation
         val_loss = validation_loss(fwd, loss_fn, data.val, spec.optim.batch_size)
         if not math.isfinite(val_loss):
             raise NonFiniteLossError(f"validation loss became {val_loss} at epoch {epoch}")
         seconds = time.perf_counter() - epoch_start
-        record = state.end_epoch(epoch, running / max(count, 1), val_loss, model, spec.optim, seconds)
+        extra_record = {"align_loss": align_running / max(align_steps, 1)} if align_loss is not None else None
+        record = state.end_epoch(
+            epoch, running / max(count, 1), val_loss, model, spec.optim, seconds, extra=extra_record
+        )
         if reporter is not None:
             reporter.epoch_end(epoch, dict(record), save_checkpoint)
 
@@ -170,6 +195,8 @@ def trial_metrics(
         "train_time_s": float(state.train_time_s),
         "wall_time_s": wall_time_s,
     }
+    if model.alignment is not None:
+        metrics["params/alignment"] = float(sum(p.numel() for p in model.alignment.parameters()))
     if fwd.cache is not None:
         metrics["backbone_extractions"] = float(fwd.cache.extractions)
         metrics["feature_store_hits"] = float(fwd.cache.store_hits)

@@ -31,7 +31,14 @@ class TrainState:
     train_time_s: float = 0.0
 
     def end_epoch(
-        self, epoch: int, train_loss: float, val_loss: float, model: Segmenter, optim: OptimSpec, seconds: float
+        self,
+        epoch: int,
+        train_loss: float,
+        val_loss: float,
+        model: Segmenter,
+        optim: OptimSpec,
+        seconds: float,
+        extra: dict[str, float] | None = None,
     ) -> dict[str, float]:
         """Early-stopping bookkeeping for one finished epoch; returns the epoch's history record."""
         if val_loss < self.best_val_loss - optim.min_delta:
@@ -50,6 +57,7 @@ class TrainState:
             "val_loss": val_loss,
             "best_val_loss": self.best_val_loss,
             "epoch_time_s": seconds,
+            **(extra or {}),
         }
         self.history.append(record)
         return record
