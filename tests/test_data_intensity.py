@@ -142,3 +142,60 @@ def test_stats_percentiles_are_exact() -> None:
     assert stats.value_ranges(IntensitySpec(rule="percentiles", percentiles=(0, 100))) == {"uint8": (0.0, 99.0)}
     assert stats.value_ranges(IntensitySpec(rule="percentiles", percentiles=(10, 90))) == {"uint8": (9.0, 89.0)}
     assert stats.value_ranges(IntensitySpec(rule="observed")) == {"uint8": (0.0, 99.0)}
+
+
+# ---------------------------------------------------------------------- with input-level domain alignment
+
+
+def _aligned_inputs(tmp_path: Path, alignment: dict) -> dict[str, torch.Tensor]:
+    """A 12-bit source (observed range 1000..3000) and an 8-bit target, prepared by the trial for `alignment`: per
+    dataset, its training inputs in [0, 1] units (ImageNet normalisation undone) as one tensor."""
+    from vfm_ablate.config import TrialSpec
+    from vfm_ablate.models.registry import get_entry
+    from vfm_ablate.trial.items import load_trial_data
+
+    rng = np.random.default_rng(0)
+    source = [rng.integers(1000, 3001, (28, 28)).astype(np.uint16) for _ in range(4)]  # 28: native = 2 patches
+    target = [np.clip(rng.normal(60, 12, (28, 28)), 0, 255).astype(np.uint8) for _ in range(4)]
+    datasets = {}
+    for name, images in {"src": source, "tgt": target}.items():
+        root = tmp_path / name
+        (root / "images").mkdir(parents=True)
+        (root / "masks").mkdir()
+        for i, img in enumerate(images):
+            Image.fromarray(img).save(root / "images" / f"{i:02d}.png")
+            Image.fromarray(np.kron(MASK[:14, :14], np.ones((2, 2), np.uint8))).save(root / "masks" / f"{i:02d}.png")
+        datasets[name] = entry(root).model_copy(update={"name": name})
+    spec = TrialSpec.model_validate(
+        {
+            "backbone": "tiny_vit_p14",
+            "weights": "random",
+            "data": {"train": ["src"], "target": ["tgt"], "resize": {"policy": "native"}},
+            "alignment": alignment,
+        }
+    )
+    data = load_trial_data(spec, get_entry("tiny_vit_p14"), datasets)
+    mean, std = torch.tensor((0.485, 0.456, 0.406)), torch.tensor((0.229, 0.224, 0.225))
+    out = {}
+    for name, items in {"src": [*data.train[0], *data.val], "tgt": data.target[0]}.items():
+        x = torch.stack([it.image for it in items])
+        out[name] = x if alignment.get("input") == "zscore" else x * std[:, None, None] + mean[:, None, None]
+    return out
+
+
+def test_histogram_matched_pixels_use_the_reference_datasets_range(tmp_path: Path) -> None:
+    """Matching the 8-bit target to the 12-bit source gives 16-bit pixels in 1000..3000: mapped by the source's
+    range they fill [0, 1] like the source's own images, not a sliver near 0 (the target's 8-bit rule would clip
+    them all to 1)."""
+    x = _aligned_inputs(tmp_path, {"input": "histogram", "reference": "source"})
+    for name in ("src", "tgt"):
+        assert x[name].min() < 0.01 and x[name].max() > 0.99, name
+    assert abs(float(x["tgt"].mean() - x["src"].mean())) < 0.02
+
+
+def test_zscoring_a_sixteen_bit_dataset_with_its_own_range_gives_mean_0_std_1(tmp_path: Path) -> None:
+    x = _aligned_inputs(tmp_path, {"input": "zscore"})
+    for name, pixels in x.items():
+        flat = pixels.transpose(0, 1).reshape(3, -1)
+        assert flat.mean(dim=1).abs().max() < 1e-3, name
+        assert (flat.std(dim=1, unbiased=False) - 1).abs().max() < 1e-3, name
