@@ -164,6 +164,7 @@ def test_report_command_writes_tables_and_figures(store, tmp_path: Path, capsys:
     markdown = (out / "report.md").read_text()
     assert "## Trained on lucchi_pp+vnc (balanced)" in markdown and "![IoU per backbone and regime]" in markdown
     assert html.count("data:image/png;base64,") == 3 and "<h2>Trained on lucchi_pp</h2>" in html  # self-contained
+    assert "Alignment methods" not in markdown and not (out / "alignment.csv").exists()  # no alignment axis here
     for png in ("scale_plot.png", "regime_bars.png", "paired_vs_single.png"):
         with Image.open(out / png) as img:
             assert img.format == "PNG" and img.width > 300 and img.height > 200

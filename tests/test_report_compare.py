@@ -223,6 +223,11 @@ def test_report_compare_and_transfer_print_and_write_the_tables(tmp_path: Path, 
     assert "regime: lora vs frozen" in printed and "alignment methods against none" in printed
     written = (out_dir / "compare_regime_frozen_lora.md").read_text()
     assert written.count("\n| ") == 1 + len(expected)  # the header, then one row per (group, metric)
+    # the report itself carries the alignment table too (and so does the sweep run's report artifact)
+    in_report = pd.read_csv(out_dir / "alignment.csv")
+    assert len(in_report) == len(transfer_table(load_runs(uri, "align")))
+    assert "## Alignment methods against none" in (out_dir / "report.md").read_text()
+    assert "<h2>Alignment methods against none</h2>" in (out_dir / "report.html").read_text()
     transfer = (out_dir / "transfer.md").read_text()
     assert "vnc (target lucchi_pp) → lucchi_pp" in transfer and "within seed noise" in transfer
     assert main(["report", "align", "--tracking-uri", uri, "--compare", "regime=frozen"]) != 0

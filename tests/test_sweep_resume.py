@@ -119,3 +119,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) 
     # one sweep run for the execution, reopened by the resume (after ending what the killed launch left RUNNING)
     assert summary.info.status == "FINISHED" and summary.data.tags["vfm.launch"] == "2"
     assert summary.data.metrics["trials_finished"] == 4
+    # the frozen trials' backbone passes and store reads, summed over both launches' trials
+    frozen = [r.data.metrics for r in runs if "backbone_extractions" in r.data.metrics]
+    assert len(frozen) == 2 and summary.data.metrics["backbone_extractions"] > 0
+    for key in ("backbone_extractions", "feature_store_hits"):
+        assert summary.data.metrics[key] == sum(m.get(key, 0.0) for m in frozen), key

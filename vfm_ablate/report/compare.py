@@ -213,11 +213,9 @@ def to_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
     return f"{frame['axis'].iloc[0]}: {b} vs {a}\n\n" + markdown_table(rows)
 
 
-def transfer_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
-    """The transfer table: per method and setting, each test dataset's IoU as `train → test`, then the diagnostics,
-    baseline and method side by side with Δ [95 % CI]."""
-    if frame.empty:
-        return "(no comparisons)"
+def transfer_rows(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """The transfer table for display: per method and setting, each test dataset's IoU as `train → test`, then the
+    diagnostics, baseline and method side by side with Δ [95 % CI]."""
     rows = []
     for _, r in frame.iterrows():
         group = {k[len("params.") :]: v for k, v in r.items() if k.startswith("params.") and isinstance(v, str)}
@@ -242,7 +240,24 @@ def transfer_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
                 "verdict": r["verdict"],
             }
         )
-    return markdown_table(rows)
+    return pd.DataFrame(rows)
+
+
+def transfer_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
+    """`transfer_rows` as a Markdown table."""
+    if frame.empty:
+        return "(no comparisons)"
+    shown = transfer_rows(frame, digits)
+    return markdown_table(shown.to_dict("records"), [str(c) for c in shown.columns])
+
+
+def alignment_methods(runs: pd.DataFrame) -> list[str]:
+    """The alignment methods the finished runs used (labels, `none` included)."""
+    try:
+        finished = _finished(runs)
+    except VfmAblateError:  # nothing finished
+        return []
+    return sorted(set(with_method(finished)[f"params.{METHOD}"]))
 
 
 # --------------------------------------------------------------------------------------------- matching

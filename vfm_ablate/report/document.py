@@ -1,6 +1,6 @@
 """The report as one document: Markdown (figures beside it) and self-contained HTML (figures embedded), plus the
 plain-text version the terminal prints. Same sections in each: the study's block tables, paired vs single, the
-transfer matrix, the figures."""
+transfer matrix, the alignment methods against none (when a sweep has them), the figures."""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ CELL_NOTE = (
     f"counted beside the numbers, never averaged; {MISSING} = not run. `macro` = mean over the test datasets, "
     "`pooled` = over all their pixels."
 )
+ALIGNMENT_NOTE = (
+    "Each alignment method against none over matched repeats (same seed and split seed): mean ± std of both, "
+    "Δ = method − none with its 95 % bootstrap confidence interval; 'within seed noise' when the interval includes "
+    "0. Source → target IoU first, then the feature-gap diagnostics (diag/<stage>/fd, mmd, probe_acc)."
+)
 PAIRED_NOTE = (
     "Δ d = mean IoU on d after paired training − mean IoU on d after training on d alone (n paired / n single). "
     "Δ macro = the paired model's macro IoU − the mean of the single-dataset models' IoUs. Negative = paired "
@@ -34,6 +39,7 @@ class ReportParts:
     paired: pd.DataFrame
     transfer: dict[str, pd.DataFrame]
     figures: dict[str, Path] = field(default_factory=dict)  # caption -> PNG
+    alignment: pd.DataFrame | None = None  # alignment methods against none (`transfer_rows`), when a sweep has them
 
 
 def _rows(frame: pd.DataFrame) -> tuple[list[dict[str, object]], list[str]]:
@@ -55,6 +61,8 @@ def as_text(parts: ReportParts) -> str:
         out += ["paired vs single-dataset training", format_table(*_rows(_paired_shown(parts.paired))), PAIRED_NOTE, ""]
     for name, frame in parts.transfer.items():
         out += [f"transfer ({name})", format_table(*_rows(frame)), ""]
+    if parts.alignment is not None:
+        out += ["alignment methods against none", format_table(*_rows(parts.alignment)), ALIGNMENT_NOTE, ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -69,6 +77,9 @@ def as_markdown(parts: ReportParts, title: str) -> str:
         out += ["## Transfer (train data → test data)", ""]
         for name, frame in parts.transfer.items():
             out += [f"### {name}", "", markdown_table(*_rows(frame)), ""]
+    if parts.alignment is not None:
+        out += ["## Alignment methods against none", "", markdown_table(*_rows(parts.alignment)), ""]
+        out += [ALIGNMENT_NOTE, ""]
     for caption, png in parts.figures.items():
         out += [f"## {caption}", "", f"![{caption}]({png.name})", ""]
     return "\n".join(out)
@@ -103,6 +114,9 @@ def as_html(parts: ReportParts, title: str) -> str:
         out.append("<h2>Transfer (train data → test data)</h2>")
         for name, frame in parts.transfer.items():
             out += [f"<h3>{html.escape(name)}</h3>", _html_table(frame)]
+    if parts.alignment is not None:
+        out += ["<h2>Alignment methods against none</h2>", _html_table(parts.alignment)]
+        out.append(f"<p class='note'>{html.escape(ALIGNMENT_NOTE)}</p>")
     for caption, png in parts.figures.items():
         data = base64.b64encode(png.read_bytes()).decode()
         out += [

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .compare import alignment_methods, transfer_rows, transfer_table
 from .document import ReportParts, as_html, as_markdown
 from .figures import paired_vs_single_chart, regime_bar_chart, scale_plot
 from .study import block_tables, paired_vs_single, transfer_matrices
@@ -25,7 +26,8 @@ def write_report(
 ) -> tuple[ReportParts, dict[str, Path]]:
     """Summarise `runs` (from `load_runs`) and write: report.md + report.html (the document), summary.csv /
     summary_stats.csv (every cell, display / numbers), paired_vs_single.csv, transfer.csv (when cross-dataset tests
-    exist), runs.csv and the figures (regime_bars.png, scale_plot.png, paired_vs_single.png)."""
+    exist), alignment.csv (every alignment method against none, when the runs use several), runs.csv and the
+    figures (regime_bars.png, scale_plot.png, paired_vs_single.png)."""
     table = summary_table(runs, metric=metric)
     parts = report_parts(table)
     out = Path(out_dir)
@@ -40,6 +42,11 @@ def write_report(
     if parts.transfer:
         paths["transfer_csv"] = out / "transfer.csv"
         pd.concat(parts.transfer, names=["setting"]).to_csv(paths["transfer_csv"])
+    if len(methods := alignment_methods(runs)) > 1 and "none" in methods:
+        deltas = transfer_table(runs, n_resamples=2000)
+        paths["alignment_csv"] = out / "alignment.csv"
+        deltas.to_csv(paths["alignment_csv"], index=False)
+        parts.alignment = transfer_rows(deltas)
     parts.figures["IoU per backbone and regime"] = paths["regime_bars"] = regime_bar_chart(
         table, out / "regime_bars.png"
     )

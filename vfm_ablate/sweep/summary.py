@@ -34,7 +34,8 @@ def test_metrics(the_plan: SweepPlan) -> list[str]:
 
 
 def summary_metrics(outcome: SweepOutcome) -> dict[str, float]:
-    """Counts by status and the best / mean headline IoU of the finished trials."""
+    """Counts by status, the best / mean headline IoU of the finished trials, and the frozen trials' backbone
+    passes against features read from the sweep's store (one extraction per image per sweep)."""
     ious = [headline_iou(t.metrics) for t in outcome.trials if t.status == "FINISHED"]
     values = [v for v in ious if v is not None and math.isfinite(v)]
     out: dict[str, float] = {
@@ -46,6 +47,10 @@ def summary_metrics(outcome: SweepOutcome) -> dict[str, float]:
     if values:
         out[f"best_{HEADLINE}"] = max(values)
         out[f"mean_{HEADLINE}"] = sum(values) / len(values)
+    frozen = [t.metrics for t in outcome.trials if "backbone_extractions" in t.metrics]
+    if frozen:
+        out["backbone_extractions"] = sum(float(m["backbone_extractions"]) for m in frozen)
+        out["feature_store_hits"] = sum(float(m.get("feature_store_hits", 0.0)) for m in frozen)
     return out
 
 
