@@ -91,8 +91,9 @@ def test_calibrate_on_cpu_writes_a_file_that_the_dry_run_uses(
     for m in by_regime.values():
         assert (m.key.height, m.key.width, m.key.batch_size) == (28, 28, 2)
         assert m.train_step_s.n == 2 * 2 and m.train_step_s.median > 0 and m.eval_image_s.median > 0
-        # measured alone in a fresh process: the peak RSS is above what the process held before building it
-        assert m.memory_kind == "process_rss" and m.peak_memory_mb > m.baseline_memory_mb > 0
+        # measured in a fresh process: its peak RSS (a high-water mark, so at least the peak reached while importing
+        # the libraries before the model was built; a 28 px tiny model may not raise it further)
+        assert m.memory_kind == "process_rss" and m.peak_memory_mb >= m.baseline_memory_mb > 100
     assert by_regime["frozen"].extract_image_s is not None and by_regime["lora"].extract_image_s is None
     assert by_regime["lora"].key.lora_rank == 16
     assert cal.startup_s > 0 and [d.dataset for d in cal.datasets] == ["sa"]
