@@ -232,3 +232,44 @@ def test_report_compare_and_transfer_print_and_write_the_tables(tmp_path: Path, 
     assert "vnc (target lucchi_pp) → lucchi_pp" in transfer and "within seed noise" in transfer
     assert main(["report", "align", "--tracking-uri", uri, "--compare", "regime=frozen"]) != 0
     assert "--compare 'regime=frozen': expected AXIS=A,B" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- the study tables
+
+
+def test_alignment_methods_split_the_study_tables_as_one_setting_in_rows(runs) -> None:
+    """The report's tables name each alignment method once (`alignment=mmd`), not every `alignment.*` field, and
+    put it in the rows: a 9-method sweep keeps the study's narrow columns. Cells equal the runs' own means."""
+    from vfm_ablate.report.study import block_tables
+    from vfm_ablate.report.tables import summary_table
+
+    frame, trials = runs
+    table = summary_table(frame)
+    assert table.variant_params == ["alignment", "lora.rank"]
+    [vnc_block] = [b for b in block_tables(table) if b.train == "vnc"]
+    tests = ("lucchi_pp", "vnc", "macro", "pooled")
+    assert set(vnc_block.table.columns) == {f"{t} · {r}" for t in tests for r in ("frozen", "lora")}
+    rows = set(vnc_block.table.index)
+    assert "tiny_vit_p14 (alignment=mmd)" in rows  # frozen: lora.rank does not apply
+    assert "tiny_vit_p14 (alignment=mmd, lora.rank=8)" in rows
+    mine = [
+        m["iou_fg/lucchi_pp"]
+        for s, m in trials
+        if s.data.train == ["vnc"] and s.regime == "frozen" and alignment_label(s.alignment) == "mmd"
+    ]
+    cell = vnc_block.table.loc["tiny_vit_p14 (alignment=mmd)", "lucchi_pp · frozen"]
+    assert cell == f"{np.mean(mine):.3f} ± {np.std(mine, ddof=1):.3f} ({len(mine)})"
+    assert not any("alignment.loss" in r or "→" in r for r in rows)  # one target per method: not repeated
+
+
+def test_the_target_joins_the_method_label_only_where_one_method_has_several_targets() -> None:
+    from vfm_ablate.report.tables import alignment_labels
+
+    runs = pd.DataFrame(
+        {
+            "params.data.train": ["a", "a", "a", "b"],
+            "params.data.target": ["", "t1", "t2", "t1"],
+            "params.alignment.loss": ["none", "mmd", "mmd", "mmd"],
+        }
+    )
+    assert alignment_labels(runs).tolist() == ["none", "mmd → t1", "mmd → t2", "mmd"]

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import AlignmentSpec, alignment_label, inapplicable_settings
+from ..config import alignment_label, inapplicable_settings
 from ..errors import VfmAblateError
 from ..text_tables import markdown_table
 from ..validation import suggest
-from .tables import NON_CONDITION_PARAMS, NON_CONDITION_PREFIXES, REPEAT_PARAMS
+from .tables import NON_CONDITION_PARAMS, NON_CONDITION_PREFIXES, REPEAT_PARAMS, alignment_of
 
 METHOD = "method"  # the derived axis: the alignment method's label
 NOISE = "within seed noise"
@@ -146,7 +146,7 @@ def transfer_table(
 def with_method(runs: pd.DataFrame) -> pd.DataFrame:
     """`runs` with `params.method`: the alignment method of each run as one label (`none` without alignment)."""
     out = runs.copy()
-    out[f"params.{METHOD}"] = [alignment_label(_alignment(_params(row))) for _, row in out.iterrows()]
+    out[f"params.{METHOD}"] = [alignment_label(alignment_of(_params(row))) for _, row in out.iterrows()]
     return out
 
 
@@ -344,19 +344,10 @@ def _params(row: pd.Series) -> dict[str, str]:
     return {k[len("params.") :]: _value(row, k[len("params.") :]) for k in row.index if k.startswith("params.")}
 
 
-def _alignment(params: dict[str, str]) -> AlignmentSpec:
-    raw = {k.split(".", 1)[1]: (v if v != "" else None) for k, v in params.items() if k.startswith("alignment.")}
-    raw = {k: v for k, v in raw.items() if k in AlignmentSpec.model_fields}
-    try:
-        return AlignmentSpec.model_validate(raw)
-    except ValueError as err:
-        raise VfmAblateError(f"a run's alignment settings {raw} are not valid: {err}") from None
-
-
 def _inapplicable(params: dict[str, str]) -> list[str]:
     split = [d for d in params.get("data.train", "").split(",") if d]
     target = [d for d in params.get("data.target", "").split(",") if d]
-    return inapplicable_settings(params.get("regime", "frozen"), _alignment(params), split, target)
+    return inapplicable_settings(params.get("regime", "frozen"), alignment_of(params), split, target)
 
 
 def _covered(key: str, settings: list[str]) -> bool:

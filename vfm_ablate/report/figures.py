@@ -99,10 +99,13 @@ def regime_bar_chart(table: SummaryTable, path: str | Path) -> Path:
     names = backbone_labels(stats)
     panels = _panels(stats)
     fig, axes = _grid(len(panels))
+    every_group = list(dict.fromkeys(zip(stats["regime"], stats["variant"])))
+    colours = _colours(len(every_group))  # one colour per regime × variant in every panel
+    shared_legend = len(every_group) > 4  # many settings: one legend below the panels, not one per panel
     for ax, (train, test) in zip(axes, panels):
         panel = stats[(stats["train"] == train) & (stats["test"] == test)]
         backbones = list(dict.fromkeys(zip(panel["family"], panel["scale"], panel["backbone"])))
-        groups = list(dict.fromkeys(zip(panel["regime"], panel["variant"])))
+        groups = [g for g in every_group if g in set(zip(panel["regime"], panel["variant"]))]
         width = 0.8 / max(1, len(groups))
         for j, (regime, variant) in enumerate(groups):
             sub = panel[(panel["regime"] == regime) & (panel["variant"] == variant)]
@@ -121,9 +124,10 @@ def regime_bar_chart(table: SummaryTable, path: str | Path) -> Path:
                 else:
                     ax.text(x, 0.01, rec.cell, rotation=90, ha="center", va="bottom", fontsize=6, color="crimson")
             label = regime + (f" ({variant})" if variant else "")
-            bars = ax.bar(xs, heights, width=width, label=label)
+            colour = colours[every_group.index((regime, variant))]
+            bars = ax.bar(xs, heights, width=width, label=label, color=colour)
             # the value on every bar: an IoU of 0.000 is a bar of no height, which must not read as "not run"
-            ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+            ax.bar_label(bars, fmt="%.2f", fontsize=6 if len(groups) <= 8 else 4, padding=1)
             if spread:
                 ex, ey, err = zip(*spread)
                 ax.errorbar(ex, ey, yerr=err, fmt="none", ecolor="black", capsize=2, linewidth=1)
@@ -132,8 +136,26 @@ def regime_bar_chart(table: SummaryTable, path: str | Path) -> Path:
         ax.set_ylim(0, 1)
         ax.set_ylabel(table.metric)
         ax.set_title(f"train {train} → test {test}", fontsize=9)
-        ax.legend(fontsize=7)
+        if not shared_legend:
+            ax.legend(fontsize=7)
+    if shared_legend:
+        import matplotlib.patches as mpatches
+
+        handles = [
+            mpatches.Patch(color=colours[i], label=regime + (f" ({variant})" if variant else ""))
+            for i, (regime, variant) in enumerate(every_group)
+        ]
+        fig.tight_layout()
+        # below the panels; the saved image grows to hold it (`_save`: bbox_inches="tight")
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8)
     return _save(fig, path)
+
+
+def _colours(n: int) -> list[Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
 
 
 def paired_vs_single_chart(table: SummaryTable, path: str | Path) -> Path | None:
@@ -170,7 +192,8 @@ def _save(fig: Any, path: str | Path) -> Path:
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    if not fig.legends:  # a figure legend placed its panels already
+        fig.tight_layout()
+    fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return out

@@ -50,24 +50,34 @@ class Block:
 
 
 def block_tables(table: SummaryTable) -> list[Block]:
-    """One table per training data, as the study lays them out: rows backbone, columns test dataset × regime."""
+    """One table per training data, as the study lays them out: rows backbone, columns test dataset × regime.
+    Settings that vary besides these (a LoRA rank, an alignment method) add rows, `backbone (setting)`, so a table
+    stays as narrow as the study's however many values an ablation axis has."""
     stats = table.stats
     labels = backbone_labels(stats)
     order = _ordered_backbones(stats)
     blocks = []
     for train in dict.fromkeys(stats["train"]):
         part = stats[stats["train"] == train]
-        columns = list(
-            dict.fromkeys(
-                f"{t} · {regime_label(r, v)}" for t, r, v in zip(part["test"], part["regime"], part["variant"])
-            )
-        )
-        frame = pd.DataFrame(MISSING, index=[labels[b] for b in order if b in set(part["backbone"])], columns=columns)
+        columns = list(dict.fromkeys(f"{t} · {r}" for t, r in zip(part["test"], part["regime"])))
+        variants = sorted(set(part["variant"]))
+        rows = [
+            _row_label(labels[b], v)
+            for b in order
+            if b in set(part["backbone"])
+            for v in variants
+            if ((part["backbone"] == b) & (part["variant"] == v)).any()
+        ]
+        frame = pd.DataFrame(MISSING, index=rows, columns=columns)
         for rec in part.itertuples(index=False):
-            frame.loc[labels[rec.backbone], f"{rec.test} · {regime_label(rec.regime, rec.variant)}"] = rec.cell
-        frame.index.name = "backbone"
+            frame.loc[_row_label(labels[rec.backbone], rec.variant), f"{rec.test} · {rec.regime}"] = rec.cell
+        frame.index.name = "backbone" if variants == [""] else "backbone (setting)"
         blocks.append(Block(train, frame))
     return blocks
+
+
+def _row_label(backbone: str, variant: str) -> str:
+    return f"{backbone} ({variant})" if variant else backbone
 
 
 def paired_vs_single(table: SummaryTable) -> pd.DataFrame:

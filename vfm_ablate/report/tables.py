@@ -7,11 +7,13 @@ averaged away, and a setting that was never run shows "—".
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from ..config import AlignmentSpec, alignment_label
 from ..errors import VfmAblateError
 from ..text_tables import markdown_table
 
@@ -24,6 +26,8 @@ NON_CONDITION_PARAMS = {"device", "feature_cache", "feature_cache_dir", "num_ove
 NON_CONDITION_PREFIXES = ("diagnostics.", "backbone.")
 # where each table axis comes from
 LAYOUT_PARAMS = {"backbone", "regime", "data.train", "data.sampling", "data.weights", "data.test"}
+# the alignment settings (alignment.*, data.target) split cells as one variant: the method's label
+ALIGNMENT = "alignment"
 KEYS = ["family", "scale", "backbone", "train", "test", "regime", "variant"]
 ROW_KEYS = KEYS[:3]
 COL_KEYS = KEYS[3:]
@@ -86,11 +90,43 @@ def _varying_condition_params(runs: pd.DataFrame) -> list[str]:
         key = col[len("params.") :]
         if key in REPEAT_PARAMS or key in NON_CONDITION_PARAMS or key in LAYOUT_PARAMS:
             continue
-        if key.startswith(NON_CONDITION_PREFIXES):
+        if key.startswith(NON_CONDITION_PREFIXES) or key.startswith(f"{ALIGNMENT}.") or key == "data.target":
             continue
         if runs[col].fillna("").astype(str).nunique() > 1:
             out.append(key)
+    if alignment_labels(runs).nunique() > 1:
+        out.append(ALIGNMENT)
     return sorted(out)
+
+
+def alignment_of(params: dict[str, str]) -> AlignmentSpec:
+    """A run's alignment section from its flat `alignment.*` params ("" = unset)."""
+    raw = {k.split(".", 1)[1]: (v if v != "" else None) for k, v in params.items() if k.startswith(f"{ALIGNMENT}.")}
+    raw = {k: v for k, v in raw.items() if k in AlignmentSpec.model_fields}
+    try:
+        return AlignmentSpec.model_validate(raw)
+    except ValueError as err:
+        raise VfmAblateError(f"a run's alignment settings {raw} are not valid: {err}") from None
+
+
+def alignment_labels(runs: pd.DataFrame) -> pd.Series:
+    """Per run its alignment method as one label (`none`, `mmd`, `histogram+standardise`, ...); where one method
+    adapts one training data to several target datasets, the target too: `mmd → lucchi_pp`."""
+    cols = [c for c in runs.columns if c.startswith(f"params.{ALIGNMENT}.")]
+    methods = pd.Series(
+        [alignment_label(alignment_of({c[len("params.") :]: _text(runs.at[i, c]) for c in cols})) for i in runs.index],
+        index=runs.index,
+        dtype=object,
+    )
+    target = _param(runs, "data.target")
+    targets_per_setting = target.groupby([_param(runs, "data.train"), methods]).transform("nunique")
+    shown = (targets_per_setting > 1) & (target != "")
+    suffix = " → " + target.str.replace(",", "+")
+    return methods.where(~shown, methods + suffix)
+
+
+def _text(value: object) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
 def train_label(datasets: str, sampling: str, weights: str = "") -> str:
@@ -127,7 +163,7 @@ def _long_records(runs: pd.DataFrame, metric: str, variants: list[str]) -> pd.Da
     sampling = _param(runs, "data.sampling", "natural")
     weights = _param(runs, "data.weights")
     test = _param(runs, "data.test")
-    variant_cols = {k: _param(runs, k) for k in variants}
+    variant_cols = {k: alignment_labels(runs) if k == ALIGNMENT else _param(runs, k) for k in variants}
     size = _backbone_size(runs)
     records = []
     for idx in runs.index:
