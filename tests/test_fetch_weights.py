@@ -109,6 +109,23 @@ def test_offline_with_weights_missing_the_run_stops_before_ray_with_the_fetch_co
     assert "weights hub_clip: not tried, the hub was unreachable for hub_vit" in fetched.stderr
 
 
+def test_a_backbone_built_offline_without_its_weights_names_the_fetch_command(tmp_path: Path) -> None:
+    """Past the pre-launch check (a notebook, `vfm-ablate train`), the load error itself says how to fix it."""
+    code = (
+        "from vfm_ablate.errors import CheckpointError\n"
+        "from vfm_ablate.models.backbones import build_backbone\n"
+        "from vfm_ablate.models.registry import get_entry\n"
+        "try:\n"
+        "    build_backbone(get_entry('dinov2_vits14_reg'), pretrained=True)\n"
+        "except CheckpointError as err:\n"
+        "    print(err)\n"
+    )
+    done = vfm(tmp_path, "-c", code, HF_HUB_OFFLINE="1")
+    assert done.returncode == 0, done.stderr
+    assert "backbone 'dinov2_vits14_reg': could not load pretrained weights" in done.stdout
+    assert "run `vfm-ablate fetch dinov2_vits14_reg` on a connected one" in done.stdout
+
+
 def test_fetch_fills_the_cache_timm_and_open_clip_load_offline_and_a_rerun_is_a_no_op(
     local_server: LocalServer, tmp_path: Path
 ) -> None:

@@ -236,8 +236,10 @@ def _hub_error(entry: BackboneEntry, err: Exception) -> CheckpointError:
     first_line = (str(err).strip().splitlines() or [""])[0][:300]
     return CheckpointError(
         f"backbone '{entry.name}': could not load pretrained weights from {describe_source(entry)} "
-        f"({type(err).__name__}: {first_line}). Without internet access, fetch the weights on a connected machine, "
-        f"save them to a file and declare it as the entry's local checkpoint: an inline backbone entry with the "
+        f"({type(err).__name__}: {first_line}). Without internet access on this machine, run "
+        f"`vfm-ablate fetch {entry.name}` on a connected one (a cluster's login node) with the same HF_HOME, so the "
+        f"weights land in the cache the trials read. Or save them to a file and declare it as the entry's local "
+        f"checkpoint: an inline backbone entry with the "
         f"same facts as '{entry.name}' plus `checkpoint: /path/to/weights.pth` (keys matched by name; Meta's original "
         f"DINO files and whole open_clip checkpoints work too). Or copy a filled Hugging Face cache (HF_HOME) over, "
         f"or run with weights: random"
