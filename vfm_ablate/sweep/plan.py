@@ -207,7 +207,7 @@ def _collapse(data: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
             parent = ALIGNMENT_OPTIONS[key.split(".", 1)[1]][0]
             dropped.add(f"{key} dropped: not used with alignment.{parent} '{getattr(alignment, parent)}'")
         elif key == "data.target" and "target" in section:
-            if section.get("test") is None:
+            if target and section.get("test") is None:
                 section["test"] = [*train, *target]  # the targets are still tested
             del section["target"]
             dropped.add("data.target dropped: no alignment setting reads target images")
