@@ -125,6 +125,14 @@ def test_a_dropped_target_keeps_being_tested() -> None:
     assert all(s.data.target == [] for s in specs)
 
 
+def test_an_empty_target_list_changes_no_trial_id() -> None:
+    """A trial written out in full (`target: []`, e.g. a spec's model_dump) plans to the trial it is."""
+    plain = plan(sweep({"train": ["synthetic_a"]}, {"regime": ["frozen", "lora"]})).trials
+    explicit = plan(sweep({"train": ["synthetic_a"], "target": []}, {"regime": ["frozen", "lora"]})).trials
+    assert [t.trial_id for t in explicit] == [t.trial_id for t in plain]
+    assert all(t.spec.data.test is None for t in explicit)
+
+
 def test_an_impossible_alignment_in_a_sweep_is_refused_before_ray_naming_the_trial() -> None:
     with pytest.raises(ConfigError) as err:
         sweep({"train": ["synthetic_a"]}, {"alignment.loss": ["none", "mmd"]})
