@@ -21,26 +21,23 @@ finished trial "running"; the trial's `result.json` is what guarantees that `--r
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import TrialSpec
-from ..errors import ConfigError
 from .estimate import with_gpu_shares
 from .feature_store import SweepFeatureStore
-from .identity import InputIdentities, input_identities
+from .identity import input_identities
 from .inputs import check_inputs
+from .manifest import MANIFEST, check_manifest, execution_id, manifest, sweep_id
 from .plan import PlannedTrial, SweepPlan, plan, short_label, without_gpus
 from .progress import ProgressView
+from .ray_session import init_ray, quiet_ray_logs
 from .readiness import check_ready
 from .results import SweepOutcome, collect_outcome, format_outcome, mlflow_statuses, write_results_csv
 from .resume_inputs import check_unchanged_inputs, start_over
@@ -58,14 +55,6 @@ from .trainable import (
 )
 
 GRID_EXPERIMENT = "tune"
-MANIFEST = "sweep.json"
-
-
-def sweep_id(sweep: SweepSpec, the_plan: SweepPlan) -> str:
-    """Stable across launches of the same sweep: its name, its trials and its search settings."""
-    search = sweep.search.model_dump(mode="json") if sweep.search else None
-    blob = json.dumps({"name": sweep.name, "trials": sorted(t.trial_id for t in the_plan.trials), "search": search})
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 def run_sweep(
@@ -109,7 +98,7 @@ def run_sweep(
     check_storage_root(root)
     store = TrialStore(root)
     sid = sweep_id(sweep, the_plan)
-    old_manifest = _check_manifest(store, sweep, the_plan, sid, resume)
+    old_manifest = check_manifest(store, sweep, the_plan, sid, resume)
     execution = execution_id(old_manifest)
     inputs = check_inputs([t.spec for t in the_plan.trials], sweep.backbones, sweep.datasets, sweep.source)
     identities = input_identities(inputs.backbones, inputs.datasets, inputs.pretrained)
@@ -129,7 +118,7 @@ def run_sweep(
 
     started_ray = False
     if not ray.is_initialized():
-        _init_ray(address, num_cpus or sweep.run.num_cpus, sweep.run.num_gpus, verbose)
+        init_ray(address, num_cpus or sweep.run.num_cpus, sweep.run.num_gpus, verbose)
         started_ray = True
     tracker = None
     try:
@@ -150,7 +139,7 @@ def run_sweep(
                     "(the autoscaler adds them on demand); set `resources: {gpu: 0}` to run on CPUs",
                     file=out,
                 )
-        with _quiet_ray_logs(verbose):
+        with quiet_ray_logs(verbose):
             target, tracker = _start_tracking(sweep, the_plan, sid, execution, uri, resume)
         ctx = TrialContext(
             store,
@@ -162,7 +151,7 @@ def run_sweep(
             identities,
             feature_store=SweepFeatureStore(root),
         )
-        store.write_json(MANIFEST, _manifest(sweep, the_plan, sid, execution, identities))
+        store.write_json(MANIFEST, manifest(sweep, the_plan, sid, execution, identities))
         print(
             f"sweep '{sweep.name}': {the_plan.num_trials} "
             + ("grid points (Optuna search per point)" if sweep.search else "trials")
@@ -176,7 +165,7 @@ def run_sweep(
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         run = _run_grid if sweep.search is None else _run_search
         interval = sweep.run.progress_interval_s if progress_interval_s is None else progress_interval_s
-        with _quiet_ray_logs(verbose):
+        with quiet_ray_logs(verbose):
             paths, interrupted = run(
                 sweep, trials, ctx, root, resume, max_concurrent_trials, retry_failed, interval, out
             )
@@ -202,128 +191,6 @@ def run_sweep(
     finally:
         if started_ray:
             ray.shutdown()
-
-
-@contextmanager
-def _quiet_ray_logs(verbose: bool) -> Iterator[None]:
-    """Ray Tune logs every trial error with its full traceback and its own summaries; the progress view and the
-    result table already say which trial failed and why (full tracebacks: trials/<id>/attempts, MLflow)."""
-    import logging
-
-    if verbose:
-        yield
-        return
-    # the two that repeat trial errors; warnings (e.g. "insufficient resources" on a cluster) stay visible
-    loggers = {name: logging.getLogger(name) for name in ("ray.tune.execution.tune_controller", "ray.tune.tune")}
-    loggers["mlflow"] = logging.getLogger("mlflow")  # "Creating initial MLflow database tables..." and the like
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported (here, later)
-    levels = {name: lg.level for name, lg in loggers.items()}
-    for name, lg in loggers.items():
-        lg.setLevel(logging.WARNING if name == "mlflow" else logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for name, lg in loggers.items():
-            lg.setLevel(levels[name])
-
-
-def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, verbose: bool) -> None:
-    import logging
-
-    import ray
-
-    kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR}
-    if address:
-        client = address.startswith("ray://")
-        if client:
-            _client_token_mode()
-        for attempt in range(1, CLIENT_ATTEMPTS + 1):
-            try:
-                ray.init(address=address, **kwargs)
-                return
-            except ConnectionAbortedError as err:  # the client server answered, but its per-client server died
-                if not client or attempt == CLIENT_ATTEMPTS:  # (seen under load with Ray 2.60): try again
-                    raise ConfigError(f"--address {address}: {_summary(err)}") from None
-                print(f"Ray Client: {_summary(err)}; connecting again", file=sys.stderr)
-                ray.shutdown()
-            except ConnectionError as err:
-                raise ConfigError(f"--address {address}: cannot connect ({_summary(err)})") from None
-    else:
-        # "local": a Ray of our own even when another one runs on this machine (else ray.init joins it, and
-        # refuses num_cpus: "When connecting to an existing cluster, num_cpus and num_gpus must not be provided")
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
-
-
-def execution_id(old_manifest: dict[str, Any] | None) -> str:
-    """The execution's id: kept from the manifest on --resume, new on a fresh start. MLflow runs are keyed by
-    it, so starting the same sweep over (another storage path, the same store) never writes into the runs of an
-    earlier execution, while resumes and retries find their own."""
-    if old_manifest and old_manifest.get("execution_id"):
-        return str(old_manifest["execution_id"])
-    return uuid.uuid4().hex[:12]
-
-
-CLIENT_ATTEMPTS = 3
-
-
-def _summary(err: BaseException) -> str:
-    """One line of a Ray connection error: its message, or the last line of a server-side traceback it carries."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if not lines:
-        return type(err).__name__
-    return (lines[-1] if any(line.startswith("Traceback") for line in lines) else lines[0])[:300]
-
-
-def _client_token_mode() -> None:
-    """A Ray Client sends the cluster's token only in token mode, else it retries for a minute and times out: turn
-    token mode on when a token is at hand and RAY_AUTH_MODE is unset, as a local `ray.init` does (Ray >= 2.52)."""
-    if os.environ.get("RAY_AUTH_MODE"):
-        return
-    os.environ.pop("RAY_AUTH_MODE", None)  # set but empty: unset
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # a Ray without token authentication
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-
-
-def _manifest(
-    sweep: SweepSpec, the_plan: SweepPlan, sid: str, execution: str, identities: InputIdentities
-) -> dict[str, Any]:
-    return {
-        "name": sweep.name,
-        "sweep_id": sid,
-        "execution_id": execution,
-        "source": sweep.source,
-        "mode": "search" if sweep.search else "grid",
-        "trial_ids": [t.trial_id for t in the_plan.trials],
-        "inputs": identities.to_manifest(),
-    }
-
-
-def _check_manifest(
-    store: TrialStore, sweep: SweepSpec, the_plan: SweepPlan, sid: str, resume: bool
-) -> dict[str, Any] | None:
-    """A fresh run never mixes into an old experiment; a resume only continues the same sweep. Returns the
-    manifest already there (None for a fresh start)."""
-    old = store.read_json(MANIFEST)
-    if old is None:
-        return None
-    if not resume:
-        raise ConfigError(
-            f"{store.root} already holds sweep '{old.get('name')}' (from {old.get('source')}): "
-            "add --resume to finish it, or choose another --storage-path (or delete that folder) to start over"
-        )
-    if old.get("sweep_id") != sid:
-        before, now = set(old.get("trial_ids", [])), {t.trial_id for t in the_plan.trials}
-        raise ConfigError(
-            f"{sweep.source}: the sweep changed since it was started in {store.root} "
-            f"({len(now - before)} trials added, {len(before - now)} removed, or its search settings changed); "
-            "--resume only finishes the same sweep: run the changed file with another name or --storage-path"
-        )
-    return old
 
 
 def _tracking_uri(sweep: SweepSpec, flag: str | None, workdir: Path) -> str | None:
