@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from vfm_ablate.data.entries import DatasetEntry
+from vfm_ablate.data.synthetic import split_folder_entry
 
 
 def disc_slice(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -58,16 +59,7 @@ def write_disc_dataset(
         for i, ((image, _), mask) in enumerate(zip(pairs, masks)):
             Image.fromarray(image).save(folder / split / "images" / f"{i:03d}.png")
             Image.fromarray(mask.astype(np.uint8) * 255).save(folder / split / "masks" / f"{i:03d}.png")
-    return DatasetEntry(
-        name=name,
-        layout="folder",
-        path=str(folder),
-        image_dir="train/images",
-        mask_dir="train/masks",
-        test_image_dir="test/images",
-        test_mask_dir="test/masks",
-        pairing="stem",
-    )
+    return split_folder_entry(name, folder)
 
 
 def read_split(entry: DatasetEntry, split: str) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -8,6 +8,17 @@ from pathlib import Path
 from typing import Any
 
 TINY_DATA = {"layout": "synthetic", "domain": "a", "n_train": 4, "n_test": 2, "size": [32, 32]}
+TINY_FACTS = {  # the facts of the built-in tiny_vit_p14, as an inline backbone entry (without its name)
+    "family": "tiny",
+    "scale": "tiny",
+    "library": "timm",
+    "model_id": "vit_small_patch14_reg4_dinov2",
+    "patch_size": 14,
+    "embed_dim": 48,
+    "num_prefix_tokens": 5,
+    "lora_targets": ["attn.qkv", "attn.proj"],
+    "model_kwargs": {"embed_dim": 48, "depth": 2, "num_heads": 3, "img_size": 56, "init_values": 1.0},
+}
 
 
 def tiny_base(optim: dict[str, Any], **settings: Any) -> dict[str, Any]:

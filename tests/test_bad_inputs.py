@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.sweep_helpers import TINY_DATA, tiny_base
+from tests.sweep_helpers import TINY_DATA, TINY_FACTS, tiny_base
 from vfm_ablate.cli import main
 from vfm_ablate.data.synthetic import write_folder
 
@@ -27,18 +27,6 @@ ray = pytest.importorskip("ray")
 # a case: builds its inputs in a fresh folder, returns the command line and the texts its message must hold
 Case = Callable[[Path], tuple[list[str], list[str]]]
 CASES: dict[str, Case] = {}
-
-TINY_FACTS = {  # the facts of the built-in tiny_vit_p14, as an inline entry
-    "family": "tiny",
-    "scale": "tiny",
-    "library": "timm",
-    "model_id": "vit_small_patch14_reg4_dinov2",
-    "patch_size": 14,
-    "embed_dim": 48,
-    "num_prefix_tokens": 5,
-    "lora_targets": ["attn.qkv", "attn.proj"],
-    "model_kwargs": {"embed_dim": 48, "depth": 2, "num_heads": 3, "img_size": 56, "init_values": 1.0},
-}
 
 
 def case(fn: Case) -> Case:

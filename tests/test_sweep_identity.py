@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.sweep_helpers import TINY_FACTS as SWEEP_TINY_FACTS
 from tests.sweep_helpers import tiny_base
 from vfm_ablate.data.entries import DatasetEntry
 from vfm_ablate.data.synthetic import write_folder
@@ -23,18 +24,7 @@ from vfm_ablate.models.registry import BackboneEntry
 from vfm_ablate.sweep.identity import changed_entries, input_identities
 from vfm_ablate.sweep.store import TrialStore
 
-TINY_FACTS = {
-    "name": "mine",
-    "family": "tiny",
-    "scale": "tiny",
-    "library": "timm",
-    "model_id": "vit_small_patch14_reg4_dinov2",
-    "patch_size": 14,
-    "embed_dim": 48,
-    "num_prefix_tokens": 5,
-    "lora_targets": ["attn.qkv", "attn.proj"],
-    "model_kwargs": {"embed_dim": 48, "depth": 2, "num_heads": 3, "img_size": 56, "init_values": 1.0},
-}
+TINY_FACTS = {"name": "mine", **SWEEP_TINY_FACTS}
 
 
 @pytest.fixture(autouse=True)

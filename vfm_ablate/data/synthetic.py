@@ -186,8 +186,6 @@ def write_folder(
     """
     from PIL import Image
 
-    from .entries import DatasetEntry
-
     out = Path(out_dir)
     for split in ("train", "test"):
         existing = out / split
@@ -202,10 +200,18 @@ def write_folder(
         for i, s in enumerate(generate_slices(domain, n, size, seed, split=split)):
             Image.fromarray(s.image).save(img_dir / f"{i:03d}.png")
             Image.fromarray(s.mask.astype(np.uint8) * 255).save(mask_dir / f"{i:03d}.png")
+    return split_folder_entry(out.resolve().name or f"synthetic_{domain}", out)
+
+
+def split_folder_entry(name: str, folder: str | Path) -> DatasetEntry:
+    """The entry that reads a `train/{images,masks}` + `test/{images,masks}` folder, PNGs paired by file stem (the
+    layout `write_folder` writes)."""
+    from .entries import DatasetEntry
+
     return DatasetEntry(
-        name=out.resolve().name or f"synthetic_{domain}",
+        name=name,
         layout="folder",
-        path=str(out),
+        path=str(folder),
         image_dir="train/images",
         mask_dir="train/masks",
         test_image_dir="test/images",
