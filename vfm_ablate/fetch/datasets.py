@@ -113,11 +113,6 @@ def pinned_sha256(source: DatasetSource, root: Path | None = None) -> str | None
     return pin.read_text().split()[0] if pin.is_file() else None
 
 
-def is_installed(source: DatasetSource, root: Path | None = None) -> bool:
-    """Whether `fetch` installed this source under the root (its marker is there)."""
-    return _read_marker((root or data_root()).expanduser().resolve() / source.folder) is not None
-
-
 # ------------------------------------------------------------------------------------------------- internals
 
 

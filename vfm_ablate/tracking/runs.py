@@ -49,7 +49,6 @@ ATTEMPT_TAG = "vfm.attempt"  # trial run: how many times the trial has been open
 SUPERSEDED_TAG = "vfm.superseded_by"  # a trial run replaced by a later attempt's run (then deleted)
 ERROR_TAG = "vfm.error"
 RETIRED_TAG = "vfm.superseded"  # a deleted run of a trial that started over (its inputs changed): why, when
-RUN_NAME_TAG = "mlflow.runName"
 EPOCH_METRICS = ("train_loss", "val_loss", "best_val_loss", "epoch_time_s", "epoch")  # step = epoch
 
 ROLE_SWEEP = "sweep"
