@@ -3,12 +3,13 @@ val / test items, plus the unlabelled target items of domain adaptation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..alignment.intensity import InputAlignment, intensity_statistics, reference_pixels
+from ..alignment.intensity import InputAlignment, TrainingImages, estimate_input_alignment
 from ..config import TrialSpec
 from ..data.entries import DatasetEntry, resolve_dataset
 from ..data.sampling import split_validation
@@ -55,11 +56,15 @@ class TrialData:
         return out
 
 
+# data.normalisation -> (mean, std) per channel: ImageNet's for every backbone (the study's choice), or its own
+NORMALISATIONS: dict[str, Callable[[BackboneEntry], tuple[tuple[float, ...], tuple[float, ...]]]] = {
+    "imagenet": lambda entry: (IMAGENET_MEAN, IMAGENET_STD),
+    "backbone": lambda entry: (entry.mean, entry.std),
+}
+
+
 def normalisation(spec: TrialSpec, entry: BackboneEntry) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """ImageNet statistics for every backbone (the study's choice) unless the trial asks for the backbone's own."""
-    if spec.data.normalisation == "backbone":
-        return entry.mean, entry.std
-    return IMAGENET_MEAN, IMAGENET_STD
+    return NORMALISATIONS[spec.data.normalisation](entry)
 
 
 def prepare_items(
@@ -98,24 +103,15 @@ def prepare_items(
 
 
 def input_alignment(spec: TrialSpec, loaded: dict[str, LoadedDataset]) -> InputAlignment:
-    """The trial's input-level method, estimated on training images only (the reference dataset's for histogram
-    matching, each train / target dataset's own for z-scoring)."""
-    a = spec.alignment
-    if a.input == "histogram":
-        ref = spec.reference_dataset()
-        assert ref is not None  # TrialSpec guarantees it
-        slices = loaded[ref].train
-        pixels = reference_pixels([s.image for s in slices], f"alignment.reference '{ref}'")
-        return InputAlignment("histogram", reference=pixels, reference_range=slices[0].value_range)
-    if a.input == "zscore":
-        stats = {
-            name: intensity_statistics([s.image for s in loaded[name].train], f"dataset '{name}' (z-scoring)")
-            for name in [*spec.data.train, *spec.data.target]
-        }
-        return InputAlignment("zscore", statistics=stats)
-    if a.input == "clahe":
-        return InputAlignment("clahe", clip_limit=a.clahe_clip_limit, kernel_size=a.clahe_kernel)
-    return InputAlignment()
+    """The trial's input-level method, estimated on training images only: each train / target dataset's training
+    split (the histogram reference is one of them)."""
+    own = [*spec.data.train, *spec.data.target]
+    training = TrainingImages(
+        images={name: [s.image for s in loaded[name].train] for name in own},
+        value_ranges={name: loaded[name].train[0].value_range if loaded[name].train else None for name in own},
+        reference=spec.reference_dataset(),
+    )
+    return estimate_input_alignment(spec.alignment, training)
 
 
 def load_trial_data(
