@@ -27,7 +27,8 @@ from vfm_ablate.data.entries import resolve_dataset
 from vfm_ablate.data.sources import load_dataset
 from vfm_ablate.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vfm_ablate.diagnostics.embeddings import dataset_embeddings
-from vfm_ablate.diagnostics.measures import RankDeficiencyWarning, frechet_distance, linear_mmd, linear_probe, pca_plot
+from vfm_ablate.diagnostics.measures import RankDeficiencyWarning, frechet_distance, linear_mmd, linear_probe
+from vfm_ablate.diagnostics.plots import pca_plot
 from vfm_ablate.models.backbones import build_backbone
 from vfm_ablate.models.registry import get_entry
 

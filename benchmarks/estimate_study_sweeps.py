@@ -21,13 +21,13 @@ from _shared import SHARED_DATA
 from vfm_ablate.calibration.calibrate import calibrate
 from vfm_ablate.calibration.records import CalibrationSettings, DeviceInfo, save_calibration
 from vfm_ablate.models.registry import get_entry
+from vfm_ablate.sweep.cost.epochs import EpochModel
+from vfm_ablate.sweep.cost.estimate import estimate_sweep
+from vfm_ablate.sweep.cost.packing import cluster_nodes
+from vfm_ablate.sweep.cost.workload import DatasetShape, config_keys, sweep_workloads
 from vfm_ablate.sweep.describe import duration
-from vfm_ablate.sweep.epochs import EpochModel
-from vfm_ablate.sweep.estimate import estimate_sweep
-from vfm_ablate.sweep.packing import cluster_nodes
 from vfm_ablate.sweep.plan import plan
 from vfm_ablate.sweep.spec import load_sweep
-from vfm_ablate.sweep.workload import DatasetShape, config_keys, sweep_workloads
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = [
@@ -55,7 +55,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("VFM_ABLATE_DATA_ROOT", str(SHARED_DATA))
     sweeps = {name: load_sweep(REPO / "sweeps" / f"{name}.yaml") for name in STUDY}
-    workloads = {n: sweep_workloads(s, plan(s).trials, FULL_STUDY_DATA) for n, s in sweeps.items()}
+    plans = {n: plan(s) for n, s in sweeps.items()}
+    workloads = {n: sweep_workloads(p, FULL_STUDY_DATA) for n, p in plans.items()}
     keys = {k.label(): k for w in workloads.values() for k in config_keys(w)}
     entries = {k.backbone: get_entry(k.backbone) for k in keys.values()}
     cal = calibrate(
@@ -73,8 +74,8 @@ def main() -> None:
     gpus = sum(n.gpus for n in nodes)
     epochs = EpochModel(assumed=args.epochs)
     print(f"FLOP counts at {args.tflops:g} TFLOP/s, {args.epochs} epochs assumed, cluster.yaml: {gpus} x H100\n")
-    for name, sweep in sweeps.items():
-        est = estimate_sweep(sweep, workloads[name], cal, epochs, nodes, "cluster.yaml")
+    for name, the_plan in plans.items():
+        est = estimate_sweep(the_plan, workloads[name], cal, epochs, nodes, "cluster.yaml")
         by_backbone: dict[str, float] = {}
         for t in est.trials:
             by_backbone[t.trial.spec.backbone] = by_backbone.get(t.trial.spec.backbone, 0.0) + (t.seconds or 0) / 3600

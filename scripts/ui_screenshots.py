@@ -215,7 +215,7 @@ def view_address(workdir: Path, sweep_name: str, server_uri: str) -> tuple[str, 
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
-    from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
+    from vfm_ablate.tracking.server import start_mlflow_server, stop_mlflow_server
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, help="where the demo already ran (mlflow.db, ray_results/demo)")

@@ -135,7 +135,7 @@ def test_an_empty_target_list_changes_no_trial_id() -> None:
 
 def test_an_impossible_alignment_in_a_sweep_is_refused_before_ray_naming_the_trial() -> None:
     with pytest.raises(ConfigError) as err:
-        sweep({"train": ["synthetic_a"]}, {"alignment.loss": ["none", "mmd"]})
+        plan(sweep({"train": ["synthetic_a"]}, {"alignment.loss": ["none", "mmd"]}))
     msg = str(err.value)
     assert "alignment.loss 'mmd' aligns two domains" in msg and "alignment.loss=mmd" in msg
 

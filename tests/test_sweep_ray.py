@@ -23,6 +23,7 @@ ray = pytest.importorskip("ray")
 
 from tests.sweep_helpers import TINY_DATA, tiny_base  # noqa: E402
 from vfm_ablate.sweep.driver import run_sweep  # noqa: E402
+from vfm_ablate.sweep.plan import plan  # noqa: E402
 from vfm_ablate.sweep.spec import parse_sweep  # noqa: E402
 from vfm_ablate.sweep.store import TrialStore  # noqa: E402
 
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:
@@ -58,7 +59,7 @@ def test_search_sweep_samples_stops_and_tracks(
         tmp_path / "search.yaml",
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    outcome = run_sweep(sweep, storage_path=str(tmp_path / "results"), tracking_uri=uri, workdir=tmp_path)
+    outcome = run_sweep(plan(sweep), storage_path=str(tmp_path / "results"), tracking_uri=uri, workdir=tmp_path)
     printed = capsys.readouterr().out
 
     assert not outcome.interrupted
@@ -133,7 +134,7 @@ def test_a_trial_whose_worker_dies_continues_from_its_checkpoint(local_ray: None
 
     killer = threading.Thread(target=kill_worker_after_two_checkpoints, daemon=True)
     killer.start()
-    outcome = run_sweep(sweep, storage_path=str(tmp_path / "results"), tracking_uri=uri, workdir=tmp_path)
+    outcome = run_sweep(plan(sweep), storage_path=str(tmp_path / "results"), tracking_uri=uri, workdir=tmp_path)
     killer.join(timeout=10)
 
     assert killed, "the worker was never seen with two checkpoints"
@@ -171,7 +172,7 @@ def test_a_trial_that_diverges_mid_training_fails_alone_with_its_error(local_ray
         tmp_path / "diverge.yaml",
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    outcome = run_sweep(sweep, storage_path=str(tmp_path / "results"), tracking_uri=uri, workdir=tmp_path)
+    outcome = run_sweep(plan(sweep), storage_path=str(tmp_path / "results"), tracking_uri=uri, workdir=tmp_path)
 
     [failed] = [t for t in outcome.trials if t.status == "FAILED"]
     finished = [t for t in outcome.trials if t.status == "FINISHED"]

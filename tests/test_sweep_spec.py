@@ -12,7 +12,7 @@ from tests.sweep_helpers import documented_trial_count, write_em_layouts
 from vfm_ablate.cli import main
 from vfm_ablate.errors import ConfigError
 from vfm_ablate.sweep.driver import run_sweep
-from vfm_ablate.sweep.plan import expand, plan, resolved_entries
+from vfm_ablate.sweep.plan import plan
 from vfm_ablate.sweep.spec import load_sweep, parse_sweep
 from vfm_ablate.sweep.store import TrialStore
 
@@ -33,8 +33,12 @@ def sweep_of(**sections: object) -> dict:
 
 def error_of(data: dict) -> str:
     with pytest.raises(ConfigError) as info:
-        parse_sweep(data, "s.yaml")
+        plan(parse_sweep(data, "s.yaml"))
     return str(info.value)
+
+
+def expand(sweep) -> list:
+    return plan(sweep).specs
 
 
 # --------------------------------------------------------------------------------------------- shipped files
@@ -272,7 +276,7 @@ def test_inline_entries_reach_trials_with_absolute_paths(tmp_path: Path, monkeyp
         datasets={"mine": {"layout": "folder", "path": "rel/data"}},
     )
     sweep = parse_sweep(data, "s.yaml")
-    _, datasets = resolved_entries(sweep, plan(sweep).trials)
+    datasets = plan(sweep).datasets
     assert datasets["mine"].path == str(tmp_path / "rel" / "data")
 
 
@@ -283,9 +287,9 @@ def test_a_fresh_run_refuses_to_mix_into_an_existing_sweep(tmp_path: Path) -> No
     sweep = parse_sweep(sweep_of(), "t.yaml")
     TrialStore(str(tmp_path / "t")).write_json("sweep.json", {"name": "t", "sweep_id": "x", "trial_ids": []})
     with pytest.raises(ConfigError, match="add --resume"):
-        run_sweep(sweep, storage_path=str(tmp_path), workdir=tmp_path)
+        run_sweep(plan(sweep), storage_path=str(tmp_path), workdir=tmp_path)
     with pytest.raises(ConfigError, match="the sweep changed since it was started"):
-        run_sweep(sweep, storage_path=str(tmp_path), workdir=tmp_path, resume=True)
+        run_sweep(plan(sweep), storage_path=str(tmp_path), workdir=tmp_path, resume=True)
 
 
 def test_trial_store_round_trip(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrialSpec
 from ..data.entries import DatasetEntry
 from ..data.sources import clear_cache, load_dataset
 from ..data.transforms import image_to_tensor, mask_to_tensor
@@ -55,18 +54,7 @@ def measure(
 ) -> Measurement:
     """Setup, training step, evaluation and (frozen) extraction times and peak memory of one configuration."""
     dev = resolve_device(device)
-    spec = TrialSpec.model_validate(
-        {
-            "backbone": key.backbone,
-            "regime": key.regime,
-            "weights": "random",
-            "precision": key.precision,
-            "device": dev.type,
-            "lora": {"rank": key.lora_rank or 16, "alpha": 2.0 * (key.lora_rank or 16)},
-            "data": {"train": ["calibration"]},
-            "optim": {"batch_size": key.batch_size},
-        }
-    )
+    spec = key.trial_spec(dev.type)
     torch.manual_seed(0)
     baseline = process_rss_peak_mb()
     if dev.type == "cuda":

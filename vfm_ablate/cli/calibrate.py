@@ -50,18 +50,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from ..calibration.calibrate import calibrate
     from ..calibration.records import CalibrationSettings, DeviceInfo, save_calibration
-    from ..data.entries import resolve_dataset
     from ..errors import ConfigError
-    from ..models.registry import get_entry
-    from ..sweep.plan import plan
-    from ..sweep.spec import load_sweep
-    from ..sweep.workload import config_keys, sweep_workloads
+    from ..sweep.cost.workload import config_keys, sweep_workloads
+    from ..sweep.plan import load_plan
 
     if args.warmup < 0 or args.repeats < 1:
         raise ConfigError(f"--warmup must be >= 0 and --repeats >= 1, got {args.warmup} and {args.repeats}")
-    sweep = load_sweep(args.sweep)
-    the_plan = plan(sweep)
-    workloads = sweep_workloads(sweep, the_plan.trials)
+    the_plan = load_plan(args.sweep)
+    sweep = the_plan.sweep
+    workloads = sweep_workloads(the_plan)
     keys = config_keys(workloads)
     if args.backbone:
         known = {k.backbone for k in keys}
@@ -71,12 +68,12 @@ def _run(args: argparse.Namespace) -> int:
                 f"--backbone {', '.join(unknown)}: not in {args.sweep} (it uses {', '.join(sorted(known))})"
             )
         keys = [k for k in keys if k.backbone in args.backbone]
-    entries = {k.backbone: get_entry(k.backbone, sweep.backbones) for k in keys}
+    entries = {k.backbone: the_plan.backbones[k.backbone] for k in keys}
     sizes: dict[str, set[tuple[int, int]]] = {}
     for w in workloads:
         for name, size in w.sizes.items():
             sizes.setdefault(name, set()).add(size)
-    datasets = {name: (resolve_dataset(name, sweep.datasets), sorted(s)) for name, s in sizes.items()}
+    datasets = {name: (the_plan.datasets[name], sorted(s)) for name, s in sizes.items()}
     threads = args.threads or max(1, int(sweep.resources.cpu))
     concurrent = args.concurrent or _trials_at_once(sweep, args.device)
     if concurrent < 1:

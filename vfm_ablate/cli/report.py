@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..metric_names import IOU
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, help="output folder (default: ./reports/<experiment>)")
     p.add_argument(
-        "--metric", default="iou_fg", help="metric family: <metric>/<dataset>, macro_<metric>, pooled_<metric>"
+        "--metric", default=IOU, help="metric family: <metric>/<dataset>, macro_<metric>, pooled_<metric>"
     )
     p.add_argument(
         "--sweep-id", help="only runs of this sweep id (tag vfm.sweep_id); default: every sweep in the experiment"
@@ -103,11 +105,12 @@ def _compare_request(request: str) -> tuple[str, str, str]:
 
 def _comparisons(requests: list[tuple[str, str, str]], transfer: bool, runs: pd.DataFrame, out: Path) -> None:
     """--compare / --transfer: printed, and written as compare_<axis>_<a>_<b>.md / transfer.md in the report folder."""
-    from ..report.compare import compare_settings, to_markdown, transfer_markdown, transfer_table
+    from ..report.compare import compare_settings, transfer_table
+    from ..report.document import compare_markdown, transfer_markdown
 
     texts: dict[str, str] = {}
     for axis, a, b in requests:
-        texts[f"compare_{axis}_{a}_{b}"] = to_markdown(compare_settings(runs, axis, a, b))
+        texts[f"compare_{axis}_{a}_{b}"] = compare_markdown(compare_settings(runs, axis, a, b))
     if transfer:
         texts["transfer"] = "alignment methods against none\n\n" + transfer_markdown(transfer_table(runs))
     for name, text in texts.items():

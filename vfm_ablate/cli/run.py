@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..sweep.estimate import SweepEstimate
+    from ..sweep.cost.estimate import SweepEstimate
     from ..sweep.plan import SweepPlan
-    from ..sweep.spec import SweepSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,29 +59,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..sweep.describe import describe_estimate, describe_plan
-    from ..sweep.plan import plan
-    from ..sweep.spec import load_sweep
+    from ..sweep.plan import load_plan
 
-    sweep = load_sweep(args.sweep)
     if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
         raise ConfigError(f"--max-concurrent-trials must be at least 1, got {args.max_concurrent_trials}")
     if args.rerun_changed and not args.resume:
         raise ConfigError("--rerun-changed goes with --resume (a fresh sweep has nothing to re-run)")
+    the_plan = load_plan(args.sweep)  # the one expansion of this command; everything below reads it
     if args.dry_run:
         from ..sweep.inputs import check_inputs
 
-        the_plan = plan(sweep)
-        print(describe_plan(sweep, the_plan))
-        specs = [t.spec for t in the_plan.trials]
-        print(check_inputs(specs, sweep.backbones, sweep.datasets, sweep.source).describe(with_downloads=False))
+        print(describe_plan(the_plan))
+        inputs = check_inputs(the_plan.specs, the_plan.backbones, the_plan.datasets, the_plan.sweep.source)
+        print(inputs.describe(with_downloads=False))
         if args.calibration is not None:
-            print(describe_estimate(_estimate(args, sweep, the_plan), str(args.calibration)))
+            print(describe_estimate(_estimate(args, the_plan), str(args.calibration)))
         return 0
     gpu_shares = None
     if args.calibration is not None:  # trials ask for the GPU share their measured memory calls for
-        from ..sweep.estimate import measured_gpu_shares
+        from ..sweep.cost.estimate import measured_gpu_shares
 
-        gpu_shares = measured_gpu_shares(_estimate(args, sweep, plan(sweep)))
+        gpu_shares = measured_gpu_shares(_estimate(args, the_plan))
         print(f"GPU shares from measured memory ({args.calibration}): {len(gpu_shares)} trials")
     if args.resume and args.max_concurrent_trials is not None:
         print("note: a resumed sweep keeps the max_concurrent_trials it was started with")
@@ -90,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..sweep.driver import run_sweep
 
     outcome = run_sweep(
-        sweep,
+        the_plan,
         address=args.address,
         resume=args.resume,
         storage_path=args.storage_path,
@@ -108,22 +105,23 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if outcome.count("FAILED") == 0 else 1
 
 
-def _estimate(args: argparse.Namespace, sweep: SweepSpec, the_plan: SweepPlan) -> SweepEstimate:
+def _estimate(args: argparse.Namespace, the_plan: SweepPlan) -> SweepEstimate:
     """The sweep's cost from a calibration file, epochs from MLflow, on the cluster shape the flags give."""
     import os
 
     from ..calibration.records import load_calibration
     from ..errors import ConfigError
-    from ..sweep.epochs import DEFAULT_ASSUMED_EPOCHS, observed_epochs
-    from ..sweep.estimate import estimate_sweep
-    from ..sweep.packing import Node, cluster_nodes, gpu_nodes
-    from ..sweep.workload import sweep_workloads
+    from ..sweep.cost.epochs import DEFAULT_ASSUMED_EPOCHS, observed_epochs
+    from ..sweep.cost.estimate import estimate_sweep
+    from ..sweep.cost.packing import Node, cluster_nodes, gpu_nodes
+    from ..sweep.cost.workload import sweep_workloads
     from ..tracking.store import resolve_tracking_uri
 
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    sweep = the_plan.sweep
     calibration = load_calibration(args.calibration)
-    workloads = sweep_workloads(sweep, the_plan.trials)
+    workloads = sweep_workloads(the_plan)
     assumed = args.epochs or DEFAULT_ASSUMED_EPOCHS
     uri = resolve_tracking_uri(args.tracking_uri, sweep.tracking.uri, Path.cwd())
     epochs = observed_epochs(uri, sweep.experiment_name, assumed)
@@ -141,4 +139,4 @@ def _estimate(args: argparse.Namespace, sweep: SweepSpec, the_plan: SweepPlan) -
         gpus = sweep.run.num_gpus if sweep.run.num_gpus is not None else torch.cuda.device_count()
         nodes = [Node(cpus=float(cpus), gpus=gpus)]
         cluster = f"this machine's local Ray ({cpus} CPUs, {gpus} GPUs; --gpus N / --cluster FILE for a cluster)"
-    return estimate_sweep(sweep, workloads, calibration, epochs, nodes, cluster, args.max_concurrent_trials)
+    return estimate_sweep(the_plan, workloads, calibration, epochs, nodes, cluster, args.max_concurrent_trials)

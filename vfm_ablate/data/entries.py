@@ -43,6 +43,7 @@ from ..errors import ConfigError
 from ..validation import StrictModel, suggest
 from .intensity import IntensitySpec
 from .masks import DEFAULT_THRESHOLD, MaskRule
+from .synthetic_domains import DOMAINS
 
 Layout = Literal["lucchi_pp", "vnc", "folder", "tiff_stack", "synthetic", "unlabelled"]
 
@@ -133,8 +134,6 @@ class DatasetEntry(StrictModel):
         if self.layout == "unlabelled" and self.image_dir is not None and self.image_stack is not None:
             raise ValueError("layout 'unlabelled' takes either 'image_dir' or 'image_stack', not both")
         if self.layout == "synthetic":
-            from .synthetic import DOMAINS  # local: synthetic builds Slices from sources, which imports this
-
             if self.domain not in DOMAINS:
                 raise ValueError(suggest(str(self.domain), set(DOMAINS), "synthetic domain"))
             if any(s < 16 for s in self.size):

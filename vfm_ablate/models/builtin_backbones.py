@@ -7,7 +7,7 @@ training step, `gpu_memory_gb` the adapted peak. They steer Ray's packing only; 
 
 from __future__ import annotations
 
-from .registry import BackboneEntry, register
+from .entry import BackboneEntry
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 OPENAI_CLIP = {"mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711)}
@@ -202,6 +202,3 @@ def _tiny() -> list[BackboneEntry]:
 
 
 BUILTIN_ENTRIES: list[BackboneEntry] = [*_dinov2(), *_dinov3(), *_openclip(), *_cnn(), *_tiny()]
-
-for _entry in BUILTIN_ENTRIES:
-    register(_entry)

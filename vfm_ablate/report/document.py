@@ -1,16 +1,19 @@
 """The report as one document: Markdown (figures beside it) and self-contained HTML (figures embedded), plus the
 plain-text version the terminal prints. Same sections in each: the study's block tables, paired vs single, the
-transfer matrix, the alignment methods against none (when a sweep has them), the figures."""
+transfer matrix, the alignment methods against none (when a sweep has them), the figures. And the display of a
+comparison (`compare_markdown`, `transfer_rows`, `transfer_markdown`: `vfm-ablate report --compare / --transfer`)."""
 
 from __future__ import annotations
 
 import base64
 import html
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from ..metric_names import IOU
 from ..text_tables import format_table, markdown_table
 from .study import Block, delta_display
 from .tables import MISSING, SummaryTable
@@ -125,3 +128,76 @@ def as_html(parts: ReportParts, title: str) -> str:
         ]
     out.append("</body></html>")
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------ comparisons
+
+
+def compare_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
+    """The comparison as a Markdown table: group, metric, both sides (mean ± std over the pairs), Δ [95 % CI]."""
+    if frame.empty:
+        return "(no comparisons)"
+    a, b = str(frame["a"].iloc[0]), str(frame["b"].iloc[0])
+    rows = []
+    for _, r in frame.iterrows():
+        rows.append(
+            {
+                "group": r["group"],
+                "metric": r["metric"],
+                "n": int(r["n"]),
+                str(a): _pm(r["mean_a"], r["std_a"], digits),
+                str(b): _pm(r["mean_b"], r["std_b"], digits),
+                f"Δ ({b} − {a}) [95 % CI]": _delta(r, digits),
+                "verdict": r["verdict"],
+            }
+        )
+    return f"{frame['axis'].iloc[0]}: {b} vs {a}\n\n" + markdown_table(rows)
+
+
+def transfer_rows(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """The transfer table for display: per method and setting, each test dataset's IoU as `train → test`, then the
+    diagnostics, baseline and method side by side with Δ [95 % CI]."""
+    rows = []
+    for _, r in frame.iterrows():
+        group = {k[len("params.") :]: v for k, v in r.items() if k.startswith("params.") and isinstance(v, str)}
+        train = group.pop("data.train", "")
+        target = group.pop("data.target", "")
+        group.pop("data.test", None)  # "measured" names the test dataset
+        source = "+".join(d for d in train.split(",") if d)
+        if target:
+            source += " (target " + "+".join(d for d in target.split(",") if d) + ")"
+        metric = str(r["metric"])
+        measured = f"{source} → {metric.split('/', 1)[1]}" if metric.startswith(f"{IOU}/") else f"{source}: {metric}"
+        rows.append(
+            {
+                "method": r["b"],
+                **{k: group.pop(k, "") for k in ("backbone", "regime")},
+                "measured": measured,
+                "other settings": ", ".join(f"{k}={v}" for k, v in group.items()),
+                "n": int(r["n"]),
+                str(r["a"]): _pm(r["mean_a"], r["std_a"], digits),
+                "method value": _pm(r["mean_b"], r["std_b"], digits),
+                "Δ [95 % CI]": _delta(r, digits),
+                "verdict": r["verdict"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def transfer_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
+    """`transfer_rows` as a Markdown table."""
+    if frame.empty:
+        return "(no comparisons)"
+    shown = transfer_rows(frame, digits)
+    return markdown_table(shown.to_dict("records"), [str(c) for c in shown.columns])
+
+
+def _pm(mean: float, std: float, digits: int) -> str:
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if math.isfinite(std) else "")
+
+
+def _delta(r: pd.Series, digits: int) -> str:
+    text = f"{r['delta']:+.{digits}f}"
+    if math.isfinite(r["ci_low"]):
+        text += f" [{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}]"
+    return text

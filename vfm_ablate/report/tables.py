@@ -7,15 +7,15 @@ averaged away, and a setting that was never run shows "—".
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ..config import AlignmentSpec, alignment_label
 from ..errors import VfmAblateError
+from ..metric_names import IOU
 from ..text_tables import markdown_table
+from .runs import run_specs
 
 SCALE_ORDER = ["tiny", "XS", "S", "M", "B", "L", "G", "H", "H+", "7B"]
 REGIME_ORDER = ["frozen", "lora", "full"]
@@ -47,7 +47,7 @@ class SummaryTable:
     duplicates_dropped: int
 
 
-def summary_table(df: pd.DataFrame, metric: str = "iou_fg", variant_params: list[str] | None = None) -> SummaryTable:
+def summary_table(df: pd.DataFrame, metric: str = IOU, variant_params: list[str] | None = None) -> SummaryTable:
     """Aggregate trial runs into the paper's table for `metric` (`<metric>/<dataset>`, `macro_<metric>`,
     `pooled_<metric>`).
 
@@ -99,34 +99,15 @@ def _varying_condition_params(runs: pd.DataFrame) -> list[str]:
     return sorted(out)
 
 
-def alignment_of(params: dict[str, str]) -> AlignmentSpec:
-    """A run's alignment section from its flat `alignment.*` params ("" = unset)."""
-    raw = {k.split(".", 1)[1]: (v if v != "" else None) for k, v in params.items() if k.startswith(f"{ALIGNMENT}.")}
-    raw = {k: v for k, v in raw.items() if k in AlignmentSpec.model_fields}
-    try:
-        return AlignmentSpec.model_validate(raw)
-    except ValueError as err:
-        raise VfmAblateError(f"a run's alignment settings {raw} are not valid: {err}") from None
-
-
 def alignment_labels(runs: pd.DataFrame) -> pd.Series:
     """Per run its alignment method as one label (`none`, `mmd`, `histogram+standardise`, ...); where one method
     adapts one training data to several target datasets, the target too: `mmd → lucchi_pp`."""
-    cols = [c for c in runs.columns if c.startswith(f"params.{ALIGNMENT}.")]
-    methods = pd.Series(
-        [alignment_label(alignment_of({c[len("params.") :]: _text(runs.at[i, c]) for c in cols})) for i in runs.index],
-        index=runs.index,
-        dtype=object,
-    )
+    methods = pd.Series([spec.alignment.label() for spec in run_specs(runs)], index=runs.index, dtype=object)
     target = _param(runs, "data.target")
     targets_per_setting = target.groupby([_param(runs, "data.train"), methods]).transform("nunique")
     shown = (targets_per_setting > 1) & (target != "")
     suffix = " → " + target.str.replace(",", "+")
     return methods.where(~shown, methods + suffix)
-
-
-def _text(value: object) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
 def train_label(datasets: str, sampling: str, weights: str = "") -> str:
@@ -162,13 +143,13 @@ def _long_records(runs: pd.DataFrame, metric: str, variants: list[str]) -> pd.Da
     train = _param(runs, "data.train")
     sampling = _param(runs, "data.sampling", "natural")
     weights = _param(runs, "data.weights")
-    test = _param(runs, "data.test")
     variant_cols = {k: alignment_labels(runs) if k == ALIGNMENT else _param(runs, k) for k in variants}
     size = _backbone_size(runs)
+    specs = run_specs(runs)
     records = []
     for idx in runs.index:
-        tested = [d for d in (test[idx] or train[idx]).split(",") if d]
-        keys = _expected_tests(tested, metric)
+        spec = specs[idx]
+        keys = _expected_tests(spec.data.test_datasets, metric)
         keys += sorted(
             c[len("metrics.") :]
             for c in runs.columns
@@ -177,9 +158,8 @@ def _long_records(runs: pd.DataFrame, metric: str, variants: list[str]) -> pd.Da
             and c[len("metrics.") :] not in keys
             and (c.startswith(f"metrics.{metric}/") or c in (f"metrics.macro_{metric}", f"metrics.pooled_{metric}"))
         )
-        variant = ", ".join(
-            f"{k}={variant_cols[k][idx]}" for k in variants if regime[idx] == "lora" or not k.startswith("lora.")
-        )  # lora.* settings mean nothing for frozen/full trials (the sweep planner collapses them too)
+        unused = spec.inapplicable_settings()  # e.g. lora.* of a frozen trial (the sweep planner collapses them too)
+        variant = ", ".join(f"{k}={variant_cols[k][idx]}" for k in variants if not _covered(k, unused))
         for key in keys:
             col = f"metrics.{key}"
             value = runs.at[idx, col] if col in runs else np.nan
@@ -321,3 +301,8 @@ def to_markdown(table: SummaryTable) -> str:
     if table.duplicates_dropped:
         note += f" {table.duplicates_dropped} older run(s) of an already-counted trial id were not counted again."
     return markdown_table(rows, columns) + "\n\n" + note + "\n"
+
+
+def _covered(key: str, settings: list[str]) -> bool:
+    """Whether a dotted setting lies under one of `settings` (a section name covers its keys)."""
+    return any(key == s or key.startswith(s + ".") for s in settings)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .compare import alignment_methods, transfer_rows, transfer_table
-from .document import ReportParts, as_html, as_markdown
+from ..metric_names import IOU
+from .compare import alignment_methods, transfer_table
+from .document import ReportParts, as_html, as_markdown, transfer_rows
 from .figures import paired_vs_single_chart, regime_bar_chart, scale_plot
 from .study import block_tables, paired_vs_single, transfer_matrices
 from .tables import SummaryTable, flat_cells, summary_table
@@ -22,7 +23,7 @@ def report_parts(table: SummaryTable) -> ReportParts:
 
 
 def write_report(
-    runs: pd.DataFrame, out_dir: str | Path, metric: str = "iou_fg", title: str = "Results"
+    runs: pd.DataFrame, out_dir: str | Path, metric: str = IOU, title: str = "Results"
 ) -> tuple[ReportParts, dict[str, Path]]:
     """Summarise `runs` (from `load_runs`) and write: report.md + report.html (the document), summary.csv /
     summary_stats.csv (every cell, display / numbers), paired_vs_single.csv, transfer.csv (when cross-dataset tests

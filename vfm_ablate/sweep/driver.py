@@ -25,40 +25,38 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import TrialSpec
-from .estimate import with_gpu_shares
+from .cost.estimate import with_gpu_shares
 from .feature_store import SweepFeatureStore
-from .identity import input_identities
-from .inputs import check_inputs
-from .manifest import MANIFEST, check_manifest, execution_id, manifest, sweep_id
-from .plan import PlannedTrial, SweepPlan, plan, short_label, without_gpus
+from .inputs import check_inputs, check_ready
+from .outcome import (
+    SweepOutcome,
+    collect_outcome,
+    format_outcome,
+    mlflow_statuses,
+    publish_summary,
+    test_metrics,
+    where_to_look,
+    write_results_csv,
+)
+from .plan import PlannedTrial, SweepPlan, without_gpus
 from .progress import ProgressView
 from .ray_session import init_ray, quiet_ray_logs
-from .readiness import check_ready
-from .results import SweepOutcome, collect_outcome, format_outcome, mlflow_statuses, write_results_csv
-from .resume_inputs import check_unchanged_inputs, start_over
+from .resume.changed import check_unchanged_inputs, start_over
+from .resume.identity import input_identities
+from .resume.manifest import MANIFEST, check_manifest, execution_id, manifest, sweep_id
 from .spec import SweepSpec
 from .store import TrialStore, check_storage_root, resolve_storage_path, storage_root
-from .summary import publish_summary, test_metrics, where_to_look
-from .trainable import (
-    GRID_KEY,
-    SEARCH_KEY,
-    TrackingTarget,
-    TrialContext,
-    encode_config,
-    make_trainable,
-    trial_spec_from_config,
-)
+from .trainable import GRID_KEY, SEARCH_KEY, TrackingTarget, TrialContext, decode_config, encode_config, make_trainable
 
 GRID_EXPERIMENT = "tune"
 
 
 def run_sweep(
-    sweep: SweepSpec,
+    the_plan: SweepPlan,
     *,
     address: str | None = None,
     resume: bool = False,
@@ -89,20 +87,20 @@ def run_sweep(
     import ray
 
     out = out or sys.stdout
+    sweep = the_plan.sweep
     workdir = (workdir or Path.cwd()).resolve()
-    the_plan = plan(sweep)
     if gpu_shares:  # measured memory (a calibration file) instead of the backbone entries' guessed shares
-        the_plan = replace(the_plan, trials=with_gpu_shares(the_plan.trials, gpu_shares))
-    check_ready(sweep, the_plan.trials, out)  # offline with a dataset or weight missing: stop before Ray starts
+        the_plan = the_plan.with_trials(with_gpu_shares(the_plan.trials, gpu_shares))
+    check_ready(the_plan, out)  # offline with a dataset or weight missing: stop before Ray starts
     root = storage_root(resolve_storage_path(sweep, storage_path), sweep.name, workdir)
     check_storage_root(root)
     store = TrialStore(root)
-    sid = sweep_id(sweep, the_plan)
-    old_manifest = check_manifest(store, sweep, the_plan, sid, resume)
+    sid = sweep_id(the_plan)
+    old_manifest = check_manifest(store, the_plan, sid, resume)
     execution = execution_id(old_manifest)
-    inputs = check_inputs([t.spec for t in the_plan.trials], sweep.backbones, sweep.datasets, sweep.source)
+    inputs = check_inputs(the_plan.specs, the_plan.backbones, the_plan.datasets, sweep.source)
     identities = input_identities(inputs.backbones, inputs.datasets, inputs.pretrained)
-    changed, stale = check_unchanged_inputs(store, sweep, the_plan, identities, old_manifest, rerun_changed, out)
+    changed, stale = check_unchanged_inputs(store, the_plan, identities, old_manifest, rerun_changed, out)
     uri = _tracking_uri(sweep, tracking_uri, workdir)
     if uri is not None:
         from ..tracking.store import check_tracking_store
@@ -114,7 +112,7 @@ def run_sweep(
         experiments: dict[str, TrialSpec | None] = {GRID_EXPERIMENT: None}
         if sweep.search is not None:
             experiments = {f"search-{t.trial_id}": t.spec for t in the_plan.trials}
-        start_over(store, sweep, the_plan, stale, changed, experiments, uri, execution, out)
+        start_over(store, the_plan, stale, changed, experiments, uri, execution, out)
 
     started_ray = False
     if not ray.is_initialized():
@@ -151,7 +149,7 @@ def run_sweep(
             identities,
             feature_store=SweepFeatureStore(root),
         )
-        store.write_json(MANIFEST, manifest(sweep, the_plan, sid, execution, identities))
+        store.write_json(MANIFEST, manifest(the_plan, sid, execution, identities))
         print(
             f"sweep '{sweep.name}': {the_plan.num_trials} "
             + ("grid points (Optuna search per point)" if sweep.search else "trials")
@@ -169,7 +167,7 @@ def run_sweep(
             paths, interrupted = run(
                 sweep, trials, ctx, root, resume, max_concurrent_trials, retry_failed, interval, out
             )
-        outcome = collect_outcome(sweep, the_plan, store, paths)
+        outcome = collect_outcome(the_plan, store, paths)
         outcome.tracking_uri = target.uri if target else None
         outcome.interrupted = interrupted
         write_results_csv(store, outcome)
@@ -180,7 +178,7 @@ def run_sweep(
             tracker = None
         print(format_outcome(outcome), file=out, flush=True)
         if target is not None:
-            print(where_to_look(sweep, target), file=out, flush=True)
+            print(where_to_look(sweep.source, target), file=out, flush=True)
         if interrupted:
             print(f"interrupted: finish it with `vfm-ablate run {sweep.source} --resume`", file=out, flush=True)
         return outcome
@@ -279,11 +277,11 @@ def _fit(
 
 
 def _grid_dirname(trial: Any) -> str:
-    return trial_spec_from_config(trial.config).trial_id()
+    return decode_config(trial.config).trial_id
 
 
 def _search_dirname(trial: Any) -> str:
-    return f"{trial_spec_from_config(trial.config).trial_id()}_{trial.trial_id.rsplit('_', 1)[-1]}"
+    return f"{decode_config(trial.config).trial_id}_{trial.trial_id.rsplit('_', 1)[-1]}"
 
 
 def _run_grid(
@@ -375,7 +373,7 @@ def _run_search(
                 run_config=_run_config(sweep, root, name, view),
             )
 
-        print(f"grid point {index + 1}/{len(points)}: {short_label(point.spec)}", file=out, flush=True)
+        print(f"grid point {index + 1}/{len(points)}: {point.label.short}", file=out, flush=True)
         path = f"{root}/{name}"
         paths.append(path)
         expected = search.num_samples if space else 1

@@ -1,4 +1,5 @@
-"""Check every local input trials will read, before anything starts (`run`, `run --dry-run`, `train`).
+"""A sweep's inputs before anything starts (`run`, `run --dry-run`, `train`): every local file trials will read,
+and the readiness of every dataset and weight (present locally or in the hub caches, else the `fetch` command).
 
 - dataset entries: their files are listed and paired the way the loader does (layouts.list_slices), so a missing
   folder, a missing mask or an unpairable name fails here, naming the file, not seconds into every trial;
@@ -14,13 +15,19 @@ from __future__ import annotations
 
 import functools
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from ..config import TrialSpec
 from ..data.entries import DatasetEntry, resolve_dataset
 from ..errors import ConfigError, VfmAblateError
+from ..fetch.readiness import Readiness, check_readiness
 from ..models.registry import BackboneEntry, get_entry
+
+if TYPE_CHECKING:
+    from .plan import SweepPlan
 
 _HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # package:..., s3://..., file://... (not a plain path)
 MAX_PROBLEMS_SHOWN = 5
@@ -134,3 +141,24 @@ def _build_on_meta(entry_json: str) -> None:
     from ..models.backbones import build_backbone
 
     build_backbone(BackboneEntry.model_validate_json(entry_json), pretrained=False, device="meta")
+
+
+# ------------------------------------------------------------------------------------------ readiness
+
+
+def fetch_command(source: str) -> str:
+    """The command that fetches everything the sweep file `source` reads (run where the network is reachable)."""
+    return f"vfm-ablate fetch {shlex.quote(source)}"
+
+
+def sweep_readiness(the_plan: SweepPlan) -> Readiness:
+    """Every dataset and pretrained weight the trials read, with the entries exactly as the trials get them."""
+    return check_readiness(the_plan.specs, the_plan.backbones, the_plan.datasets, fetch_command(the_plan.sweep.source))
+
+
+def check_ready(the_plan: SweepPlan, out: TextIO) -> None:
+    """Before Ray starts: offline with anything missing is one ConfigError; online, what is missing is printed."""
+    readiness = sweep_readiness(the_plan)
+    readiness.raise_if_not_ready()
+    if readiness.missing:
+        print(readiness.format(), file=out, flush=True)

@@ -12,27 +12,19 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, replace
 from itertools import product
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
-from ..config import (
-    ALIGNMENT_OPTIONS,
-    SAMPLING_KEYS,
-    AlignmentSpec,
-    TrialSpec,
-    alignment_label,
-    inapplicable_settings,
-    sampling_applies,
-)
+from ..config import ALIGNMENT_OPTIONS, SAMPLING_KEYS, AlignmentSpec, TrialSpec, inapplicable_settings, lora_applies
 from ..data.entries import DatasetEntry, resolve_dataset
 from ..errors import ConfigError
 from ..models.registry import BackboneEntry, get_entry
 from ..overrides import set_dotted
 from ..validation import validate
-
-if TYPE_CHECKING:
-    from .spec import Distribution, SweepSpec
+from .labels import TrialLabel, label_trials
+from .spec import Distribution, SweepSpec, load_sweep
 
 
 @dataclass(frozen=True)
@@ -46,68 +38,50 @@ class TrialResources:
 
 @dataclass(frozen=True)
 class PlannedTrial:
-    """One distinct trial (a grid point in search mode) with the resources it asks Ray for."""
+    """One distinct trial (a grid point in search mode) with its label and the resources it asks Ray for."""
 
     spec: TrialSpec
     trial_id: str
     resources: TrialResources
+    label: TrialLabel
     search_space: dict[str, Distribution] = field(default_factory=dict)  # search mode: dims that apply here
-
-    def label(self) -> dict[str, str]:
-        return trial_label(self.spec, self.trial_id)
-
-
-# the keys of trial_label, in order
-LABEL_COLUMNS = ("id", "backbone", "regime", "rank", "train", "sampling", "alignment", "seed")
-
-
-def trial_label(s: TrialSpec, trial_id: str | None = None) -> dict[str, str]:
-    """The columns of the dry-run / result tables: what tells one trial of a study from another. `train` shows
-    an unlabelled target as `source→target`."""
-    multi = sampling_applies(len(s.batch_datasets()))
-    train = "+".join(s.data.train) + (f"→{'+'.join(s.data.target)}" if s.data.target else "")
-    return {
-        "id": trial_id or s.trial_id(),
-        "backbone": s.backbone,
-        "regime": s.regime,
-        "rank": str(s.lora.rank) if s.regime == "lora" else "-",
-        "train": train,
-        "sampling": s.data.sampling if multi else "-",
-        "alignment": alignment_label(s.alignment) if s.alignment.active else "-",
-        "seed": str(s.seed) if s.seed == s.split_seed else f"{s.seed}/{s.split_seed}",
-    }
-
-
-def short_label(s: TrialSpec) -> str:
-    """One-line description for progress output, e.g. `dinov2_vitl14_reg lora r16 lucchi_pp+vnc balanced seed 3`."""
-    lab = trial_label(s, "-")
-    parts = [lab["backbone"], lab["regime"]]
-    if lab["rank"] != "-":
-        parts.append(f"r{lab['rank']}")
-    parts.append(lab["train"])
-    if lab["sampling"] != "-":
-        parts.append(lab["sampling"])
-    if lab["alignment"] != "-":
-        parts.append(lab["alignment"])
-    parts.append(f"seed {lab['seed']}")
-    return " ".join(parts)
 
 
 @dataclass(frozen=True)
 class SweepPlan:
+    """A sweep expanded once: its distinct trials, what the expansion collapsed, and the backbone / dataset entries
+    the trials read (relative paths made absolute here, on the driver: trials run in other folders and on other
+    nodes, so they never resolve a name or a path themselves). Every command plans once and hands this on."""
+
+    sweep: SweepSpec
     trials: list[PlannedTrial]
     grid_points: int  # combinations before collapsing/de-duplication
     collapsed: int  # combinations dropped because they became identical to another trial
     collapse_reasons: dict[str, int]  # which rule dropped which axis value, counted per combination
+    backbones: dict[str, BackboneEntry]
+    datasets: dict[str, DatasetEntry]
 
     @property
     def num_trials(self) -> int:
         return len(self.trials)
 
+    @property
+    def specs(self) -> list[TrialSpec]:
+        return [t.spec for t in self.trials]
+
+    def with_trials(self, trials: list[PlannedTrial]) -> SweepPlan:
+        """The same plan with other resources for its trials (measured GPU shares, a cluster without GPUs)."""
+        return replace(self, trials=trials)
+
+
+def load_plan(path: str | Path) -> SweepPlan:
+    """Read, validate and expand a sweep file: what every command that takes a sweep file starts with."""
+    return plan(load_sweep(path))
+
 
 def plan(sweep: SweepSpec) -> SweepPlan:
-    """Expand, collapse, de-duplicate and validate every trial of the sweep; resources included."""
-    seen: dict[str, PlannedTrial] = {}
+    """Expand, collapse, de-duplicate and validate every trial of the sweep; labels and resources included."""
+    seen: dict[str, tuple[TrialSpec, TrialResources, dict[str, Distribution]]] = {}
     reasons: dict[str, int] = {}
     combos = 0
     for g, grid in enumerate(sweep.grids):
@@ -126,20 +100,24 @@ def plan(sweep: SweepSpec) -> SweepPlan:
                 if tid in seen:
                     continue
                 entry = get_entry(spec.backbone, sweep.backbones)
-                seen[tid] = PlannedTrial(
-                    spec=spec,
-                    trial_id=tid,
-                    resources=resources_for(spec, entry, sweep, where),
-                    search_space=_applicable_space(sweep, spec),
-                )
+                seen[tid] = (spec, resources_for(spec, entry, sweep, where), _applicable_space(sweep, spec))
+    labels = label_trials([spec for spec, _, _ in seen.values()], list(seen))
+    trials = [
+        PlannedTrial(spec=spec, trial_id=tid, resources=res, label=label, search_space=space)
+        for (tid, (spec, res, space)), label in zip(seen.items(), labels)
+    ]
+    from .inputs import resolve_entries
+
+    backbones, datasets = resolve_entries([t.spec for t in trials], sweep.backbones, sweep.datasets)
     return SweepPlan(
-        trials=list(seen.values()), grid_points=combos, collapsed=combos - len(seen), collapse_reasons=reasons
+        sweep=sweep,
+        trials=trials,
+        grid_points=combos,
+        collapsed=combos - len(seen),
+        collapse_reasons=reasons,
+        backbones=backbones,
+        datasets=datasets,
     )
-
-
-def expand(sweep: SweepSpec) -> list[TrialSpec]:
-    """The distinct TrialSpecs of a sweep (grid points in search mode), in file order."""
-    return [p.spec for p in plan(sweep).trials]
 
 
 def _where(sweep: SweepSpec, grid: int, assignment: dict[str, Any], rep: int) -> str:
@@ -194,7 +172,7 @@ def _collapse(data: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
     train = section.get("train") if isinstance(section.get("train"), list) else None
     target = section.get("target") if isinstance(section.get("target"), list) else []
     if alignment is None or train is None:  # invalid: the trial's own validation reports it
-        if regime != "lora" and "lora" in data:
+        if not lora_applies(str(regime)) and "lora" in data:
             del data["lora"]
             dropped.add(f"lora settings dropped for regime '{regime}'")
         return data, dropped
@@ -246,7 +224,7 @@ def _applicable_space(sweep: SweepSpec, spec: TrialSpec) -> dict[str, Distributi
     if sweep.search is None:
         return {}
     space = dict(sweep.search.space)
-    unused = inapplicable_settings(spec.regime, spec.alignment, spec.data.train, spec.data.target)
+    unused = spec.inapplicable_settings()
     return {k: v for k, v in space.items() if not any(k == u or k.startswith(u + ".") for u in unused)}
 
 
@@ -256,7 +234,7 @@ def _applicable_space(sweep: SweepSpec, spec: TrialSpec) -> dict[str, Distributi
 def resources_for(spec: TrialSpec, entry: BackboneEntry, sweep: SweepSpec, where: str = "") -> TrialResources:
     """CPU/GPU for one trial: the entry's frozen or adapted GPU fraction, then the sweep's overrides in order."""
     res = sweep.resources
-    gpu = entry.gpu_fraction_frozen if spec.regime == "frozen" else entry.gpu_fraction_adapted
+    gpu = entry.gpu_fraction(spec.regime)
     if res.gpu != "auto":
         gpu = float(res.gpu)
     cpu = res.cpu
@@ -276,19 +254,3 @@ def resources_for(spec: TrialSpec, entry: BackboneEntry, sweep: SweepSpec, where
 def without_gpus(trials: list[PlannedTrial]) -> list[PlannedTrial]:
     """The same trials asking for no GPU: what runs on a cluster that has none."""
     return [replace(t, resources=TrialResources(cpu=t.resources.cpu, gpu=0.0)) for t in trials]
-
-
-# --------------------------------------------------------------------------------------------- entries for trials
-
-
-def resolved_entries(
-    sweep: SweepSpec, trials: list[PlannedTrial]
-) -> tuple[dict[str, BackboneEntry], dict[str, DatasetEntry]]:
-    """Every backbone/dataset the trials use, with relative paths made absolute here on the driver.
-
-    Trials run in other working directories (and on other nodes), so they never resolve a name or a relative
-    path themselves: they get exactly these entries (the rule: sweep/inputs.resolve_entries).
-    """
-    from .inputs import resolve_entries
-
-    return resolve_entries([t.spec for t in trials], sweep.backbones, sweep.datasets)

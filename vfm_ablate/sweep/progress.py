@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .plan import short_label
+from .labels import HEADLINE, headline_iou
 from .store import TrialStore
-from .trainable import HEADLINE, headline_iou, sampled_values, trial_spec_from_config
+from .trainable import decode_config
 
 DEFAULT_INTERVAL_S = 30.0
 
@@ -269,28 +269,12 @@ _LAUNCH_T0: dict[str, float] = {}
 
 
 def _new_running(trial: Any) -> _Running:
-    try:
-        spec = trial_spec_from_config(trial.config)
-        optim = spec.optim
-        return _Running(_describe(trial), time.monotonic(), optim.max_epochs, optim.patience)
-    except Exception:  # a config we cannot read still gets a row
-        return _Running(str(trial.trial_id), time.monotonic(), 0, 0)
-
-
-def _describe(trial: Any) -> str:
-    try:
-        values = sampled_values(trial.config)
-        sampled = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-        return f"{short_label(trial_spec_from_config(trial.config))} {sampled}".rstrip()
-    except Exception:
-        return ""
+    t = decode_config(trial.config)
+    return _Running(t.label, time.monotonic(), t.max_epochs, t.patience)
 
 
 def _trial_id_of(trial: Any) -> str:
-    try:
-        return trial_spec_from_config(trial.config).trial_id()
-    except Exception:  # a config we cannot read still gets a line
-        return str(trial.trial_id)
+    return decode_config(trial.config).trial_id
 
 
 def first_error_line(trial: Any) -> str:

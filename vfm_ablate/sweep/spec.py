@@ -1,7 +1,7 @@
-"""Sweep files: the schema, and loading with validation of the whole file.
+"""Sweep files: the schema, and loading with validation of the file's own keys and shape.
 
-A sweep file is validated once, here, before Ray starts: its schema, its keys, and (through `plan`) every trial
-it expands to. Expansion (sweep/plan.py) is a pure function of the file:
+A sweep file is validated here, before Ray starts: its schema, its keys, its inline entries. Every trial it expands
+to is validated by the one expansion each command makes (sweep/plan.py, `load_plan`), a pure function of the file:
 
     base (partial TrialSpec)  x  axes (grid; a list of grids is their union)  x  repeats (seed AND split_seed)
       -> collapse settings that do not apply (lora.* unless regime is lora; sampling/weights with one train
@@ -201,7 +201,7 @@ class SweepSpec(StrictModel):
 
 
 def parse_sweep(data: Any, source: str | Path = "<sweep>", default_name: str | None = None) -> SweepSpec:
-    """Validate plain data as a sweep file: schema, inline entries, axis/search keys, and every trial."""
+    """Validate plain data as a sweep file: schema, inline entries, axis/search keys (its trials: `plan`)."""
     source = str(source)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with name/base/axes/... at the top level")
@@ -218,14 +218,12 @@ def parse_sweep(data: Any, source: str | Path = "<sweep>", default_name: str | N
     sweep = validate(SweepSpec, {**data, "backbones": backbones, "datasets": datasets}, source)
     sweep._source = source
     _check_keys(sweep)
-    from .plan import plan  # plan reads the schema above
-
-    plan(sweep)  # expands and validates every trial (unknown backbones/datasets, bad combinations) now
     return sweep
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep YAML file; the sweep's name defaults to the file's stem."""
+    """Read and validate a sweep YAML file; the sweep's name defaults to the file's stem (its trials:
+    `plan.load_plan`)."""
     path = Path(path)
     return parse_sweep(load_yaml(path), path, default_name=path.stem)
 

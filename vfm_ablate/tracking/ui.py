@@ -27,15 +27,15 @@ from typing import Any
 from urllib.parse import quote as url_quote
 from urllib.parse import urlencode
 
-from .runs import EXECUTION_TAG, ROLE_TAG, ROLE_TRIAL
+from ..metric_names import HEADLINE
 from .store import check_id, retry_locked, sqlite_path, tracking_client
+from .tags import ROLE_TRIAL, runs_filter
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 WORKFLOW_PARAM = "workflowType=machine_learning"
 DEFAULT_UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
-HEADLINE_METRIC = "iou_fg"  # the one IoU per trial (macro over test datasets, or the single one)
 
 NAME_COLUMN = "attributes.`Run Name`"
 PARAM_COLUMNS = ("backbone", "regime", "lora.rank", "data.train", "data.sampling", "seed")
@@ -54,11 +54,11 @@ def view_key(execution_id: str) -> str:
 def comparison_view(execution_id: str, test_metrics: list[str]) -> dict[str, Any]:
     """The runs-table state of one execution: its trials only, best headline IoU first, the IoU columns and the
     settings that tell trials apart."""
-    metrics = [HEADLINE_METRIC, *[m for m in test_metrics if m != HEADLINE_METRIC], *TAIL_METRICS]
+    metrics = [HEADLINE, *[m for m in test_metrics if m != HEADLINE], *TAIL_METRICS]
     columns = [column("metrics", m) for m in metrics] + [column("params", p) for p in PARAM_COLUMNS]
     return {
-        "searchFilter": f"tags.`{EXECUTION_TAG}` = '{execution_id}' and tags.`{ROLE_TAG}` = '{ROLE_TRIAL}'",
-        "orderByKey": column("metrics", HEADLINE_METRIC),
+        "searchFilter": runs_filter(ROLE_TRIAL, execution_id=execution_id),
+        "orderByKey": column("metrics", HEADLINE),
         "orderByAsc": False,
         "startTime": "ALL",
         "lifecycleFilter": "Active",

@@ -13,7 +13,8 @@ import torch
 from ..config import TrialSpec
 from ..data.sources import LoadedDataset
 from ..diagnostics.embeddings import dataset_embeddings
-from ..diagnostics.measures import domain_metrics, pca_plot
+from ..diagnostics.metrics import domain_metrics
+from ..diagnostics.plots import pca_plot
 from ..errors import ConfigError
 from ..models.registry import BackboneEntry
 from ..models.segmenter import Segmenter

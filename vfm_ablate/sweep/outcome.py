@@ -1,29 +1,37 @@
-"""A sweep's outcome, read back from the trial records: the final table and results.csv."""
+"""A sweep's outcome, read back from the trial records, and what is shown of it: the final table and results.csv,
+the summary on the execution's sweep run in MLflow (counts, IoUs, results.csv and the report, refreshed at the end
+of every launch), and where to look."""
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
+import math
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..config import TrialSpec
+from ..errors import VfmAblateError
+from ..metric_names import MACRO_IOU, POOLED_IOU, iou_metric
 from ..text_tables import format_table
-from .plan import LABEL_COLUMNS, PlannedTrial, SweepPlan
+from .labels import HEADLINE, LABEL_COLUMNS, headline_iou
+from .plan import PlannedTrial, SweepPlan
 from .progress import first_error_line
-from .spec import SweepSpec
 from .store import TrialStore
-from .trainable import HEADLINE, grid_point_spec, headline_iou, sampled_values, trial_spec_from_config
+from .trainable import TrackingTarget, decode_config
 
 RESULTS_CSV = "results.csv"
+_log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrialOutcome:
-    """One row of the final table."""
+    """One row of the final table: a planned trial (a grid point's sample in search mode) and how it ended."""
 
     planned: PlannedTrial
-    spec: TrialSpec
     trial_id: str
     status: str  # FINISHED, FAILED, STOPPED (scheduler), NOT RUN
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -49,7 +57,7 @@ class SweepOutcome:
         return all(t.status in ("FINISHED", "STOPPED") for t in self.trials)
 
 
-def collect_outcome(sweep: SweepSpec, the_plan: SweepPlan, store: TrialStore, paths: list[str]) -> SweepOutcome:
+def collect_outcome(the_plan: SweepPlan, store: TrialStore, paths: list[str]) -> SweepOutcome:
     """One row per trial Ray ran (per planned trial in grid mode), with the durable record's metrics."""
     from ray import tune
 
@@ -60,14 +68,12 @@ def collect_outcome(sweep: SweepSpec, the_plan: SweepPlan, store: TrialStore, pa
     for path in paths:
         if not tune.Tuner.can_restore(path):
             continue
-        grid = tune.ExperimentAnalysis(path)
-        for trial in grid.trials:
-            spec = trial_spec_from_config(trial.config)
-            tid = spec.trial_id()
+        for trial in tune.ExperimentAnalysis(path).trials:
+            ray_trial = decode_config(trial.config)
+            tid = ray_trial.trial_id
             if tid in seen:
                 continue
             seen.add(tid)
-            point = by_point.get(tid) or by_point.get(grid_point_spec(trial.config).trial_id())
             record = results.get(tid)
             last = trial.last_result or {}
             if record is not None:
@@ -80,23 +86,22 @@ def collect_outcome(sweep: SweepSpec, the_plan: SweepPlan, store: TrialStore, pa
                 status, metrics, error = "NOT RUN", dict(last), None
             rows.append(
                 TrialOutcome(
-                    planned=point,
-                    spec=spec,
+                    planned=by_point[ray_trial.point_id],
                     trial_id=tid,
                     status=status,
                     metrics=metrics,
                     error=error,
                     attempts=len(store.attempts(tid)),
-                    sampled=sampled_values(trial.config),
+                    sampled=ray_trial.sampled,
                 )
             )
-    if sweep.search is None:  # planned trials Ray never created (driver stopped early) still get a row
+    if the_plan.sweep.search is None:  # planned trials Ray never created (driver stopped early) still get a row
         for t in the_plan.trials:
             if t.trial_id not in seen:
-                rows.append(TrialOutcome(planned=t, spec=t.spec, trial_id=t.trial_id, status="NOT RUN"))
+                rows.append(TrialOutcome(planned=t, trial_id=t.trial_id, status="NOT RUN"))
     order = {t.trial_id: i for i, t in enumerate(the_plan.trials)}
     rows.sort(key=lambda row: order.get(row.planned.trial_id, len(order)))  # the sweep file's order (stable)
-    return SweepOutcome(sweep.name, store.root, paths, rows)
+    return SweepOutcome(the_plan.sweep.name, store.root, paths, rows)
 
 
 def mlflow_statuses(outcome: SweepOutcome) -> dict[str, str]:
@@ -107,14 +112,14 @@ def mlflow_statuses(outcome: SweepOutcome) -> dict[str, str]:
 def outcome_rows(outcome: SweepOutcome) -> list[dict[str, str]]:
     rows = []
     for t in outcome.trials:
-        label = PlannedTrial(spec=t.spec, trial_id=t.trial_id, resources=t.planned.resources).label()
         iou = headline_iou(t.metrics)
         row = {
-            **label,
+            **t.planned.label.columns,
+            "id": t.trial_id,
             **{k: f"{float(v):.3g}" for k, v in t.sampled.items()},
             "status": t.status,
             HEADLINE: f"{iou:.4f}" if iou is not None and t.status == "FINISHED" else "-",
-            "pooled": f"{float(t.metrics['pooled_iou_fg']):.4f}" if "pooled_iou_fg" in t.metrics else "-",
+            "pooled": f"{float(t.metrics[POOLED_IOU]):.4f}" if POOLED_IOU in t.metrics else "-",
             "epochs": str(int(t.metrics["epochs_run"])) if "epochs_run" in t.metrics else "-",
             "attempts": str(t.attempts),
         }
@@ -174,3 +179,70 @@ def write_results_csv(store: TrialStore, outcome: SweepOutcome) -> None:
             + [t.error or ""]
         )
     store.write_text(RESULTS_CSV, buf.getvalue())
+
+
+def test_metrics(the_plan: SweepPlan) -> list[str]:
+    """The test-metric columns of the sweep's UI view: `iou_fg/<dataset>`, and macro/pooled when a trial tests
+    on several datasets."""
+    names: list[str] = []
+    several = False
+    for t in the_plan.trials:
+        tested = t.spec.data.test_datasets
+        several = several or len(tested) > 1
+        names += [iou_metric(d) for d in tested]
+    keys = list(dict.fromkeys(names))
+    return keys + ([MACRO_IOU, POOLED_IOU] if several else [])
+
+
+def summary_metrics(outcome: SweepOutcome) -> dict[str, float]:
+    """Counts by status, the best / mean headline IoU of the finished trials, and the frozen trials' backbone
+    passes against features read from the sweep's store (one extraction per image per sweep)."""
+    ious = [headline_iou(t.metrics) for t in outcome.trials if t.status == "FINISHED"]
+    values = [v for v in ious if v is not None and math.isfinite(v)]
+    out: dict[str, float] = {
+        "trials": float(len(outcome.trials)),
+        "trials_finished": float(outcome.count("FINISHED")),
+        "trials_failed": float(outcome.count("FAILED")),
+        "trials_killed": float(outcome.count("STOPPED") + outcome.count("NOT RUN")),
+    }
+    if values:
+        out[f"best_{HEADLINE}"] = max(values)
+        out[f"mean_{HEADLINE}"] = sum(values) / len(values)
+    frozen = [t.metrics for t in outcome.trials if "backbone_extractions" in t.metrics]
+    if frozen:
+        out["backbone_extractions"] = sum(float(m["backbone_extractions"]) for m in frozen)
+        out["feature_store_hits"] = sum(float(m.get("feature_store_hits", 0.0)) for m in frozen)
+    return out
+
+
+def publish_summary(tracker: Any, outcome: SweepOutcome, store: TrialStore) -> None:
+    """Refresh the sweep run: summary metrics, results.csv and the report of this execution's trial runs. A report
+    that cannot be made (e.g. nothing finished yet) is said once, never fatal: the trials' own runs hold it all."""
+    from ..report.runs import load_runs
+    from ..report.write import write_report
+
+    with tempfile.TemporaryDirectory(prefix="vfm-summary-") as tmp:
+        folder = Path(tmp)
+        csv = Path(store.root) / RESULTS_CSV
+        if "://" not in store.root and csv.exists():
+            shutil.copy(csv, folder / RESULTS_CSV)
+        try:
+            runs = load_runs(tracker.tracking_uri, tracker.experiment, execution_id=tracker.execution_id)
+            write_report(runs, folder / "report", title=f"{outcome.sweep_name}: results")
+        except VfmAblateError as err:
+            _log.warning("sweep run: no report this time (%s)", err)
+        tracker.publish(summary_metrics(outcome), folder)
+
+
+def where_to_look(source: str, target: TrackingTarget) -> str:
+    """The lines that end `vfm-ablate run`: how to open this sweep's trials in the MLflow UI, and the report."""
+    from ..tracking.ui import experiment_address, ui_command
+
+    command = ui_command(target.uri)
+    address = experiment_address(target.uri, target.experiment_id, target.view_key)
+    lines = [f"MLflow: experiment '{target.experiment}' in {target.uri} (execution {target.execution_id})"]
+    if command:
+        lines.append(f"  open the UI:    {command}")
+    lines.append(f"  trials, by IoU: {address}")
+    lines.append(f"  tables:         vfm-ablate report {source}")
+    return "\n".join(lines)

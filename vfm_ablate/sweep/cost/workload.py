@@ -14,16 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..calibration.records import ConfigKey
-from ..data.entries import DatasetEntry, resolve_dataset
-from ..data.images import read_image
-from ..data.layouts import list_slices
-from ..data.sampling import epoch_batches, split_validation
-from ..data.transforms import target_size
-from ..errors import DataError
-from ..models.registry import get_entry
-from .plan import PlannedTrial
-from .spec import SweepSpec
+from ...calibration.records import ConfigKey
+from ...data.entries import DatasetEntry
+from ...data.images import read_image
+from ...data.layouts import list_slices
+from ...data.sampling import epoch_batches, split_validation
+from ...data.transforms import target_size
+from ...errors import DataError
+from ..plan import PlannedTrial, SweepPlan
 
 Size = tuple[int, int]
 
@@ -79,21 +77,19 @@ def dataset_shape(entry: DatasetEntry) -> DatasetShape:
     return DatasetShape(entry.name, n - listing.test_count, listing.test_count, int(h), int(w))
 
 
-def dataset_shapes(
-    sweep: SweepSpec, trials: list[PlannedTrial], given: dict[str, DatasetShape] | None = None
-) -> dict[str, DatasetShape]:
+def dataset_shapes(the_plan: SweepPlan, given: dict[str, DatasetShape] | None = None) -> dict[str, DatasetShape]:
     """The shape of every train/test dataset the trials use; `given` (e.g. the full Lucchi++) wins."""
     out = dict(given or {})
-    for t in trials:
-        for name in [*t.spec.data.train, *t.spec.data.target, *t.spec.data.test_datasets]:
+    for s in the_plan.specs:
+        for name in [*s.data.train, *s.data.target, *s.data.test_datasets]:
             if name not in out:
-                out[name] = dataset_shape(resolve_dataset(name, sweep.datasets))
+                out[name] = dataset_shape(the_plan.datasets[name])
     return out
 
 
-def trial_workload(sweep: SweepSpec, trial: PlannedTrial, shapes: dict[str, DatasetShape]) -> TrialWorkload:
+def trial_workload(the_plan: SweepPlan, trial: PlannedTrial, shapes: dict[str, DatasetShape]) -> TrialWorkload:
     s = trial.spec
-    entry = get_entry(s.backbone, sweep.backbones)
+    entry = the_plan.backbones[s.backbone]
     names = list(dict.fromkeys([*s.data.train, *s.data.target, *s.data.test_datasets]))
     sizes = {n: target_size(shapes[n].height, shapes[n].width, s.data.resize, entry.patch_size) for n in names}
     train, val = {}, {}
@@ -114,11 +110,9 @@ def trial_workload(sweep: SweepSpec, trial: PlannedTrial, shapes: dict[str, Data
     return TrialWorkload(trial, sizes, train, val, target, test, groups)
 
 
-def sweep_workloads(
-    sweep: SweepSpec, trials: list[PlannedTrial], given: dict[str, DatasetShape] | None = None
-) -> list[TrialWorkload]:
-    shapes = dataset_shapes(sweep, trials, given)
-    return [trial_workload(sweep, t, shapes) for t in trials]
+def sweep_workloads(the_plan: SweepPlan, given: dict[str, DatasetShape] | None = None) -> list[TrialWorkload]:
+    shapes = dataset_shapes(the_plan, given)
+    return [trial_workload(the_plan, t, shapes) for t in the_plan.trials]
 
 
 def config_keys(workloads: list[TrialWorkload], minor_share: float = 0.25) -> list[ConfigKey]:
@@ -128,19 +122,10 @@ def config_keys(workloads: list[TrialWorkload], minor_share: float = 0.25) -> li
     keys: dict[str, ConfigKey] = {}
     for w in workloads:
         s = w.trial.spec
-        rank = s.lora.rank if s.regime == "lora" else None
         total = sum(w.step_groups.values()) or 1
         wanted = {(h, wd, s.optim.batch_size) for h, wd in w.sizes.values()}
         wanted |= {(h, wd, n) for (h, wd, n), count in w.step_groups.items() if count / total > minor_share}
         for h, wd, n in sorted(wanted):
-            key = ConfigKey(
-                backbone=s.backbone,
-                regime=s.regime,
-                precision=s.precision,
-                height=h,
-                width=wd,
-                batch_size=n,
-                lora_rank=rank,
-            )
+            key = ConfigKey.of(s, h, wd, n)
             keys.setdefault(key.label(), key)
     return list(keys.values())
