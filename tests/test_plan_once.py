@@ -52,7 +52,8 @@ def test_dry_run_calibrate_and_fetch_each_expand_the_sweep_once(
     commands = {
         "run --dry-run": ["run", str(sweep), "--dry-run"],
         "calibrate --flops": ["calibrate", str(sweep), "-o", str(cal), "--flops", "10"],
-        "run --dry-run --calibration": ["run", str(sweep), "--dry-run", "--calibration", str(cal), "--tracking-uri", uri],
+        "run --dry-run --calibration": ["run", str(sweep), "--dry-run", "--calibration", str(cal)]
+        + ["--tracking-uri", uri],
         "fetch": ["fetch", str(sweep)],
     }
     for name, args in commands.items():

@@ -21,6 +21,9 @@ import numpy as np
 from ..config import AlignmentSpec
 from ..errors import DataError
 
+MeanStd = tuple[Sequence[float], Sequence[float]]  # per-channel normalisation
+Range = tuple[float, float] | None  # a dataset's raw value range (None: the dtype's)
+
 
 def _full_scale(dtype: np.dtype) -> float:
     if dtype == np.uint8:
@@ -81,17 +84,11 @@ class InputAlignment:
     def pixels(self, image: np.ndarray) -> np.ndarray:
         return image
 
-    def value_range(self, own: tuple[float, float] | None) -> tuple[float, float] | None:
+    def value_range(self, own: Range) -> Range:
         """The raw range that maps the aligned pixels to [0, 1] (`image_to_tensor`): the dataset's own."""
         return own
 
-    def normalisation(
-        self,
-        dataset: str,
-        dtype: np.dtype,
-        default: tuple[Sequence[float], Sequence[float]],
-        value_range: tuple[float, float] | None = None,
-    ) -> tuple[Sequence[float], Sequence[float]]:
+    def normalisation(self, dataset: str, dtype: np.dtype, default: MeanStd, value_range: Range = None) -> MeanStd:
         """(mean, std) per channel in the [0, 1] units `image_to_tensor` produces from `value_range`."""
         return default
 
@@ -111,7 +108,7 @@ class HistogramMatching(InputAlignment):
     def pixels(self, image: np.ndarray) -> np.ndarray:
         return match_histogram(image, self.reference)
 
-    def value_range(self, own: tuple[float, float] | None) -> tuple[float, float] | None:
+    def value_range(self, own: Range) -> Range:
         return self.reference_range
 
 
@@ -121,13 +118,7 @@ class ZScoring(InputAlignment):
 
     statistics: dict[str, tuple[float, float]] = field(default_factory=dict)  # dataset -> (mean, std), raw units
 
-    def normalisation(
-        self,
-        dataset: str,
-        dtype: np.dtype,
-        default: tuple[Sequence[float], Sequence[float]],
-        value_range: tuple[float, float] | None = None,
-    ) -> tuple[Sequence[float], Sequence[float]]:
+    def normalisation(self, dataset: str, dtype: np.dtype, default: MeanStd, value_range: Range = None) -> MeanStd:
         if dataset not in self.statistics:
             raise DataError(f"z-scoring: no intensity statistics for dataset '{dataset}'")
         mean, std = self.statistics[dataset]
@@ -152,7 +143,7 @@ class Clahe(InputAlignment):
     def pixels(self, image: np.ndarray) -> np.ndarray:
         return clahe(image, self.clip_limit, self.kernel_size)
 
-    def value_range(self, own: tuple[float, float] | None) -> tuple[float, float] | None:
+    def value_range(self, own: Range) -> Range:
         return None
 
 

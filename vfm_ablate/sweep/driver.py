@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -162,11 +163,19 @@ def run_sweep(
         # snapshots forced by CheckpointConfig(num_to_keep) are what keeps --resume close to where it stopped
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         run = _run_grid if sweep.search is None else _run_search
-        interval = sweep.run.progress_interval_s if progress_interval_s is None else progress_interval_s
+        launch = Launch(
+            sweep=sweep,
+            trials=trials,
+            ctx=ctx,
+            root=root,
+            resume=resume,
+            resume_errored=sweep.run.resume_errored if retry_failed is None else retry_failed,
+            max_concurrent=max_concurrent_trials,
+            interval_s=sweep.run.progress_interval_s if progress_interval_s is None else progress_interval_s,
+            out=out,
+        )
         with quiet_ray_logs(verbose):
-            paths, interrupted = run(
-                sweep, trials, ctx, root, resume, max_concurrent_trials, retry_failed, interval, out
-            )
+            paths, interrupted = run(launch)
         outcome = collect_outcome(the_plan, store, paths)
         outcome.tracking_uri = target.uri if target else None
         outcome.interrupted = interrupted
@@ -226,54 +235,63 @@ def _start_tracking(
     return target, tracker
 
 
-def _tune_config_common(sweep: SweepSpec, max_concurrent: int | None, dirname: Callable[[Any], str]) -> dict[str, Any]:
-    return {
-        "max_concurrent_trials": max_concurrent or sweep.run.max_concurrent_trials,
-        "trial_dirname_creator": dirname,
-        "trial_name_creator": dirname,
-        "reuse_actors": True,  # no process start + torch import per trial (see benchmarks/bench_ray_overhead.py)
-    }
+@dataclass(frozen=True)
+class Launch:
+    """What one launch runs, and how: handed to the grid or search runner whole."""
 
+    sweep: SweepSpec
+    trials: list[PlannedTrial]
+    ctx: TrialContext
+    root: str
+    resume: bool
+    resume_errored: bool  # --resume also retries trials that failed
+    max_concurrent: int | None
+    interval_s: float  # progress lines without a terminal
+    out: TextIO
 
-def _run_config(sweep: SweepSpec, root: str, name: str, view: ProgressView) -> Any:
-    from ray import tune
+    def tune_config(self, dirname: Callable[[Any], str], **settings: Any) -> Any:
+        from ray import tune
 
-    return tune.RunConfig(
-        name=name,
-        storage_path=root,
-        verbose=0,
-        callbacks=[view.as_callback()],
-        failure_config=tune.FailureConfig(max_failures=sweep.run.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=sweep.run.keep_checkpoints),
-    )
+        return tune.TuneConfig(
+            max_concurrent_trials=self.max_concurrent or self.sweep.run.max_concurrent_trials,
+            trial_dirname_creator=dirname,
+            trial_name_creator=dirname,
+            reuse_actors=True,  # no process start + torch import per trial (see benchmarks/bench_ray_overhead.py)
+            **settings,
+        )
 
+    def run_config(self, name: str, view: ProgressView) -> Any:
+        from ray import tune
 
-def _fit(
-    make_tuner: Callable[[], Any],
-    path: str,
-    trainable: Any,
-    resume: bool,
-    resume_errored: bool,
-    expected: int | None,
-    out: TextIO,
-) -> bool:
-    """Restore the experiment at `path` when resuming and it exists, else start it; True if it was interrupted.
+        return tune.RunConfig(
+            name=name,
+            storage_path=self.root,
+            verbose=0,
+            callbacks=[view.as_callback()],
+            failure_config=tune.FailureConfig(max_failures=self.sweep.run.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=self.sweep.run.keep_checkpoints),
+        )
 
-    Ray Tune returns normally from fit() after a Ctrl-C (having saved its state), so "interrupted" is read
-    from the experiment: trials not yet terminated, or (grid) fewer trials than planned.
-    """
-    from ray import tune
+    def fit(self, make_tuner: Callable[[], Any], path: str, trainable: Any, expected: int | None) -> bool:
+        """Restore the experiment at `path` when resuming and it exists, else start it; True if it was interrupted.
 
-    if resume and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=resume_errored)
-    else:
-        if resume:
-            print(f"nothing to resume at {path}: starting it", file=out, flush=True)
-        tuner = make_tuner()
-    tuner.fit()
-    trials = tune.ExperimentAnalysis(path).trials
-    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
-    return bool(unfinished) or (expected is not None and len(trials) < expected)
+        Ray Tune returns normally from fit() after a Ctrl-C (having saved its state), so "interrupted" is read
+        from the experiment: trials not yet terminated, or (grid) fewer trials than planned.
+        """
+        from ray import tune
+
+        if self.resume and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(
+                path, trainable=trainable, resume_unfinished=True, resume_errored=self.resume_errored
+            )
+        else:
+            if self.resume:
+                print(f"nothing to resume at {path}: starting it", file=self.out, flush=True)
+            tuner = make_tuner()
+        tuner.fit()
+        trials = tune.ExperimentAnalysis(path).trials
+        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        return bool(unfinished) or (expected is not None and len(trials) < expected)
 
 
 def _grid_dirname(trial: Any) -> str:
@@ -284,57 +302,38 @@ def _search_dirname(trial: Any) -> str:
     return f"{decode_config(trial.config).trial_id}_{trial.trial_id.rsplit('_', 1)[-1]}"
 
 
-def _run_grid(
-    sweep: SweepSpec,
-    trials: list[PlannedTrial],
-    ctx: TrialContext,
-    root: str,
-    resume: bool,
-    max_concurrent: int | None,
-    retry_failed: bool | None,
-    interval_s: float,
-    out: TextIO,
-) -> tuple[list[str], bool]:
+def _run_grid(launch: Launch) -> tuple[list[str], bool]:
+    """All trials in one Ray Tune experiment (a grid search over their encoded configs)."""
     from ray import tune
 
-    trainable = make_trainable(ctx)
-    view = ProgressView(root, len(trials), interval_s)
+    trainable = make_trainable(launch.ctx)
+    view = ProgressView(launch.root, len(launch.trials), launch.interval_s)
 
     def make_tuner() -> Any:
         return tune.Tuner(
             trainable,
-            param_space={GRID_KEY: tune.grid_search([encode_config(t) for t in trials])},
-            tune_config=tune.TuneConfig(**_tune_config_common(sweep, max_concurrent, _grid_dirname)),
-            run_config=_run_config(sweep, root, GRID_EXPERIMENT, view),
+            param_space={GRID_KEY: tune.grid_search([encode_config(t) for t in launch.trials])},
+            tune_config=launch.tune_config(_grid_dirname),
+            run_config=launch.run_config(GRID_EXPERIMENT, view),
         )
 
-    path = f"{root}/{GRID_EXPERIMENT}"
-    interrupted = _fit(make_tuner, path, trainable, resume, _resume_errored(sweep, retry_failed), len(trials), out)
-    return [path], interrupted
+    path = f"{launch.root}/{GRID_EXPERIMENT}"
+    return [path], launch.fit(make_tuner, path, trainable, len(launch.trials))
 
 
-def _run_search(
-    sweep: SweepSpec,
-    points: list[PlannedTrial],
-    ctx: TrialContext,
-    root: str,
-    resume: bool,
-    max_concurrent: int | None,
-    retry_failed: bool | None,
-    interval_s: float,
-    out: TextIO,
-) -> tuple[list[str], bool]:
+def _run_search(launch: Launch) -> tuple[list[str], bool]:
     """One Optuna search (+ ASHA) per grid point, one after the other; each is its own resumable experiment."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    search = sweep.search
+    search = launch.sweep.search
     assert search is not None
-    trainable = make_trainable(ctx)
+    trainable = make_trainable(launch.ctx)
     paths = []
+    points = launch.trials
     total = sum(search.num_samples if p.search_space else 1 for p in points)
-    view = ProgressView(root, total, interval_s)
+    view = ProgressView(launch.root, total, launch.interval_s)
     for index, point in enumerate(points):
         name = f"search-{point.trial_id}"
         space = {k: d.to_tune() for k, d in point.search_space.items()}
@@ -342,13 +341,12 @@ def _run_search(
         def make_tuner(
             point: PlannedTrial = point, space: dict[str, Any] = space, index: int = index, name: str = name
         ) -> Any:
-            common = _tune_config_common(sweep, max_concurrent, _search_dirname)
             if not space:  # nothing to search at this grid point (e.g. only LoRA settings searched, regime frozen)
                 return tune.Tuner(
                     trainable,
                     param_space=encode_config(point),
-                    tune_config=tune.TuneConfig(num_samples=1, **common),
-                    run_config=_run_config(sweep, root, name, view),
+                    tune_config=launch.tune_config(_search_dirname, num_samples=1),
+                    run_config=launch.run_config(name, view),
                 )
             scheduler = None
             if search.asha.enabled:
@@ -362,25 +360,20 @@ def _run_search(
             return tune.Tuner(
                 trainable,
                 param_space={**encode_config(point), SEARCH_KEY: space},
-                tune_config=tune.TuneConfig(
+                tune_config=launch.tune_config(
+                    _search_dirname,
                     metric=search.metric,
                     mode=search.mode,
                     num_samples=search.num_samples,
                     search_alg=OptunaSearch(seed=search.seed + index),
                     scheduler=scheduler,
-                    **common,
                 ),
-                run_config=_run_config(sweep, root, name, view),
+                run_config=launch.run_config(name, view),
             )
 
-        print(f"grid point {index + 1}/{len(points)}: {point.label.short}", file=out, flush=True)
-        path = f"{root}/{name}"
+        print(f"grid point {index + 1}/{len(points)}: {point.label.short}", file=launch.out, flush=True)
+        path = f"{launch.root}/{name}"
         paths.append(path)
-        expected = search.num_samples if space else 1
-        if _fit(make_tuner, path, trainable, resume, _resume_errored(sweep, retry_failed), expected, out):
+        if launch.fit(make_tuner, path, trainable, search.num_samples if space else 1):
             return paths, True
     return paths, False
-
-
-def _resume_errored(sweep: SweepSpec, retry_failed: bool | None) -> bool:
-    return sweep.run.resume_errored if retry_failed is None else retry_failed
