@@ -278,3 +278,28 @@ def test_target_images_of_a_loss_level_alignment_are_trained_on_and_extracted(tm
     # mmd: balanced "1+1" batches over 9 source and 6 target images; sb's 6 training images extracted too
     assert sum(n * k for (_, _, n), k in mmd.step_groups.items()) == 2 * 9
     assert mmd.target_images == {"sb": 6} and mmd.extracted_images["sb"] == 6 + 2
+
+
+def test_a_configuration_is_measured_with_the_trials_own_lora_settings() -> None:
+    """Calibration builds the network from the trial's LoRA section (rank, alpha, dropout, targets): peft's scaling
+    in the measured model is the trial's alpha / rank, and MLP targets count as another configuration."""
+    from vfm_ablate.calibration.records import ConfigKey
+    from vfm_ablate.config import TrialSpec
+    from vfm_ablate.models.registry import get_entry
+    from vfm_ablate.models.segmenter import build_segmenter
+
+    lora = {"rank": 4, "alpha": 12.0, "dropout": 0.1, "targets": "attention+mlp"}
+    spec = TrialSpec.model_validate(
+        {"backbone": "tiny_vit_p14", "regime": "lora", "lora": lora, "data": {"train": ["x"]}}
+    )
+    key = ConfigKey.of(spec, 28, 28, 2)
+    measured = key.trial_spec("cpu")
+    assert measured.lora == spec.lora and measured.weights == "random" and measured.optim.batch_size == 2
+    model = build_segmenter(measured, get_entry("tiny_vit_p14"), device="meta")
+    scalings = [m.scaling["default"] for m in model.modules() if hasattr(m, "scaling") and "default" in m.scaling]
+    assert scalings and all(s == 12.0 / 4 for s in scalings)
+    assert any(t.endswith("mlp.fc1") for t in model.lora_targets)
+    attention_only = ConfigKey.of(
+        spec.model_copy(update={"lora": spec.lora.model_copy(update={"targets": "attention"})}), 28, 28, 2
+    )
+    assert attention_only.label() != key.label()

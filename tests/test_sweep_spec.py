@@ -302,3 +302,13 @@ def test_trial_store_round_trip(tmp_path: Path) -> None:
     [attempt] = store.attempts("abc")
     assert attempt["node_id"] == "n1" and attempt["status"] == "FAILED" and attempt["error"] == "ValueError: bad value"
     assert "Traceback" in attempt["traceback"] or "ValueError" in attempt["traceback"]
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_every_trial_reads_back_from_its_flat_params(path: Path) -> None:
+    """What the report does with runs logged before the spec itself was: MLflow's flat strings give the same
+    TrialSpec, for every trial of every shipped sweep."""
+    from vfm_ablate.config import TrialSpec
+
+    for spec in plan(load_sweep(path)).specs:
+        assert TrialSpec.from_flat_params(spec.flat_params()) == spec
