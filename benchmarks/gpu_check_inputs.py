@@ -20,12 +20,14 @@ def _slice(args: tuple[str, str, int, int, int, int]) -> None:
 
     image_path, mask_path, seed, height, width, discs = args
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
     mask = np.zeros((height, width), dtype=bool)
-    for _ in range(discs):
+    for _ in range(discs):  # each disc drawn in its own bounding box
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
         r = rng.uniform(0.03, 0.08) * min(height, width)
-        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        y0, y1 = max(0, int(cy - r)), min(height, int(cy + r) + 1)
+        x0, x1 = max(0, int(cx - r)), min(width, int(cx + r) + 1)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        mask[y0:y1, x0:x1] |= (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
     image = np.clip(rng.normal(110, 30, (height, width)) + 60 * mask, 0, 255).astype(np.uint8)
     Path(image_path).parent.mkdir(parents=True, exist_ok=True)
     Path(mask_path).parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ CARRY_LIMIT_MB = 64.0  # the GPU lease's working tree, carried paths included (.
 
 # What the GPU machine lacks, or may have in an older version than this checkout is tested with: distribution ->
 # the module it provides. The trial engine, `vfm-ablate calibrate`, `train` and `run --dry-run` need these; Ray
-# (~70 MB of wheels), MLflow (~30 MB with its dependencies) and Optuna are not needed and not carried.
+# (240 MB installed), MLflow (69 MB + SQLAlchemy 29 MB) and Optuna are not needed and not carried.
 CARRIED = {
     "pydantic": "pydantic",
     "pydantic-core": "pydantic_core",
