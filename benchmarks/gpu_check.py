@@ -10,24 +10,25 @@ and then, on the GPU machine, from the repository's root, one command (its budge
 
     python3 benchmarks/gpu_check.py --out OUT_DIR                     # the `run` tool: carry [".whl"]
 
-Stages, each with its own deadline (a stage that runs out of time is stopped and the check goes on with what it
-has): install the carried wheels that the machine lacks or has older (never over newer ones); record the machine
-(torch, CUDA, the GPU, a matrix-product rate); write stand-in datasets in the study's on-disk layouts with the full
-study's counts and sizes (Lucchi++ 165 + 165 slices of 768 x 1024, VNC 20 of 1024 x 1024: the real data is not on
-that machine; only their counts and sizes enter the cost, and `vfm-ablate data check` reads them with the real
-loaders); one short real trial of the demo (synthetic data, tiny random-init ViT, LoRA, paired balanced) on the CPU,
-on the GPU in fp32 and in bf16, IoU compared; `vfm-ablate calibrate` of the main table's configurations (9 study
-backbones x frozen / LoRA x both input sizes x fp32 / bf16, random init, built on the GPU, one process per
-backbone, largest first); `vfm-ablate run --dry-run --calibration` of sweeps/main_table.yaml and
+Stages, in order, each with its own deadline (a stage that runs out of time is stopped and the check goes on with
+what it has): install the carried wheels that the machine lacks or has older (never over newer ones); prepare:
+stand-in datasets in the study's on-disk layouts with the full study's counts and sizes (Lucchi++ 165 + 165 slices
+of 768 x 1024, VNC 20 of 1024 x 1024: the real data is not on that machine; only counts and sizes enter the cost,
+and `vfm-ablate data check` reads them with the real loaders), the machine (torch, CUDA, the GPU, a matrix-product
+rate) and the backbones' sizes; `vfm-ablate calibrate --isolate backbone` of the main table's configurations (9
+study backbones x frozen / LoRA x both input sizes x fp32 / bf16, random init built on the GPU, largest backbone
+first); the demo's trial (synthetic data, tiny random-init ViT, LoRA, paired balanced) on the CPU and on the GPU in
+fp32 and in bf16, IoU compared; `vfm-ablate run --dry-run --calibration` of sweeps/main_table.yaml and
 sweeps/domain_alignment.yaml on cluster.yaml, fp32 against bf16 (a copy of each sweep with `precision: bf16`).
 domain_alignment's batch-1 groups ("1+1" batches) are scaled per image from the measured batch 2.
 
 Written to OUT_DIR (at most 8 files come back from the GPU machine): log.txt (as it goes, line by line),
-calibration.json, dry-runs.txt (the four dry runs in full), summary.json and summary.md (the figures, and the
+calibration.json, dry-runs.txt (the dry runs in full), summary.json and summary.md (the figures, and the
 lines for the README and the sweep headers). The last lines printed are the summary.
 
-`--tiny` runs the same stages on a CPU in seconds each (tiny random-init backbones, small stand-ins, small
-inputs): tests/test_gpu_check.py runs it so the script is known to work before it meets a GPU.
+`--tiny` runs the same stages on a CPU (a tiny random-init backbone, small stand-ins and inputs, a smaller trial):
+tests/test_gpu_check.py runs it so the script is known to work before it meets a GPU. `--rehearse` runs the GPU
+configuration on a CPU with seconds from FLOP counts (`calibrate --flops`) instead of timing.
 """
 
 from __future__ import annotations
@@ -280,10 +281,11 @@ class Check:
     def prepare(self) -> dict[str, Any]:
         """The stand-in data first (forked writers: no threads yet), then side by side: the machine, the backbones'
         sizes (for the calibration's order) and the data check."""
-        deadline = time.monotonic() + min(self.mode.prepare_s * self.scale, self.left())
         started = time.monotonic()
         data = write_standins(self.work / "data", self.mode.lucchi, self.mode.vnc)
         self.log(f"stand-in data in {time.monotonic() - started:.1f} s: {data}")
+        reserved = (self.mode.trials_s + self.mode.dry_runs_s) * self.scale + 60  # and a minute to calibrate
+        deadline = time.monotonic() + max(30.0, min(self.mode.prepare_s * self.scale, self.left() - reserved))
         probe = self.python("env", "-c", ENV_PROBE, *(["--matmul"] if self.mode.matmul else []), echo=False)
         sizes = None
         if len(axis_values(self.calibration_sweep, "backbone")) > 1:
@@ -308,7 +310,8 @@ class Check:
         result["data_check"] = "ok" if check_rc == 0 else check.text[-1500:]
         if check_rc != 0:
             self.log(check.text[-1500:])
-            return {**result, "status": "failed", "error": "the stand-in data does not read"}
+            why = "ran out of time" if check.timed_out else "does not read"
+            return {**result, "status": "failed", "error": f"the data check of the stand-ins {why}"}
         if self.mode.device == "cuda" and not result["environment"].get("cuda_available"):
             return {**result, "status": "failed", "error": "no CUDA device visible (on a CPU: --tiny or --rehearse)"}
         return result

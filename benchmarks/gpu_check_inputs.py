@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,13 @@ def write_standins(root: Path, lucchi: tuple[int, int, int, int], vnc: tuple[int
         jobs.append((str(base / f"raw/{i:02d}.tif"), str(base / f"mitochondria/{i:02d}.png"), 20_000 + i))
     sizes = [(lh, lw)] * (n_train + n_test) + [(vh, vw)] * n_vnc
     work = [(img, msk, seed, h, w, 12) for (img, msk, seed), (h, w) in zip(jobs, sizes)]
-    with ProcessPoolExecutor(max_workers=max(1, min(8, (os.cpu_count() or 2) - 1))) as pool:
-        list(pool.map(_slice, work, chunksize=8))
+    written = root / f"standins-{n_train}-{n_test}-{lh}x{lw}-{n_vnc}-{vh}x{vw}.done"
+    if not written.exists():  # a kept --work folder with these stand-ins is not written again; other ones go
+        for old in [root / "lucchi_pp", root / "vnc", *root.glob("standins-*.done")]:
+            shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+        with ProcessPoolExecutor(max_workers=max(1, min(8, (os.cpu_count() or 2) - 1))) as pool:
+            list(pool.map(_slice, work, chunksize=8))
+        written.touch()
     return {
         "lucchi_pp": f"{n_train} train + {n_test} test slices of {lh} x {lw}",
         "vnc": f"{n_vnc} labelled slices of {vh} x {vw} (3 test)",
