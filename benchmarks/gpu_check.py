@@ -295,8 +295,13 @@ class Check:
         gpu_state = None
         if smi:  # read-only: name, memory, driver, clocks and temperature as found
             query = "name,memory.total,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw,utilization.gpu"
-            done = subprocess.run([smi, f"--query-gpu={query}", "--format=csv"], capture_output=True, text=True)
-            gpu_state = done.stdout.strip()
+            try:
+                done = subprocess.run(
+                    [smi, f"--query-gpu={query}", "--format=csv"], capture_output=True, text=True, timeout=20
+                )
+                gpu_state = done.stdout.strip() or done.stderr.strip()
+            except subprocess.TimeoutExpired:
+                gpu_state = "nvidia-smi gave no answer within 20 s"
             self.log(f"nvidia-smi: {gpu_state}")
         result: dict[str, Any] = {"standin_data": data, "nvidia_smi": gpu_state}
         probe.wait(deadline)

@@ -49,7 +49,11 @@ def prepare_wheels(dest: Path, python_version: str) -> int:
     argv += ["--python-version", python_version, "-d", str(dest)]
     argv += [a for p in platforms for a in ("--platform", p)]
     print("downloading", " ".join(pins), f"for CPython {python_version} on linux x86-64 into {dest}", flush=True)
-    done = subprocess.run([*argv, *pins], capture_output=True, text=True)
+    try:  # pip's own socket timeout bounds each request; this bounds the whole download
+        done = subprocess.run([*argv, *pins], capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        print("error: the download did not finish within 15 minutes")
+        return 1
     if done.returncode != 0:
         print(done.stdout[-2000:], done.stderr[-2000:], sep="\n")
         return done.returncode
