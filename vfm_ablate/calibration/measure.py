@@ -4,7 +4,8 @@ Random-init weights (throughput does not depend on weight values), synthetic ima
 The training step is `trial.forward.batch_loss` + backward + AdamW, exactly as `trial.run.fit` runs it; frozen
 configurations step the head on cached features (the feature cache filled during warm-up), as a frozen trial
 does after its first epoch. Warm-up steps are run and not timed; every timed step is kept, so the spread over
-repeats is reported. On CUDA every timed region ends with a synchronisation.
+repeats is reported. On CUDA every timed region ends with a synchronisation. The network is built on the
+measured device (random init there), as `models.segmenter.build_segmenter(device=...)` builds it.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def measure(
         torch.cuda.reset_peak_memory_stats(dev)
 
     start = time.perf_counter()
-    model = build_segmenter(spec, entry).to(dev)
+    model = build_segmenter(spec, entry, device=dev).to(dev)  # built where it runs: no CPU copy of a 1 B model
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.optim.lr)
     fwd = Forward(model, dev, spec, entry)
     _sync(dev)

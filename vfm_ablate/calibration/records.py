@@ -20,6 +20,9 @@ from ..validation import StrictModel, validate
 FORMAT_VERSION = 1
 _LORA = {"lora_rank", "lora"}  # LoRA settings barely change the cost: a measurement of another rank stands in
 Source = Literal["measured", "flops"]  # timed on this device, or FLOP counts at an assumed throughput
+# a fresh process per configuration (its own peak RSS on a CPU), or per backbone entry (imports and CUDA start paid
+# once per backbone; CUDA peaks are reset per configuration, a CPU's peak RSS is then not measured)
+Isolation = Literal["configuration", "backbone"]
 
 
 class Spread(StrictModel):
@@ -160,6 +163,7 @@ class CalibrationSettings(StrictModel):
     repeats: int = Field(ge=1)
     threads: int | None = None  # torch CPU threads per measured process (a CPU trial's cpu ask)
     concurrent: int = Field(1, ge=1)  # copies of each configuration measured at once (trials sharing the device)
+    isolate: Isolation = "configuration"  # what one fresh measuring process covers
     assumed_tflops: float | None = None  # flops source: sustained throughput the seconds are derived from
     sweep: str | None = None  # the sweep file whose configurations were measured
 

@@ -31,6 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="copies of each configuration measured at once, as trials share the device (default: on a CPU, the "
         "trials the sweep runs at once on this machine; on a GPU 1)",
     )
+    p.add_argument(
+        "--isolate",
+        choices=["configuration", "backbone"],
+        default="configuration",
+        help="what one fresh measuring process covers (default: one configuration, its own peak memory); "
+        "'backbone': all of a backbone's configurations, imports and CUDA start paid once (CUDA peaks are reset per "
+        "configuration; on a CPU no peak memory is then reported); one copy at a time",
+    )
     p.add_argument("--backbone", nargs="+", help="only these backbone entries of the sweep")
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration (default 1800)")
     p.add_argument(
@@ -48,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..calibration.calibrate import calibrate
+    from ..calibration.calibrate import CalibrationInterrupted, calibrate
     from ..calibration.records import CalibrationSettings, DeviceInfo, save_calibration
     from ..errors import ConfigError
     from ..sweep.cost.workload import config_keys, sweep_workloads
@@ -75,7 +83,12 @@ def _run(args: argparse.Namespace) -> int:
             sizes.setdefault(name, set()).add(size)
     datasets = {name: (the_plan.datasets[name], sorted(s)) for name, s in sizes.items()}
     threads = args.threads or max(1, int(sweep.resources.cpu))
-    concurrent = args.concurrent or _trials_at_once(sweep, args.device)
+    if args.isolate == "backbone" and (args.concurrent or 1) != 1:
+        raise ConfigError(
+            f"--isolate backbone measures one copy at a time; --concurrent {args.concurrent} needs "
+            "--isolate configuration"
+        )
+    concurrent = args.concurrent or (1 if args.isolate == "backbone" else _trials_at_once(sweep, args.device))
     if concurrent < 1:
         raise ConfigError(f"--concurrent must be at least 1, got {concurrent}")
     settings = CalibrationSettings(
@@ -83,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         threads=threads,
         concurrent=concurrent,
+        isolate=args.isolate,
         assumed_tflops=args.flops,
         sweep=str(args.sweep),
     )
@@ -97,15 +111,21 @@ def _run(args: argparse.Namespace) -> int:
             else f"on {args.device}, {threads} thread(s), {concurrent} at once"
         )
     )
-    calibration = calibrate(
-        keys,
-        entries,
-        settings,
-        device=args.device,
-        datasets=datasets,
-        timeout_s=args.timeout,
-        info=info,
-    )
+    out = args.out or Path(f"calibration-{sweep.name}.json")
+    try:
+        calibration = calibrate(
+            keys,
+            entries,
+            settings,
+            device=args.device,
+            datasets=datasets,
+            timeout_s=args.timeout,
+            info=info,
+        )
+    except CalibrationInterrupted as stop:  # Ctrl-C keeps what was measured
+        save_calibration(stop.calibration, out)
+        print(f"interrupted: wrote {out} with the {len(stop.calibration.measurements)} configurations measured so far")
+        return 130
     if args.flops is None and not args.no_ray:
         from ..calibration.launch import launch_costs
 
@@ -117,7 +137,6 @@ def _run(args: argparse.Namespace) -> int:
             "once per launch: "
             + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in launch.items())
         )
-    out = args.out or Path(f"calibration-{sweep.name}.json")
     save_calibration(calibration, out)
     print(
         f"wrote {out}: {len(calibration.measurements)} configurations"
