@@ -16,6 +16,7 @@ PACKAGE = Path(vfm_ablate.__file__).parent
 # validation.
 LAYERS = {
     "errors": 0,
+    "yaml_text": 0,
     "validation": 1,
     "overrides": 1,
     "text_tables": 1,

@@ -13,14 +13,14 @@ from ..errors import ConfigError, DataError
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:
-    import yaml
+    from ..yaml_text import parse_yaml
 
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. --set image_dir=raw), got '{pair}'")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_yaml(value, f"--set {pair}")
     return out
 
 

@@ -156,19 +156,18 @@ def data_root() -> Path:
     return Path(os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)).expanduser()
 
 
-def _lucchi_folder(root: Path) -> Path:
-    # the full dataset is usually unpacked as lucchi_pp; the shared test copy is lucchi_pp_subset
-    for name in ("lucchi_pp", "lucchi_pp_subset"):
-        if (root / name).is_dir():
-            return root / name
-    return root / "lucchi_pp"
+# a built-in entry reads its own folder under the data root, never another one: results are named after the entry,
+# so a `lucchi_pp` that fell back to the 17/17-slice subset would put the subset's numbers under the full dataset's
+# name. The subset (every 10th slice, kept for tests) is a dataset of its own name.
+SUBSET_OF = {"lucchi_pp_subset": "lucchi_pp"}
 
 
 def builtin_datasets() -> dict[str, DatasetEntry]:
     """The study's datasets (paths under data_root(), read at call time) and two synthetic domains."""
     root = data_root()
     entries = [
-        DatasetEntry(name="lucchi_pp", layout="lucchi_pp", path=str(_lucchi_folder(root))),
+        DatasetEntry(name="lucchi_pp", layout="lucchi_pp", path=str(root / "lucchi_pp")),
+        DatasetEntry(name="lucchi_pp_subset", layout="lucchi_pp", path=str(root / "lucchi_pp_subset")),
         DatasetEntry(name="vnc", layout="vnc", path=str(root / "vnc"), test_count=VNC_TEST_COUNT),
         DatasetEntry(name="vnc_stack2", layout="unlabelled", path=str(root / "vnc"), image_dir="stack2/raw"),
         DatasetEntry(name="synthetic_a", layout="synthetic", domain="a", seed=0),

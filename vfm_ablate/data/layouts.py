@@ -23,6 +23,7 @@ from .entries import (
     DATA_ROOT_ENV,
     DEFAULT_DATA_ROOT,
     DEFAULT_TEST_FRACTION,
+    SUBSET_OF,
     VNC_TEST_COUNT,
     DatasetEntry,
     builtin_datasets,
@@ -190,8 +191,15 @@ def list_slices(entry: DatasetEntry) -> Listing:
         if entry.name in builtin_datasets():
             where = (
                 f" (built-in datasets live under ${DATA_ROOT_ENV}, currently "
-                f"'{os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)}')"
+                f"'{os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)}'"
             )
+            subsets = [n for n, full in SUBSET_OF.items() if full == entry.name and (root.parent / n).is_dir()]
+            if subsets:
+                where += (
+                    f"; {root.parent / subsets[0]} beside it is a subset, the dataset '{subsets[0]}': name that one "
+                    "to train on the subset"
+                )
+            where += ")"
         out.problems.append(f"{root}: dataset '{entry.name}' folder not found{where}")
         return out
     if entry.layout == "lucchi_pp":
