@@ -53,11 +53,16 @@ def _run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..sweep.cost.workload import config_keys, sweep_workloads
     from ..sweep.plan import load_plan
+    from .folders import check_output_file
 
     if args.warmup < 0 or args.repeats < 1:
         raise ConfigError(f"--warmup must be >= 0 and --repeats >= 1, got {args.warmup} and {args.repeats}")
+    if args.timeout <= 0 or (args.flops is not None and args.flops <= 0):
+        raise ConfigError("--timeout and --flops must be positive numbers of seconds and TFLOP/s")
     the_plan = load_plan(args.sweep)
     sweep = the_plan.sweep
+    out = args.out or Path(f"calibration-{sweep.name}.json")
+    check_output_file(out, "-o/--out")  # before minutes of measuring, not after
     workloads = sweep_workloads(the_plan)
     keys = config_keys(workloads)
     if args.backbone:
@@ -117,7 +122,6 @@ def _run(args: argparse.Namespace) -> int:
             "once per launch: "
             + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in launch.items())
         )
-    out = args.out or Path(f"calibration-{sweep.name}.json")
     save_calibration(calibration, out)
     print(
         f"wrote {out}: {len(calibration.measurements)} configurations"

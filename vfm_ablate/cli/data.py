@@ -59,6 +59,19 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from ..data.entries import MAX_SYNTHETIC_SIDE, MAX_SYNTHETIC_SLICES, MIN_SYNTHETIC_SIDE
+    from .folders import check_output_folder
+
+    if not 2 <= args.n_train <= MAX_SYNTHETIC_SLICES or not 1 <= args.n_test <= MAX_SYNTHETIC_SLICES:
+        raise ConfigError(
+            f"--n-train must be 2..{MAX_SYNTHETIC_SLICES} (one training image is held out for validation) and "
+            f"--n-test 1..{MAX_SYNTHETIC_SLICES}, got {args.n_train} and {args.n_test}"
+        )
+    if not all(MIN_SYNTHETIC_SIDE <= side <= MAX_SYNTHETIC_SIDE for side in args.size):
+        raise ConfigError(f"--size must be {MIN_SYNTHETIC_SIDE}..{MAX_SYNTHETIC_SIDE} a side, got {args.size}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    check_output_folder(Path(args.out_dir), "OUT_DIR")
     entry = write_folder(
         args.out_dir, args.domain, args.n_train, args.n_test, tuple(args.size), args.seed, overwrite=args.overwrite
     )

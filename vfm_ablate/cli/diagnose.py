@@ -85,9 +85,10 @@ def _run(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..diagnostics.standalone import format_report, run_diagnose, select_slices
     from ..sweep.inputs import check_inputs
-    from .folders import removed_if_left_empty
+    from .folders import check_output_folder, removed_if_left_empty
 
     setup = _resolve(args)
+    check_output_folder(args.out, "--out")
     backbones, datasets = _entries_file(args.entries)
     if setup.checkpoint is not None:  # the trial's own entry, as its config.yaml recorded it
         backbones = {setup.entry.name: setup.entry}

@@ -65,6 +65,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-concurrent-trials must be at least 1, got {args.max_concurrent_trials}")
     if args.rerun_changed and not args.resume:
         raise ConfigError("--rerun-changed goes with --resume (a fresh sweep has nothing to re-run)")
+    if args.tracking_uri is not None:
+        from ..tracking.store import check_tracking_uri
+
+        check_tracking_uri(args.tracking_uri, "--tracking-uri")
     the_plan = load_plan(args.sweep)  # the one expansion of this command; everything below reads it
     if args.dry_run:
         from ..sweep.inputs import check_inputs

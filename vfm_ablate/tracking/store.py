@@ -46,8 +46,53 @@ T = TypeVar("T")
 
 def resolve_tracking_uri(flag: str | None, sweep_uri: str | None, workdir: str | Path) -> str:
     """The one rule, for `run` and `report` alike: --tracking-uri, then the sweep file's tracking.uri, then
-    $MLFLOW_TRACKING_URI (cluster.yaml exports it), then `<workdir>/mlflow.db`. Creates nothing."""
-    return flag or sweep_uri or os.environ.get(TRACKING_URI_ENV) or local_tracking_uri(workdir)
+    $MLFLOW_TRACKING_URI (cluster.yaml exports it), then `<workdir>/mlflow.db`. Creates nothing; a URI this tool
+    cannot use (`tracking_uri_problem`) is a ConfigError naming where it came from."""
+    for uri, where in ((flag, "--tracking-uri"), (sweep_uri, "tracking.uri"), (os.environ.get(TRACKING_URI_ENV), "")):
+        if uri:
+            check_tracking_uri(uri, where or f"${TRACKING_URI_ENV}")
+            return uri
+    return local_tracking_uri(workdir)
+
+
+# the stores a tracking URI may name: an MLflow server, a SQLite file, a database server (SQLAlchemy's scheme, with
+# an optional +driver), Databricks
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why this tool cannot track into `uri` (None: it can): a plain path or file:// (MLflow's file store is in
+    maintenance mode, and concurrent trials need a database), an unknown scheme, an in-memory SQLite database (gone
+    with the process, and unseen by the trials' processes), a server URI without a host."""
+    from urllib.parse import urlsplit
+
+    text = uri.strip()
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower().split("+", 1)[0]
+    local = "sqlite:///ABSOLUTE/PATH/mlflow.db (a local file)"
+    if not scheme or scheme == "file" or (len(scheme) == 1 and text[1:2] == ":"):  # a path (also C:\\...)
+        return (
+            "a plain path or file:// URI: MLflow's file store is in maintenance mode, and concurrent trials need a "
+            f"database; use {local} or http://HOST:PORT (an MLflow server)"
+        )
+    if scheme not in TRACKING_SCHEMES:
+        return (
+            f"unknown scheme '{parts.scheme}'; expected http(s)://HOST:PORT (an MLflow server), {local}, or "
+            "postgresql:// / mysql:// / mssql:// (a database)"
+        )
+    if scheme == "sqlite" and sqlite_path(text) is None:
+        return f"an in-memory SQLite store ends with this process (and trials run in other processes); use {local}"
+    if scheme in ("http", "https") and not parts.hostname:
+        return "no host; expected http(s)://HOST:PORT"
+    return None
+
+
+def check_tracking_uri(uri: str, where: str) -> str:
+    """`uri` as given, or a ConfigError naming `where` it came from and what was expected."""
+    problem = tracking_uri_problem(uri)
+    if problem is not None:
+        raise ConfigError(f"{where} {uri!r}: {problem}")
+    return uri
 
 
 def default_tracking_uri(workdir: str | Path) -> str:
