@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .arguments import COUNT, SEED
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="run one trial (no Ray, no MLflow) and write its output folder")
@@ -15,8 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--regime", choices=["frozen", "lora", "full"])
     p.add_argument("--train", nargs="+", metavar="DATASET", help="train dataset names")
     p.add_argument("--test", nargs="+", metavar="DATASET", help="test dataset names (default: the train ones)")
-    p.add_argument("--epochs", type=int, help="optim.max_epochs")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=COUNT, help="optim.max_epochs")
+    p.add_argument("--seed", type=SEED)
     p.add_argument("--weights", choices=["pretrained", "random"])
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, e.g. optim.lr=1e-4"

@@ -64,6 +64,11 @@ class Listing:
     problems: list[str] = field(default_factory=list)  # each names a file; any problem means broken
     ignored: list[str] = field(default_factory=list)  # files that are not images (reported, harmless)
 
+    @property
+    def train_count(self) -> int:
+        """Labelled slices left for training once the test split is taken."""
+        return len(self.labelled) if self.test is not None else len(self.labelled) - self.test_count
+
 
 def _natural_key(name: str) -> list[object]:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]

@@ -34,6 +34,13 @@ The foreground rule (``MaskRule``), applied in this order:
 A mask whose raw data has at least two distinct values (ignoring a constant
 alpha) but no foreground pixel after the rule is reported as an error: the rule
 does not fit that file, and training on an empty mask would be silent garbage.
+
+So is a grey file that holds **regions** of a value between its lowest and
+highest (e.g. 0, 128 and 255 in large patches: a multi-label map with membrane =
+128 and mitochondria = 255). Anti-aliasing leaves intermediate values only on
+thin edges, one or two pixels wide; a value that fills regions is a label of its
+own, and no threshold can know whether it is foreground. The dataset's
+``mask_labels`` says which values are (the label rule above).
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ from ..validation import StrictModel
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
 DEFAULT_THRESHOLD = 127  # foreground: value > 127 on the 0-255 scale, i.e. at least half intensity
+# a value strictly between a grey mask's lowest and highest whose pixels have this many 4-neighbourhoods of their own
+# value is a region (a label), not anti-aliasing (a thin edge: such pixels touch other values)
+LABEL_REGION_PIXELS = 16
 
 
 class MaskRule(StrictModel):
@@ -133,6 +143,29 @@ def _normalise(array: np.ndarray, rule: MaskRule) -> tuple[np.ndarray, str, bool
     raise ValueError(f"expected an HxW or HxWxC (C in 2, 3, 4) mask array, got shape {a.shape}")
 
 
+def _grey(raw: np.ndarray) -> np.ndarray:
+    a = np.asarray(raw)
+    return a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a
+
+
+def label_regions(raw: np.ndarray) -> list[tuple[int, int]]:
+    """(value, pixels inside its regions) for each value strictly between a grey integer mask's lowest and highest
+    that fills regions (`LABEL_REGION_PIXELS` or more pixels whose 4 neighbours all share their value), largest
+    first; [] for anti-aliased, binary, colour and float masks."""
+    a = _grey(raw)
+    if a.ndim != 2 or min(a.shape) < 3 or not np.issubdtype(a.dtype, np.integer):
+        return []
+    low, high = a.min(), a.max()
+    inner = a[1:-1, 1:-1]
+    inside = (inner == a[:-2, 1:-1]) & (inner == a[2:, 1:-1]) & (inner == a[1:-1, :-2]) & (inner == a[1:-1, 2:])
+    inside &= (inner != low) & (inner != high)
+    if np.count_nonzero(inside) < LABEL_REGION_PIXELS:
+        return []
+    values, counts = np.unique(inner[inside], return_counts=True)
+    found = [(int(v), int(n)) for v, n in zip(values, counts) if n >= LABEL_REGION_PIXELS]
+    return sorted(found, key=lambda vn: -vn[1])
+
+
 def normalise_mask(array: np.ndarray, rule: MaskRule | None = None) -> np.ndarray:
     """Raw mask array (HxW grey/bool, or HxWxC grey+alpha/RGB/RGBA) -> bool HxW foreground."""
     return _normalise(array, rule or DEFAULT_RULE)[0]
@@ -185,6 +218,17 @@ def mask_from_raw(
         encoding = "palette " + encoding.split(" ", 1)[1]
     elif fixed_name is not None:
         encoding = fixed_name
+    if rule.labels is None:
+        regions = label_regions(raw)
+        if regions:
+            values = ", ".join(f"{v} ({n:,} pixels inside regions)" for v, n in regions[:6])
+            low, high = _grey(raw).min(), _grey(raw).max()
+            raise DataError(
+                f"{source}: looks like a label map, not a mask: regions of the intermediate value(s) {values} "
+                f"between {low} and {high} (anti-aliasing leaves only thin edges of such values); read as a mask, a "
+                f"threshold would decide on its own whether they are foreground. Name the foreground values with the "
+                f"dataset's mask_labels, e.g. mask_labels: [{high}]"
+            )
     if varies and not mask.any():
         shown = np.unique(raw)[:8].tolist()
         how = f"raw value in {rule.labels}" if rule.labels is not None else f"0-255 scaled value > {rule.threshold}"
