@@ -80,9 +80,15 @@ def _run(args: argparse.Namespace) -> int:
         check_tracking_uri(args.tracking_uri, "--tracking-uri")
     the_plan = load_plan(args.sweep)  # the one expansion of this command; everything below reads it
     if args.dry_run:
+        from ..sweep.capacity import local_node, local_note
         from ..sweep.inputs import check_inputs
 
         print(describe_plan(the_plan))
+        if args.address is None:  # what `run` here (no --address) would refuse, said now
+            sweep = the_plan.sweep
+            here = local_node(args.num_cpus or sweep.run.num_cpus, sweep.run.num_gpus)
+            if (note := local_note(the_plan.trials, here)) is not None:
+                print(note)
         inputs = check_inputs(the_plan.specs, the_plan.backbones, the_plan.datasets, the_plan.sweep.source)
         print(inputs.describe(with_downloads=False))
         if args.calibration is not None:

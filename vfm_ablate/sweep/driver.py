@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import TrialSpec
+from .capacity import check_local, local_node, note_cluster
 from .cost.estimate import with_gpu_shares
+from .cost.packing import Node
 from .feature_store import SweepFeatureStore
 from .inputs import check_inputs, check_ready
 from .outcome import (
@@ -98,6 +100,8 @@ def run_sweep(
     store = TrialStore(root)
     sid = sweep_id(the_plan)
     old_manifest = check_manifest(store, the_plan, sid, resume)
+    if resume:
+        store.check_records()  # a damaged result.json names itself here, not inside a trial
     execution = execution_id(old_manifest)
     inputs = check_inputs(the_plan.specs, the_plan.backbones, the_plan.datasets, sweep.source)
     identities = input_identities(inputs.backbones, inputs.datasets, inputs.pretrained)
@@ -117,12 +121,19 @@ def run_sweep(
 
     started_ray = False
     if not ray.is_initialized():
+        if address is None:  # this machine's own Ray: a trial that could never start is an error before it starts
+            check_local(the_plan.trials, local_node(num_cpus or sweep.run.num_cpus, sweep.run.num_gpus), sweep.source)
         init_ray(address, num_cpus or sweep.run.num_cpus, sweep.run.num_gpus, verbose)
         started_ray = True
     tracker = None
     try:
         trials = the_plan.trials
         alive = [n for n in ray.nodes() if n.get("Alive")]
+        nodes = [Node(float(n["Resources"].get("CPU", 0)), int(n["Resources"].get("GPU", 0))) for n in alive]
+        if address is None and len(alive) == 1:
+            check_local(trials, nodes[0], sweep.source)
+        else:
+            note_cluster(trials, nodes, out)
         if len(alive) > 1 and "://" not in root:
             print(
                 f"note: {len(alive)} Ray nodes: {root} must be a filesystem that every node mounts (else use a URI)",
