@@ -47,7 +47,7 @@ from .outcome import (
 )
 from .plan import PlannedTrial, SweepPlan, without_gpus
 from .progress import ProgressView
-from .ray_session import init_ray, quiet_ray_logs
+from .ray_session import check_address, init_ray, quiet_ray_logs
 from .resume.changed import check_unchanged_inputs, start_over
 from .resume.identity import input_identities
 from .resume.manifest import MANIFEST, check_manifest, execution_id, manifest, sweep_id
@@ -92,6 +92,8 @@ def run_sweep(
     out = out or sys.stdout
     sweep = the_plan.sweep
     workdir = (workdir or Path.cwd()).resolve()
+    if address and not ray.is_initialized():
+        check_address(address)  # seconds, interruptible: Ray's own connect waits minutes where nothing answers
     if gpu_shares:  # measured memory (a calibration file) instead of the backbone entries' guessed shares
         the_plan = the_plan.with_trials(with_gpu_shares(the_plan.trials, gpu_shares))
     check_ready(the_plan, out)  # offline with a dataset or weight missing: stop before Ray starts
