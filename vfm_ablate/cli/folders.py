@@ -39,18 +39,7 @@ def check_output_folder(path: Path, what: str) -> None:
     path = path.expanduser()
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{what} {path}: is a file; expected a folder (or a path where one can be made)")
-    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise ConfigError(f"{what} {path}: {blocker} is a file, not a folder")
-    created = [p for p in [path, *path.parents] if not p.exists()]
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".vfm-write-check-"):
-            pass
-    except OSError as err:
-        raise ConfigError(f"{what} {path}: cannot create or write it ({err.strerror or err})") from None
-    finally:
-        _remove_empty(created)
+    _check_folder(path, f"{what} {path}")
 
 
 def check_output_file(path: Path, what: str) -> None:
@@ -61,4 +50,19 @@ def check_output_file(path: Path, what: str) -> None:
         raise ConfigError(f"{what} {path}: is a folder; expected a file name")
     if path.exists() and not os.access(path, os.W_OK):
         raise ConfigError(f"{what} {path}: exists and cannot be written")
-    check_output_folder(path.parent if str(path.parent) else Path("."), what)
+    _check_folder(path.parent, f"{what} {path}")
+
+
+def _check_folder(path: Path, shown: str) -> None:
+    blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"{shown}: {blocker} is a file, not a folder")
+    created = [p for p in [path, *path.parents] if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".vfm-write-check-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{shown}: cannot create or write it ({err.strerror or err})") from None
+    finally:
+        _remove_empty(created)

@@ -129,6 +129,7 @@ class ResourcesSpec(StrictModel):
 
 
 DEFAULT_MAX_TRIALS = 10_000  # run.max_trials
+MAX_TRIALS_LIMIT = 1_000_000  # what run.max_trials may be raised to: minutes of planning (benchmarks/bench_plan.py)
 
 
 class RunSpec(StrictModel):
@@ -148,7 +149,7 @@ class RunSpec(StrictModel):
     progress_interval_s: float = Field(30.0, ge=0)
     # combinations (grid x repeats) a sweep may expand to: a guard against a grid larger than meant, checked before
     # expansion; a sweep that really is larger says so here
-    max_trials: int = Field(DEFAULT_MAX_TRIALS, ge=1)
+    max_trials: int = Field(DEFAULT_MAX_TRIALS, ge=1, le=MAX_TRIALS_LIMIT)
 
 
 class TrackingSpec(StrictModel):
@@ -270,6 +271,10 @@ def _check_size(sweep: SweepSpec) -> None:
 
 def _check_keys(sweep: SweepSpec) -> None:
     src = sweep.source
+    for seed in ("seed", "split_seed"):  # repeats add to them before each trial is validated
+        value = sweep.base.get(seed, 0)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{src}: base.{seed} must be a whole number (repeats count up from it), got {value!r}")
     for i, grid in enumerate(sweep.grids):
         where = f"axes[{i}]" if isinstance(sweep.axes, list) else "axes"
         for key in grid:
