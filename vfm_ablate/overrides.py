@@ -26,5 +26,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. optim.lr=1e-4")
         key, raw = item.split("=", 1)
+        if not all(part.strip() for part in key.split(".")):
+            raise ConfigError(f"override '{item}': '{key}' is not a dotted key; expected KEY=VALUE, e.g. optim.lr=1e-4")
         set_dotted(data, key.strip(), parse_yaml(raw, f"override '{item}'"))
     return data

@@ -74,6 +74,11 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--num-cpus sizes the local Ray this command starts; with --address the cluster has its own")
     if args.rerun_changed and not args.resume:
         raise ConfigError("--rerun-changed goes with --resume (a fresh sweep has nothing to re-run)")
+    if args.retry_failed and not args.resume:
+        raise ConfigError("--retry-failed goes with --resume (a fresh sweep has no failed trials to retry)")
+    for flag, value in (("--address", args.address), ("--storage-path", args.storage_path)):
+        if value is not None and not value.strip():  # else the default would be used without a word
+            raise ConfigError(f"{flag} is empty; give a value, or leave the option out for its default")
     if args.tracking_uri is not None:
         from ..tracking.store import check_tracking_uri
 

@@ -15,9 +15,18 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from ..config import ALIGNMENT_OPTIONS, SAMPLING_KEYS, AlignmentSpec, TrialSpec, inapplicable_settings, lora_applies
+from ..config import (
+    ALIGNMENT_OPTIONS,
+    SAMPLING_KEYS,
+    AlignmentSpec,
+    DataSpec,
+    LoraSpec,
+    TrialSpec,
+    inapplicable_settings,
+    lora_applies,
+)
 from ..data.entries import DatasetEntry, resolve_dataset
 from ..errors import ConfigError
 from ..models.registry import BackboneEntry, get_entry
@@ -96,16 +105,19 @@ def plan(sweep: SweepSpec) -> SweepPlan:
             assignment = dict(zip(keys, values))
             for rep in range(sweep.repeats):
                 combos += 1
-                data, dropped = _collapse(_trial_data(sweep, assignment, rep), lookups)
+                data, dropped, values = _collapse(_trial_data(sweep, assignment, rep), lookups)
                 for reason in dropped:
                     reasons[reason] = reasons.get(reason, 0) + 1
+
+                def where(g: int = g, assignment: dict[str, Any] = assignment, rep: int = rep) -> str:
+                    return _where(sweep, g, assignment, rep)
+
+                for key, value in values.items():
+                    lookups.check_dropped(key, value, where)
                 text = repr(data)
                 if text in known:
                     continue
                 known.add(text)
-
-                def where(g: int = g, assignment: dict[str, Any] = assignment, rep: int = rep) -> str:
-                    return _where(sweep, g, assignment, rep)
 
                 try:
                     spec = TrialSpec.model_validate(data)
@@ -153,6 +165,7 @@ class _Lookups:
         self._resources: dict[tuple[str, str], TrialResources] = {}
         self._alignment: dict[str, AlignmentSpec | None] = {}
         self._inapplicable: dict[str, list[str]] = {}
+        self._dropped: set[str] = set()
 
     def check_names(self, spec: TrialSpec, where: Callable[[], str]) -> None:
         """Unknown backbone/dataset names fail here, before Ray starts, naming the trial (TrialSpec itself rejects
@@ -185,11 +198,37 @@ class _Lookups:
                 self._alignment[key] = None
         return self._alignment[key]
 
+    def check_dropped(self, key: str, value: Any, where: Callable[[], str]) -> None:
+        """A setting that does not apply to a trial is dropped, but its value must still be one the setting takes: a
+        misspelt `sampling: balance` on a single-dataset trial is a typo waiting for the paired one."""
+        text = f"{key}={value!r}"
+        if text in self._dropped:
+            return
+        model, data = _setting_model(key, value)
+        try:
+            model.model_validate(data)
+        except ValidationError as err:
+            message = format_validation_error(model, err, f"{where()} [{key}, which does not apply to this trial]")
+            raise ConfigError(message) from None
+        self._dropped.add(text)
+
     def inapplicable(self, regime: Any, alignment: AlignmentSpec, train: list[Any], target: list[Any]) -> list[str]:
         key = repr((regime, id(alignment), train, target))  # alignment specs are the cached ones: ids are stable
         if key not in self._inapplicable:
             self._inapplicable[key] = inapplicable_settings(regime, alignment, train, target)
         return self._inapplicable[key]
+
+
+def _setting_model(key: str, value: Any) -> tuple[type[BaseModel], Any]:
+    """The section model that validates a dropped setting on its own, and the data to validate."""
+    if key == "lora":
+        return LoraSpec, value
+    if key.startswith("alignment."):
+        return AlignmentSpec, {key.split(".", 1)[1]: value}
+    data = {"train": ["x"], key.split(".", 1)[1]: value}  # a data.* setting
+    if key == "data.weights":
+        data["sampling"] = "weighted"  # the one sampling weights go with
+    return DataSpec, data
 
 
 def _copy(value: Any) -> Any:
@@ -230,15 +269,17 @@ def _merge_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         set_dotted(data, key, _copy(value))
 
 
-def _collapse(data: dict[str, Any], lookups: _Lookups) -> tuple[dict[str, Any], set[str]]:
+def _collapse(data: dict[str, Any], lookups: _Lookups) -> tuple[dict[str, Any], set[str], dict[str, Any]]:
     """Drop settings that cannot affect this trial (`config.inapplicable_settings`), so trials differing only in
     them share one trial_id.
 
     LoRA settings only matter in the lora regime; an alignment option only with its method; unlabelled target
     datasets only when an alignment setting reads their images (the test datasets stay as they were);
     data.normalisation not under z-scoring; sampling (and its weights) only with several datasets in the batches.
+    Returns the collapsed data, the reasons, and the dropped settings' values (still checked by the caller).
     """
     dropped: set[str] = set()
+    values: dict[str, Any] = {}
     regime = data.get("regime", TrialSpec.model_fields["regime"].default)
     alignment = lookups.alignment(data.get("alignment", {}))
     section = data.get("data") if isinstance(data.get("data"), dict) else {}
@@ -246,32 +287,32 @@ def _collapse(data: dict[str, Any], lookups: _Lookups) -> tuple[dict[str, Any], 
     target = section.get("target") if isinstance(section.get("target"), list) else []
     if alignment is None or train is None:  # invalid: the trial's own validation reports it
         if not lora_applies(str(regime)) and "lora" in data:
-            del data["lora"]
+            values["lora"] = data.pop("lora")
             dropped.add(f"lora settings dropped for regime '{regime}'")
-        return data, dropped
+        return data, dropped, values
     for key in lookups.inapplicable(regime, alignment, train, target):
         if key == "lora" and "lora" in data:
-            del data["lora"]
+            values["lora"] = data.pop("lora")
             dropped.add(f"lora settings dropped for regime '{regime}'")
         elif key.startswith("alignment.") and key.split(".", 1)[1] in data.get("alignment", {}):
-            del data["alignment"][key.split(".", 1)[1]]
+            values[key] = data["alignment"].pop(key.split(".", 1)[1])
             parent = ALIGNMENT_OPTIONS[key.split(".", 1)[1]][0]
             dropped.add(f"{key} dropped: not used with alignment.{parent} '{getattr(alignment, parent)}'")
         elif key == "data.target" and "target" in section:
             if target and section.get("test") is None:
                 section["test"] = [*train, *target]  # the targets are still tested
-            del section["target"]
+            values[key] = section.pop("target")
             dropped.add("data.target dropped: no alignment setting reads target images")
         elif key == "data.normalisation" and "normalisation" in section:
-            del section["normalisation"]
+            values[key] = section.pop("normalisation")
             dropped.add("data.normalisation dropped: alignment.input 'zscore' replaces it")
         elif key in SAMPLING_KEYS and key.split(".", 1)[1] in section:
-            value = section.pop(key.split(".", 1)[1])
+            value = values[key] = section.pop(key.split(".", 1)[1])
             if key == "data.weights" or value != "natural":
                 dropped.add("sampling dropped for a single train dataset")
     if data.get("alignment") == {}:
         del data["alignment"]
-    return data, dropped
+    return data, dropped, values
 
 
 def _applicable_space(sweep: SweepSpec, spec: TrialSpec) -> dict[str, Distribution]:

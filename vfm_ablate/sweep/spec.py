@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
@@ -124,7 +124,7 @@ class ResourcesSpec(StrictModel):
     """CPUs/GPUs one trial asks Ray for. gpu 'auto': the backbone entry's frozen/adapted GPU fraction."""
 
     cpu: float = Field(1.0, gt=0)
-    gpu: float | Literal["auto"] = "auto"
+    gpu: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"
     overrides: list[ResourceOverride] = []
 
 
@@ -157,7 +157,7 @@ class TrackingSpec(StrictModel):
 
     enabled: bool = True
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else a SQLite file in the working folder
-    experiment: str | None = None  # None: the sweep file's stem
+    experiment: str | None = Field(None, min_length=1)  # None: the sweep file's stem
 
     @field_validator("uri")
     @classmethod

@@ -48,10 +48,12 @@ def resolve_tracking_uri(flag: str | None, sweep_uri: str | None, workdir: str |
     """The one rule, for `run` and `report` alike: --tracking-uri, then the sweep file's tracking.uri, then
     $MLFLOW_TRACKING_URI (cluster.yaml exports it), then `<workdir>/mlflow.db`. Creates nothing; a URI this tool
     cannot use (`tracking_uri_problem`) is a ConfigError naming where it came from."""
-    for uri, where in ((flag, "--tracking-uri"), (sweep_uri, "tracking.uri"), (os.environ.get(TRACKING_URI_ENV), "")):
-        if uri:
-            check_tracking_uri(uri, where or f"${TRACKING_URI_ENV}")
-            return uri
+    for uri, where in ((flag, "--tracking-uri"), (sweep_uri, "tracking.uri")):
+        if uri is not None:  # given, even if empty: checked, never passed over for a default
+            return check_tracking_uri(uri, where)
+    from_env = os.environ.get(TRACKING_URI_ENV)
+    if from_env:
+        return check_tracking_uri(from_env, f"${TRACKING_URI_ENV}")
     return local_tracking_uri(workdir)
 
 
@@ -67,6 +69,8 @@ def tracking_uri_problem(uri: str) -> str | None:
     from urllib.parse import urlsplit
 
     text = uri.strip()
+    if not text:
+        return "empty; expected http(s)://HOST:PORT (an MLflow server) or sqlite:///ABSOLUTE/PATH/mlflow.db"
     parts = urlsplit(text)
     scheme = parts.scheme.lower().split("+", 1)[0]
     local = "sqlite:///ABSOLUTE/PATH/mlflow.db (a local file)"
