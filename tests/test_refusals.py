@@ -501,8 +501,18 @@ def dry_dropped_setting_misspelt(tmp: Path):
     base = tiny_base({"max_epochs": 1})
     base["data"] = {"train": ["sa"], "sampling": "balance"}  # dropped for one dataset, but still a typo
     return ["run", sweep_file(tmp, base=base), "--dry-run"], [
-        "[data.sampling, which does not apply to this trial]",
+        "[data, which does not apply to this trial]",
         "Did you mean 'balanced'?",
+    ]
+
+
+@case
+def dry_dropped_weights_without_weighted(tmp: Path):
+    base = tiny_base({"max_epochs": 1})
+    base["data"] = {"train": ["sa"], "weights": [1.0]}  # sampling natural: the weights contradict it
+    return ["run", sweep_file(tmp, base=base), "--dry-run"], [
+        "[data, which does not apply to this trial]",
+        "'weights' is only used with sampling: weighted",
     ]
 
 

@@ -112,8 +112,12 @@ def plan(sweep: SweepSpec) -> SweepPlan:
                 def where(g: int = g, assignment: dict[str, Any] = assignment, rep: int = rep) -> str:
                     return _where(sweep, g, assignment, rep)
 
+                data_values = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("data.")}
+                if data_values:  # together: `weights` without `sampling: weighted` contradict each other
+                    lookups.check_dropped("data", data_values, where)
                 for key, value in values.items():
-                    lookups.check_dropped(key, value, where)
+                    if not key.startswith("data."):
+                        lookups.check_dropped(key, value, where)
                 text = repr(data)
                 if text in known:
                     continue
@@ -220,15 +224,13 @@ class _Lookups:
 
 
 def _setting_model(key: str, value: Any) -> tuple[type[BaseModel], Any]:
-    """The section model that validates a dropped setting on its own, and the data to validate."""
+    """The section model that validates a dropped setting on its own (the dropped data.* settings together, as
+    "data"), and the data to validate."""
     if key == "lora":
         return LoraSpec, value
     if key.startswith("alignment."):
         return AlignmentSpec, {key.split(".", 1)[1]: value}
-    data = {"train": ["x"], key.split(".", 1)[1]: value}  # a data.* setting
-    if key == "data.weights":
-        data["sampling"] = "weighted"  # the one sampling weights go with
-    return DataSpec, data
+    return DataSpec, {"train": ["x"], **value}  # "data": the dropped data.* settings, checked together
 
 
 def _copy(value: Any) -> Any:
