@@ -99,6 +99,7 @@ def _reach(host: str, port: int, grpc: bool) -> str | None:
     """None when `host:port` accepts a connection (and, with `grpc`, answers an HTTP/2 preface with its SETTINGS
     frame, as every gRPC server such as Ray's GCS does at once); else what happened."""
     import socket
+    import time
 
     try:
         sock = socket.create_connection((host, port), timeout=REACH_TIMEOUT_S)
@@ -111,22 +112,26 @@ def _reach(host: str, port: int, grpc: bool) -> str | None:
     with sock:
         if not grpc:
             return None
+        deadline = time.monotonic() + GCS_TIMEOUT_S
+        head = b""
         try:
-            sock.settimeout(GCS_TIMEOUT_S)
             sock.sendall(_HTTP2_PREFACE + _EMPTY_SETTINGS)
-            head = b""
-            while len(head) < len(_EMPTY_SETTINGS):
-                chunk = sock.recv(len(_EMPTY_SETTINGS) - len(head))
+            sock.settimeout(0.2)  # short waits: the main thread runs Python between them, so Ctrl-C ends it at once
+            while len(head) < len(_EMPTY_SETTINGS) and time.monotonic() < deadline:
+                try:
+                    chunk = sock.recv(len(_EMPTY_SETTINGS) - len(head))
+                except TimeoutError:
+                    continue
                 if not chunk:
                     break
                 head += chunk
-        except TimeoutError:
+        except OSError as err:
+            return f"{host}:{port} accepted, then failed ({err.strerror or err})"
+        if len(head) < len(_EMPTY_SETTINGS) and time.monotonic() >= deadline:
             return (
                 f"{host}:{port} accepts connections but did not answer within {GCS_TIMEOUT_S:g} s as a Ray cluster "
                 "does (a hung service, or something else on that port?)"
             )
-        except OSError as err:
-            return f"{host}:{port} accepted, then failed ({err.strerror or err})"
     if len(head) < len(_EMPTY_SETTINGS) or head[3] != _SETTINGS:
         return f"{host}:{port} is not a Ray cluster (it answered {head[:16]!r} to a gRPC greeting)"
     return None
