@@ -49,7 +49,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    lucchi = load_dataset(resolve_dataset("lucchi_pp"), split_seed=0)
+    lucchi = load_dataset(resolve_dataset("lucchi_pp_subset"), split_seed=0)
     vnc = load_dataset(resolve_dataset("vnc"), split_seed=0)
     stack2 = load_dataset(resolve_dataset("vnc_stack2"), split_seed=0)
     sets = {"lucchi_pp": lucchi.test, "vnc": [*vnc.train, *vnc.test], "vnc_stack2": stack2.unlabelled}

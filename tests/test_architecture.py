@@ -16,6 +16,7 @@ PACKAGE = Path(vfm_ablate.__file__).parent
 # validation.
 LAYERS = {
     "errors": 0,
+    "yaml_text": 0.5,  # between errors and the modules that read YAML
     "validation": 1,
     "overrides": 1,
     "text_tables": 1,

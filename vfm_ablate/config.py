@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .validation import StrictModel
 
@@ -44,6 +44,12 @@ class LoraSpec(StrictModel):
     targets: Literal["attention", "attention+mlp", "mlp"] | list[str] = "attention"
 
 
+# the largest network input side a setting may ask for: beyond it one image's tokens would not fit any accelerator
+MAX_INPUT_SIDE = 16384
+# seeds feed numpy's SeedSequence (non-negative) and torch.manual_seed
+SEED_LIMIT = 2**32
+
+
 class ResizeSpec(StrictModel):
     """How images become network input. Masks always follow with nearest-neighbour."""
 
@@ -52,13 +58,18 @@ class ResizeSpec(StrictModel):
     # native: keep size, crop nothing, only snap down to a patch multiple
     policy: Literal["longest_edge", "fixed", "native"] = "longest_edge"
     # None -> data.transforms.default_target(patch): the largest patch multiple below 1024 (1022 for 14, 1008 for 16)
-    target: int | None = Field(None, ge=1)
+    target: int | None = Field(None, ge=1, le=MAX_INPUT_SIDE)
     size: tuple[int, int] | None = None
 
     @model_validator(mode="after")
     def _fixed_needs_size(self) -> ResizeSpec:
         if self.policy == "fixed" and self.size is None:
             raise ValueError("resize.policy 'fixed' needs resize.size: [height, width]")
+        if self.size is not None and not all(1 <= side <= MAX_INPUT_SIDE for side in self.size):
+            raise ValueError(
+                f"resize.size {list(self.size)}: each side must be between 1 and {MAX_INPUT_SIDE} pixels (and a "
+                "multiple of the backbone's patch size)"
+            )
         return self
 
 
@@ -66,7 +77,7 @@ class DataSpec(StrictModel):
     """Which datasets a trial trains/tests on and how paired data is sampled."""
 
     train: list[str] = Field(min_length=1)  # dataset entry names
-    test: list[str] | None = None  # None -> the train datasets' test splits
+    test: list[str] | None = None  # None -> the train datasets' test splits; never empty (a trial tests something)
     sampling: Sampling = "natural"
     weights: list[float] | None = None  # for sampling == "weighted", one per train dataset
     val_fraction: float = Field(0.1, gt=0, lt=1)
@@ -76,6 +87,16 @@ class DataSpec(StrictModel):
     # unsupervised domain adaptation: datasets whose training images join the trial WITHOUT their masks (which are
     # never read) wherever an alignment setting uses them; their labelled test splits are tested
     target: list[str] = []
+
+    @field_validator("test")
+    @classmethod
+    def _tests_something(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError(
+                "an empty test list would run and log no test metric: name the test datasets, or leave data.test "
+                "out to test on the train (and target) datasets"
+            )
+        return value
 
     @model_validator(mode="after")
     def _sampling_fits(self) -> DataSpec:
@@ -285,8 +306,8 @@ class TrialSpec(StrictModel):
     lora: LoraSpec = LoraSpec()
     data: DataSpec
     optim: OptimSpec = OptimSpec()
-    seed: int = 0
-    split_seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
+    split_seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     feature_cache: Literal["off", "memory", "disk"] = "memory"  # frozen regime only

@@ -220,8 +220,10 @@ def load_calibration(path: str | Path) -> Calibration:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such calibration file (write one with `vfm-ablate calibrate`)") from None
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not a JSON calibration file ({err})") from None
+    except OSError as err:  # a folder, no permission
+        raise ConfigError(f"{path}: cannot read the calibration file ({err.strerror or err})") from None
     if isinstance(data, dict) and data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
         raise ConfigError(
             f"{path}: calibration format {data.get('format_version')} (this vfm-ablate reads {FORMAT_VERSION}); "

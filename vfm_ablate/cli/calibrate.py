@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .arguments import COUNT, integer, number
+
 if TYPE_CHECKING:
     from ..sweep.spec import SweepSpec
 
@@ -22,12 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("sweep", type=Path, help="sweep file whose backbones and input sizes to measure")
     p.add_argument("-o", "--out", type=Path, help="calibration file to write (default: calibration-<sweep>.json)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (default 2)")
-    p.add_argument("--repeats", type=int, default=10, help="timed repeats per quantity (default 10; median used)")
-    p.add_argument("--threads", type=int, help="torch CPU threads per measurement (default: the sweep's cpu per trial)")
+    p.add_argument("--warmup", type=integer(0), default=2, help="untimed steps before timing (default 2)")
+    p.add_argument("--repeats", type=COUNT, default=10, help="timed repeats per quantity (default 10; median used)")
+    p.add_argument(
+        "--threads", type=COUNT, help="torch CPU threads per measurement (default: the sweep's cpu per trial)"
+    )
     p.add_argument(
         "--concurrent",
-        type=int,
+        type=COUNT,
         help="copies of each configuration measured at once, as trials share the device (default: on a CPU, the "
         "trials the sweep runs at once on this machine; on a GPU 1)",
     )
@@ -40,15 +44,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "configuration; on a CPU no peak memory is then reported); one copy at a time",
     )
     p.add_argument("--backbone", nargs="+", help="only these backbone entries of the sweep")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration (default 1800)")
+    p.add_argument(
+        "--timeout", type=number(0, above=True), default=1800, help="seconds allowed per configuration (default 1800)"
+    )
     p.add_argument(
         "--flops",
-        type=float,
+        type=number(0, above=True),
         metavar="TFLOPS",
         help="no timing: derive seconds from FLOP counts at this sustained TFLOP/s (for a GPU not at hand)",
     )
     p.add_argument("--device-name", default="GPU (FLOP estimate)", help="with --flops: the device it stands for")
-    p.add_argument("--device-memory-gb", type=float, help="with --flops: that device's memory")
+    p.add_argument("--device-memory-gb", type=number(0, above=True), help="with --flops: that device's memory")
     p.add_argument(
         "--no-ray", action="store_true", help="do not time a launch's start-up (CLI, MLflow store, Ray), seconds each"
     )
@@ -61,11 +67,12 @@ def _run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..sweep.cost.workload import config_keys, sweep_workloads
     from ..sweep.plan import load_plan
+    from .folders import check_output_file
 
-    if args.warmup < 0 or args.repeats < 1:
-        raise ConfigError(f"--warmup must be >= 0 and --repeats >= 1, got {args.warmup} and {args.repeats}")
     the_plan = load_plan(args.sweep)
     sweep = the_plan.sweep
+    out = args.out or Path(f"calibration-{sweep.name}.json")
+    check_output_file(out, "-o/--out")  # before minutes of measuring, not after
     workloads = sweep_workloads(the_plan)
     keys = config_keys(workloads)
     if args.backbone:

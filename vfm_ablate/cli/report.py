@@ -79,12 +79,14 @@ def _run(args: argparse.Namespace) -> int:
     from ..report.runs import load_runs
     from ..report.write import write_report
     from ..tracking.store import check_tracking_store
+    from .folders import check_output_folder
 
     requests = [_compare_request(r) for r in args.compare]  # a malformed request fails before anything is read
     experiment, uri = resolve_target(args.target, args.tracking_uri)
+    out = args.out or Path("reports") / re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
+    check_output_folder(out, "--out")
     check_tracking_store(uri)
     runs = load_runs(uri, experiment, sweep_id=args.sweep_id, execution_id=args.execution_id)
-    out = args.out or Path("reports") / re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
     parts, paths = write_report(runs, out, metric=args.metric, title=f"{experiment}: {args.metric}")
     print(f"experiment '{experiment}' at {uri}: {len(runs)} trial runs")
     print(as_text(parts))

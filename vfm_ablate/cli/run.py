@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .arguments import COUNT, number
+
 if TYPE_CHECKING:
     from ..sweep.cost.estimate import SweepEstimate
     from ..sweep.plan import SweepPlan
@@ -33,12 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="join a running Ray cluster: 'auto' (on a cluster node) or 'ray://HOST:10001'")
     p.add_argument("--storage-path", help="results/checkpoint location: a folder, shared filesystem path or URI")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's tracking.uri, else ./mlflow.db)")
-    p.add_argument("--max-concurrent-trials", type=int, help="cap on trials running at once")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored with --address)")
+    p.add_argument("--max-concurrent-trials", type=COUNT, help="cap on trials running at once")
+    p.add_argument("--num-cpus", type=COUNT, help="CPUs of the local Ray instance (not with --address)")
     p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own log output")
     p.add_argument(
         "--progress-interval",
-        type=float,
+        type=number(0),
         metavar="SECONDS",
         help="without a terminal (logs, Slurm): at most one epoch line per running trial every SECONDS "
         "(default: the sweep's run.progress_interval_s, 30)",
@@ -50,9 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="calibration file from `vfm-ablate calibrate`: with --dry-run hours, GPU shares and makespan; "
         "without, trials ask for the GPU share their measured memory calls for",
     )
-    cost.add_argument("--gpus", type=int, help="makespan on N single-GPU nodes")
-    cost.add_argument("--cluster", type=Path, help="makespan on a Ray cluster-launcher file's largest size")
-    cost.add_argument("--epochs", type=int, help="epochs per trial where MLflow has no finished trial (default 100)")
+    shape = cost.add_mutually_exclusive_group()
+    shape.add_argument("--gpus", type=COUNT, help="makespan on N single-GPU nodes")
+    shape.add_argument("--cluster", type=Path, help="makespan on a Ray cluster-launcher file's largest size")
+    cost.add_argument("--epochs", type=COUNT, help="epochs per trial where MLflow has no finished trial (default 100)")
     p.set_defaults(func=_run)
 
 
@@ -61,15 +64,36 @@ def _run(args: argparse.Namespace) -> int:
     from ..sweep.describe import describe_estimate, describe_plan
     from ..sweep.plan import load_plan
 
-    if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
-        raise ConfigError(f"--max-concurrent-trials must be at least 1, got {args.max_concurrent_trials}")
+    estimate_only = [flag for flag in ("gpus", "cluster", "epochs") if getattr(args, flag) is not None]
+    if estimate_only and not (args.dry_run and args.calibration is not None):
+        raise ConfigError(
+            f"--{estimate_only[0]} shapes the cost estimate of `--dry-run --calibration FILE` and nothing else; add "
+            "both (without them it would be ignored)"
+        )
+    if args.num_cpus is not None and args.address is not None:
+        raise ConfigError("--num-cpus sizes the local Ray this command starts; with --address the cluster has its own")
     if args.rerun_changed and not args.resume:
         raise ConfigError("--rerun-changed goes with --resume (a fresh sweep has nothing to re-run)")
+    if args.retry_failed and not args.resume:
+        raise ConfigError("--retry-failed goes with --resume (a fresh sweep has no failed trials to retry)")
+    for flag, value in (("--address", args.address), ("--storage-path", args.storage_path)):
+        if value is not None and not value.strip():  # else the default would be used without a word
+            raise ConfigError(f"{flag} is empty; give a value, or leave the option out for its default")
+    if args.tracking_uri is not None:
+        from ..tracking.store import check_tracking_uri
+
+        check_tracking_uri(args.tracking_uri, "--tracking-uri")
     the_plan = load_plan(args.sweep)  # the one expansion of this command; everything below reads it
     if args.dry_run:
+        from ..sweep.capacity import local_node, local_note
         from ..sweep.inputs import check_inputs
 
         print(describe_plan(the_plan))
+        if args.address is None:  # what `run` here (no --address) would refuse, said now
+            sweep = the_plan.sweep
+            here = local_node(args.num_cpus or sweep.run.num_cpus, sweep.run.num_gpus)
+            if (note := local_note(the_plan.trials, here)) is not None:
+                print(note)
         inputs = check_inputs(the_plan.specs, the_plan.backbones, the_plan.datasets, the_plan.sweep.source)
         print(inputs.describe(with_downloads=False))
         if args.calibration is not None:
@@ -110,15 +134,12 @@ def _estimate(args: argparse.Namespace, the_plan: SweepPlan) -> SweepEstimate:
     import os
 
     from ..calibration.records import load_calibration
-    from ..errors import ConfigError
     from ..sweep.cost.epochs import DEFAULT_ASSUMED_EPOCHS, observed_epochs
     from ..sweep.cost.estimate import estimate_sweep
     from ..sweep.cost.packing import Node, cluster_nodes, gpu_nodes
     from ..sweep.cost.workload import sweep_workloads
     from ..tracking.store import resolve_tracking_uri
 
-    if args.epochs is not None and args.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
     sweep = the_plan.sweep
     calibration = load_calibration(args.calibration)
     workloads = sweep_workloads(the_plan)

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import TrialSpec
+from .capacity import check_local, local_node, note_cluster
 from .cost.estimate import with_gpu_shares
+from .cost.packing import Node
 from .feature_store import SweepFeatureStore
 from .inputs import check_inputs, check_ready
 from .outcome import (
@@ -45,7 +47,7 @@ from .outcome import (
 )
 from .plan import PlannedTrial, SweepPlan, without_gpus
 from .progress import ProgressView
-from .ray_session import init_ray, quiet_ray_logs
+from .ray_session import check_address, init_ray, quiet_ray_logs
 from .resume.changed import check_unchanged_inputs, start_over
 from .resume.identity import input_identities
 from .resume.manifest import MANIFEST, check_manifest, execution_id, manifest, sweep_id
@@ -90,6 +92,8 @@ def run_sweep(
     out = out or sys.stdout
     sweep = the_plan.sweep
     workdir = (workdir or Path.cwd()).resolve()
+    if address and not ray.is_initialized():
+        check_address(address)  # seconds, interruptible: Ray's own connect waits minutes where nothing answers
     if gpu_shares:  # measured memory (a calibration file) instead of the backbone entries' guessed shares
         the_plan = the_plan.with_trials(with_gpu_shares(the_plan.trials, gpu_shares))
     check_ready(the_plan, out)  # offline with a dataset or weight missing: stop before Ray starts
@@ -98,6 +102,8 @@ def run_sweep(
     store = TrialStore(root)
     sid = sweep_id(the_plan)
     old_manifest = check_manifest(store, the_plan, sid, resume)
+    if resume:
+        store.check_records()  # a damaged result.json names itself here, not inside a trial
     execution = execution_id(old_manifest)
     inputs = check_inputs(the_plan.specs, the_plan.backbones, the_plan.datasets, sweep.source)
     identities = input_identities(inputs.backbones, inputs.datasets, inputs.pretrained)
@@ -117,12 +123,19 @@ def run_sweep(
 
     started_ray = False
     if not ray.is_initialized():
+        if address is None:  # this machine's own Ray: a trial that could never start is an error before it starts
+            check_local(the_plan.trials, local_node(num_cpus or sweep.run.num_cpus, sweep.run.num_gpus), sweep.source)
         init_ray(address, num_cpus or sweep.run.num_cpus, sweep.run.num_gpus, verbose)
         started_ray = True
     tracker = None
     try:
         trials = the_plan.trials
         alive = [n for n in ray.nodes() if n.get("Alive")]
+        nodes = [Node(float(n["Resources"].get("CPU", 0)), int(n["Resources"].get("GPU", 0))) for n in alive]
+        if address is None and len(alive) == 1:
+            check_local(trials, nodes[0], sweep.source)
+        else:
+            note_cluster(trials, nodes, out)
         if len(alive) > 1 and "://" not in root:
             print(
                 f"note: {len(alive)} Ray nodes: {root} must be a filesystem that every node mounts (else use a URI)",

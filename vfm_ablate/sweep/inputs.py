@@ -6,6 +6,10 @@ and the readiness of every dataset and weight (present locally or in the hub cac
 - local checkpoint files of backbones that trials load pretrained;
 - inline backbone entries (a sweep or trial file's `backbones:`): built on the meta device (no weights, no memory)
   so that a stated embed_dim, patch_size or num_prefix_tokens the model contradicts is an error now;
+- what trials make of the images: every train dataset keeps at least two training slices (one is held out for
+  validation), and every image of every dataset a trial reads becomes a grid of at least 2x2 patches of its backbone
+  under its resize setting (a fixed size that is not a patch multiple, or a 1x1 grid, would fail only inside the
+  trial); image sizes come from the files' headers, pixels unread;
 - hub weights are not fetched: the check lists what will be downloaded at run time.
 
 The result holds the entries with relative paths made absolute, which is what trials get.
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from ..config import TrialSpec
 from ..data.entries import DatasetEntry, resolve_dataset
+from ..data.layouts import Listing, list_slices
 from ..errors import ConfigError, VfmAblateError
 from ..fetch.readiness import Readiness, check_readiness
 from ..models.registry import BackboneEntry, get_entry
@@ -84,7 +89,10 @@ def check_inputs(
     from ..models.checkpoints import resolve_checkpoint_path
 
     resolved_b, resolved_d = resolve_entries(specs, backbones, datasets)
-    problems = [p for ds in resolved_d.values() if (p := _dataset_problem(ds))]
+    listings = {name: list_slices(ds) for name, ds in resolved_d.items()}
+    problems = [p for name, ds in resolved_d.items() if (p := _dataset_problem(ds, listings[name]))]
+    if not problems:
+        problems = _input_size_problems(specs, resolved_b, resolved_d, listings)
     pretrained = frozenset(s.backbone for s in specs if s.weights == "pretrained")
     downloads = []
     for name, entry in resolved_b.items():
@@ -113,10 +121,8 @@ def check_inputs(
     return CheckedInputs(resolved_b, resolved_d, pretrained, downloads)
 
 
-def _dataset_problem(entry: DatasetEntry) -> str | None:
-    from ..data.layouts import list_slices
-
-    problems = list_slices(entry).problems
+def _dataset_problem(entry: DatasetEntry, listing: Listing) -> str | None:
+    problems = listing.problems
     if not problems:
         return None
     shown = "\n  - ".join(problems[:MAX_PROBLEMS_SHOWN])
@@ -125,6 +131,79 @@ def _dataset_problem(entry: DatasetEntry) -> str | None:
         f"dataset '{entry.name}' ({entry.layout} at {entry.path}) cannot be read:\n  - {shown}{more}\n"
         f"  (full report: vfm-ablate data check {entry.path})"
     )
+
+
+MIN_GRID = 2  # patches a side: the head's first BatchNorm has nothing to normalise over one token of one image
+
+
+def _input_size_problems(
+    specs: list[TrialSpec],
+    backbones: dict[str, BackboneEntry],
+    datasets: dict[str, DatasetEntry],
+    listings: dict[str, Listing],
+) -> list[str]:
+    """Train datasets with too few training slices, and images whose network input (resize setting, backbone patch)
+    is not a grid of at least MIN_GRID x MIN_GRID patches; each problem once."""
+    from ..data.check import MIN_TRAIN_SLICES, too_few_to_train
+    from ..data.transforms import target_size
+    from ..errors import DataError
+
+    sizes: dict[str, set[tuple[int, int]]] = {}
+    problems: dict[str, None] = {}
+    checked: set[tuple] = set()
+    for s in specs:
+        patch = backbones[s.backbone].patch_size
+        for name in s.data.train:
+            listing = listings[name]
+            if listing.labelled and listing.train_count < MIN_TRAIN_SLICES:
+                problems[too_few_to_train(name, listing.train_count)] = None
+        for name in dict.fromkeys([*s.data.train, *s.data.target, *s.data.test_datasets]):
+            if name not in sizes:
+                sizes[name] = _native_sizes(datasets[name], listings[name])
+            for h, w in sorted(sizes[name]):
+                key = (name, h, w, s.data.resize, patch)
+                if key in checked:
+                    continue
+                checked.add(key)
+                where = f"dataset '{name}' ({h}x{w} images) with backbone '{s.backbone}' (patch {patch})"
+                try:
+                    th, tw = target_size(h, w, s.data.resize, patch)
+                except (ConfigError, DataError) as err:
+                    problems[f"{where}: {err}"] = None
+                    continue
+                if th // patch < MIN_GRID or tw // patch < MIN_GRID:
+                    problems[
+                        f"{where}: data.resize {_resize_text(s)} makes {th}x{tw} input, a {th // patch}x{tw // patch} "
+                        f"grid of patches; the head needs at least {MIN_GRID}x{MIN_GRID} (its BatchNorm normalises "
+                        "over patches): use a larger resize.target or resize.size, or resize.policy longest_edge"
+                    ] = None
+    return list(problems)
+
+
+def _resize_text(spec: TrialSpec) -> str:
+    r = spec.data.resize
+    return "{" + ", ".join(f"{k}: {v}" for k, v in r.model_dump(exclude_none=True).items()) + "}"
+
+
+def _native_sizes(entry: DatasetEntry, listing: Listing) -> set[tuple[int, int]]:
+    """The distinct (height, width) of a dataset's images, from file headers (synthetic: its size)."""
+    from ..data.images import native_size
+
+    if entry.layout == "synthetic":
+        return {(int(entry.size[0]), int(entry.size[1]))}
+    refs = [*listing.labelled, *(listing.test or []), *listing.unlabelled]
+    stacks: dict[Path, tuple[int, int] | None] = {}
+    out = set()
+    for ref in refs:
+        if ref.image_page is not None:  # one header read per stack
+            if ref.image not in stacks:
+                stacks[ref.image] = native_size(ref)
+            size = stacks[ref.image]
+        else:
+            size = native_size(ref)
+        if size is not None:
+            out.add(size)
+    return out
 
 
 def _facts_problem(entry: BackboneEntry) -> str | None:

@@ -9,20 +9,29 @@ duplicates dropped by trial id, each trial validated and given its CPU/GPU ask.
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from itertools import product
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from ..config import ALIGNMENT_OPTIONS, SAMPLING_KEYS, AlignmentSpec, TrialSpec, inapplicable_settings, lora_applies
+from ..config import (
+    ALIGNMENT_OPTIONS,
+    SAMPLING_KEYS,
+    AlignmentSpec,
+    DataSpec,
+    LoraSpec,
+    TrialSpec,
+    inapplicable_settings,
+    lora_applies,
+)
 from ..data.entries import DatasetEntry, resolve_dataset
 from ..errors import ConfigError
 from ..models.registry import BackboneEntry, get_entry
 from ..overrides import set_dotted
-from ..validation import validate
+from ..validation import format_validation_error
 from .labels import TrialLabel, label_trials
 from .spec import Distribution, SweepSpec, load_sweep
 
@@ -80,9 +89,15 @@ def load_plan(path: str | Path) -> SweepPlan:
 
 
 def plan(sweep: SweepSpec) -> SweepPlan:
-    """Expand, collapse, de-duplicate and validate every trial of the sweep; labels and resources included."""
+    """Expand, collapse, de-duplicate and validate every trial of the sweep; labels and resources included.
+
+    Fast enough for any grid run.max_trials admits (benchmarks/bench_plan.py): a combination whose collapsed settings
+    were met before is neither validated nor hashed again, and what depends on a name or a section alone (entries,
+    resources, the alignment section) is worked out once per distinct value."""
     seen: dict[str, tuple[TrialSpec, TrialResources, dict[str, Distribution]]] = {}
+    known: set[str] = set()  # collapsed settings already planned, as text (repr: equal text, equal settings)
     reasons: dict[str, int] = {}
+    lookups = _Lookups(sweep)
     combos = 0
     for g, grid in enumerate(sweep.grids):
         keys = list(grid)
@@ -90,17 +105,33 @@ def plan(sweep: SweepSpec) -> SweepPlan:
             assignment = dict(zip(keys, values))
             for rep in range(sweep.repeats):
                 combos += 1
-                data, dropped = _collapse(_trial_data(sweep, assignment, rep))
-                where = _where(sweep, g, assignment, rep)
-                spec = validate(TrialSpec, data, where)
+                data, dropped, values = _collapse(_trial_data(sweep, assignment, rep), lookups)
                 for reason in dropped:
                     reasons[reason] = reasons.get(reason, 0) + 1
-                _check_trial(sweep, spec, where)
+
+                def where(g: int = g, assignment: dict[str, Any] = assignment, rep: int = rep) -> str:
+                    return _where(sweep, g, assignment, rep)
+
+                data_values = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("data.")}
+                if data_values:  # together: `weights` without `sampling: weighted` contradict each other
+                    lookups.check_dropped("data", data_values, where)
+                for key, value in values.items():
+                    if not key.startswith("data."):
+                        lookups.check_dropped(key, value, where)
+                text = repr(data)
+                if text in known:
+                    continue
+                known.add(text)
+
+                try:
+                    spec = TrialSpec.model_validate(data)
+                except ValidationError as err:
+                    raise ConfigError(format_validation_error(TrialSpec, err, where())) from None
+                lookups.check_names(spec, where)
                 tid = spec.trial_id()
                 if tid in seen:
                     continue
-                entry = get_entry(spec.backbone, sweep.backbones)
-                seen[tid] = (spec, resources_for(spec, entry, sweep, where), _applicable_space(sweep, spec))
+                seen[tid] = (spec, lookups.resources(spec, where), _applicable_space(sweep, spec))
     labels = label_trials([spec for spec, _, _ in seen.values()], list(seen))
     trials = [
         PlannedTrial(spec=spec, trial_id=tid, resources=res, label=label, search_space=space)
@@ -128,8 +159,91 @@ def _where(sweep: SweepSpec, grid: int, assignment: dict[str, Any], rep: int) ->
     return f"{sweep.source} [trial {prefix}{', '.join(parts) or 'base'}]"
 
 
+class _Lookups:
+    """What planning looks up by a name or a section alone, worked out once per distinct value for the whole sweep:
+    backbone and dataset entries (the built-ins' folders are found on disk), resources, alignment sections."""
+
+    def __init__(self, sweep: SweepSpec) -> None:
+        self.sweep = sweep
+        self._names: set[tuple[str, str]] = set()
+        self._resources: dict[tuple[str, str], TrialResources] = {}
+        self._alignment: dict[str, AlignmentSpec | None] = {}
+        self._inapplicable: dict[str, list[str]] = {}
+        self._dropped: set[str] = set()
+
+    def check_names(self, spec: TrialSpec, where: Callable[[], str]) -> None:
+        """Unknown backbone/dataset names fail here, before Ray starts, naming the trial (TrialSpec itself rejects
+        impossible settings, e.g. a balanced batch that does not split evenly)."""
+        for kind, name in (("backbone", spec.backbone), *(("dataset", d) for d in spec.dataset_names())):
+            if (kind, name) in self._names:
+                continue
+            try:
+                if kind == "backbone":
+                    get_entry(name, self.sweep.backbones)
+                else:
+                    resolve_dataset(name, self.sweep.datasets)
+            except ConfigError as err:
+                raise ConfigError(f"{where()}: {err}") from None
+            self._names.add((kind, name))
+
+    def resources(self, spec: TrialSpec, where: Callable[[], str]) -> TrialResources:
+        key = (spec.backbone, spec.regime)
+        if key not in self._resources:
+            entry = get_entry(spec.backbone, self.sweep.backbones)
+            self._resources[key] = resources_for(spec, entry, self.sweep, where())
+        return self._resources[key]
+
+    def alignment(self, section: Any) -> AlignmentSpec | None:
+        key = repr(section)
+        if key not in self._alignment:
+            try:
+                self._alignment[key] = AlignmentSpec.model_validate(section)
+            except ValidationError:  # invalid: the trial's own validation reports it
+                self._alignment[key] = None
+        return self._alignment[key]
+
+    def check_dropped(self, key: str, value: Any, where: Callable[[], str]) -> None:
+        """A setting that does not apply to a trial is dropped, but its value must still be one the setting takes: a
+        misspelt `sampling: balance` on a single-dataset trial is a typo waiting for the paired one."""
+        text = f"{key}={value!r}"
+        if text in self._dropped:
+            return
+        model, data = _setting_model(key, value)
+        try:
+            model.model_validate(data)
+        except ValidationError as err:
+            message = format_validation_error(model, err, f"{where()} [{key}, which does not apply to this trial]")
+            raise ConfigError(message) from None
+        self._dropped.add(text)
+
+    def inapplicable(self, regime: Any, alignment: AlignmentSpec, train: list[Any], target: list[Any]) -> list[str]:
+        key = repr((regime, id(alignment), train, target))  # alignment specs are the cached ones: ids are stable
+        if key not in self._inapplicable:
+            self._inapplicable[key] = inapplicable_settings(regime, alignment, train, target)
+        return self._inapplicable[key]
+
+
+def _setting_model(key: str, value: Any) -> tuple[type[BaseModel], Any]:
+    """The section model that validates a dropped setting on its own (the dropped data.* settings together, as
+    "data"), and the data to validate."""
+    if key == "lora":
+        return LoraSpec, value
+    if key.startswith("alignment."):
+        return AlignmentSpec, {key.split(".", 1)[1]: value}
+    return DataSpec, {"train": ["x"], **value}  # "data": the dropped data.* settings, checked together
+
+
+def _copy(value: Any) -> Any:
+    """A copy of plain data (what deepcopy does for YAML's dicts, lists and scalars, several times faster)."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
 def _trial_data(sweep: SweepSpec, assignment: dict[str, Any], rep: int) -> dict[str, Any]:
-    data = copy.deepcopy(sweep.base)
+    data = _copy(sweep.base)
     for key, value in assignment.items():
         _merge_dotted(data, key, value)
         if key == "seed" and "split_seed" not in assignment:
@@ -149,75 +263,58 @@ def _merge_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         node = node.setdefault(part, {})
     leaf = parts[-1]
     if isinstance(value, dict) and isinstance(node.get(leaf), dict):
-        merged = copy.deepcopy(node[leaf])
+        merged = _copy(node[leaf])
         for k, v in value.items():
             _merge_dotted(merged, k, v)
         node[leaf] = merged
     else:
-        set_dotted(data, key, copy.deepcopy(value))
+        set_dotted(data, key, _copy(value))
 
 
-def _collapse(data: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+def _collapse(data: dict[str, Any], lookups: _Lookups) -> tuple[dict[str, Any], set[str], dict[str, Any]]:
     """Drop settings that cannot affect this trial (`config.inapplicable_settings`), so trials differing only in
     them share one trial_id.
 
     LoRA settings only matter in the lora regime; an alignment option only with its method; unlabelled target
     datasets only when an alignment setting reads their images (the test datasets stay as they were);
     data.normalisation not under z-scoring; sampling (and its weights) only with several datasets in the batches.
+    Returns the collapsed data, the reasons, and the dropped settings' values (still checked by the caller).
     """
     dropped: set[str] = set()
+    values: dict[str, Any] = {}
     regime = data.get("regime", TrialSpec.model_fields["regime"].default)
-    alignment = _alignment_of(data)
+    alignment = lookups.alignment(data.get("alignment", {}))
     section = data.get("data") if isinstance(data.get("data"), dict) else {}
     train = section.get("train") if isinstance(section.get("train"), list) else None
     target = section.get("target") if isinstance(section.get("target"), list) else []
     if alignment is None or train is None:  # invalid: the trial's own validation reports it
         if not lora_applies(str(regime)) and "lora" in data:
-            del data["lora"]
+            values["lora"] = data.pop("lora")
             dropped.add(f"lora settings dropped for regime '{regime}'")
-        return data, dropped
-    for key in inapplicable_settings(regime, alignment, train, target):
+        return data, dropped, values
+    for key in lookups.inapplicable(regime, alignment, train, target):
         if key == "lora" and "lora" in data:
-            del data["lora"]
+            values["lora"] = data.pop("lora")
             dropped.add(f"lora settings dropped for regime '{regime}'")
         elif key.startswith("alignment.") and key.split(".", 1)[1] in data.get("alignment", {}):
-            del data["alignment"][key.split(".", 1)[1]]
+            values[key] = data["alignment"].pop(key.split(".", 1)[1])
             parent = ALIGNMENT_OPTIONS[key.split(".", 1)[1]][0]
             dropped.add(f"{key} dropped: not used with alignment.{parent} '{getattr(alignment, parent)}'")
         elif key == "data.target" and "target" in section:
             if target and section.get("test") is None:
                 section["test"] = [*train, *target]  # the targets are still tested
-            del section["target"]
+            values[key] = section.pop("target")
             dropped.add("data.target dropped: no alignment setting reads target images")
         elif key == "data.normalisation" and "normalisation" in section:
-            del section["normalisation"]
+            values[key] = section.pop("normalisation")
             dropped.add("data.normalisation dropped: alignment.input 'zscore' replaces it")
         elif key in SAMPLING_KEYS and key.split(".", 1)[1] in section:
-            value = section.pop(key.split(".", 1)[1])
+            value = values[key] = section.pop(key.split(".", 1)[1])
             if key == "data.weights" or value != "natural":
                 dropped.add("sampling dropped for a single train dataset")
     if data.get("alignment") == {}:
         del data["alignment"]
-    return data, dropped
-
-
-def _alignment_of(data: dict[str, Any]) -> AlignmentSpec | None:
-    section = data.get("alignment", {})
-    try:
-        return AlignmentSpec.model_validate(section)
-    except ValidationError:
-        return None
-
-
-def _check_trial(sweep: SweepSpec, spec: TrialSpec, where: str) -> None:
-    """Unknown backbone/dataset names fail here, before Ray starts, naming the trial (TrialSpec itself rejects
-    impossible settings, e.g. a balanced batch that does not split evenly)."""
-    try:
-        get_entry(spec.backbone, sweep.backbones)
-        for name in spec.dataset_names():
-            resolve_dataset(name, sweep.datasets)
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}") from None
+    return data, dropped, values
 
 
 def _applicable_space(sweep: SweepSpec, spec: TrialSpec) -> dict[str, Distribution]:

@@ -22,6 +22,7 @@ from ..config import TrialSpec
 from ..data.entries import DatasetEntry
 from ..data.sampling import epoch_batches
 from ..device import resolve_device
+from ..errors import VfmAblateError
 from ..models.registry import BackboneEntry, get_entry
 from ..models.segmenter import Segmenter, build_segmenter
 from .alignment import AlignmentLoss, attach_alignment, estimate_feature_statistics
@@ -48,8 +49,9 @@ class TrialResult:
     lora_targets: list[str] = field(default_factory=list)
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training diverged (NaN/inf loss): the trial fails with this error instead of training on garbage."""
+class NonFiniteLossError(VfmAblateError):
+    """Training diverged (NaN/inf loss): the trial fails with this error instead of training on garbage; a user
+    error (most often a learning rate too high), so the command line shows its message, not a traceback."""
 
 
 def seed_everything(seed: int) -> None:
@@ -150,7 +152,10 @@ def fit(
                 continue  # natural sampling drew only unlabelled target images of one domain: nothing to learn
             loss = (dice if dice is not None else 0.0) + (extra if extra is not None else 0.0)
             if not torch.isfinite(loss):  # type: ignore[arg-type]
-                raise NonFiniteLossError(f"loss became {float(loss.detach())} at epoch {epoch} (lr={spec.optim.lr})")
+                raise NonFiniteLossError(
+                    f"training diverged: loss became {float(loss.detach())} at epoch {epoch} (optim.lr="
+                    f"{spec.optim.lr:g}); lower optim.lr"
+                )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[union-attr]
             optimiser.step()
@@ -165,7 +170,10 @@ def fit(
             estimate_feature_statistics(fwd, own_images)  # the adapted backbone's statistics, before validation
         val_loss = validation_loss(fwd, loss_fn, data.val, spec.optim.batch_size)
         if not math.isfinite(val_loss):
-            raise NonFiniteLossError(f"validation loss became {val_loss} at epoch {epoch}")
+            raise NonFiniteLossError(
+                f"training diverged: validation loss became {val_loss} at epoch {epoch} (optim.lr={spec.optim.lr:g}); "
+                "lower optim.lr"
+            )
         seconds = time.perf_counter() - epoch_start
         extra_record = {"align_loss": align_running / max(align_steps, 1)} if align_loss is not None else None
         record = state.end_epoch(
