@@ -36,6 +36,7 @@ from .inputs import check_inputs, check_ready
 from .outcome import (
     SweepOutcome,
     collect_outcome,
+    end_tags,
     format_outcome,
     mlflow_statuses,
     publish_summary,
@@ -173,6 +174,7 @@ def run_sweep(
             max_concurrent=max_concurrent_trials,
             interval_s=sweep.run.progress_interval_s if progress_interval_s is None else progress_interval_s,
             out=out,
+            verbose=verbose,
         )
         with quiet_ray_logs(verbose):
             paths, interrupted = run(launch)
@@ -182,6 +184,7 @@ def run_sweep(
         write_results_csv(store, outcome)
         if tracker is not None:
             tracker.reconcile(mlflow_statuses(outcome))
+            tracker.tag_trials(end_tags(outcome))
             publish_summary(tracker, outcome, store)
             tracker.finish("KILLED" if interrupted else "FINISHED" if outcome.ok else "FAILED")
             tracker = None
@@ -214,6 +217,7 @@ def _start_tracking(
     if uri is None:
         return None, None
     from ..tracking.runs import SweepTracker
+    from ..tracking.tags import STOPPED_BY_TAG
     from ..tracking.ui import set_up_experiment
 
     experiment = sweep.experiment_name
@@ -228,8 +232,16 @@ def _start_tracking(
     sweep_run = tracker.start(params, {"vfm.resume": str(resume).lower()})
     assert tracker.experiment_id is not None
     started = time.strftime("%Y-%m-%d %H:%M")
+    settings = list(the_plan.labels.ui_columns)
+    if sweep.search is not None and sweep.search.asha.enabled:
+        settings.append(("tags", STOPPED_BY_TAG))  # `ASHA at epoch 3` beside the runs ASHA stopped
     view = set_up_experiment(
-        uri, tracker.experiment_id, execution, f"{sweep.name}: trials ({started}, {execution})", test_metrics(the_plan)
+        uri,
+        tracker.experiment_id,
+        execution,
+        f"{sweep.name}: trials ({started}, {execution})",
+        test_metrics(the_plan),
+        settings,
     )
     target = TrackingTarget(uri, experiment, sweep_run, sid, execution, tracker.launch, tracker.experiment_id, view)
     return target, tracker
@@ -248,6 +260,7 @@ class Launch:
     max_concurrent: int | None
     interval_s: float  # progress lines without a terminal
     out: TextIO
+    verbose: bool = False  # the libraries' own log lines (Ray, MLflow, Optuna) in the terminal too
 
     def tune_config(self, dirname: Callable[[Any], str], **settings: Any) -> Any:
         from ray import tune
@@ -329,6 +342,10 @@ def _run_search(launch: Launch) -> tuple[list[str], bool]:
 
     search = launch.sweep.search
     assert search is not None
+    if not launch.verbose:  # "A new study created in memory with name: ..." once per grid point
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     trainable = make_trainable(launch.ctx)
     paths = []
     points = launch.trials
@@ -371,7 +388,8 @@ def _run_search(launch: Launch) -> tuple[list[str], bool]:
                 run_config=launch.run_config(name, view),
             )
 
-        print(f"grid point {index + 1}/{len(points)}: {point.label.short}", file=launch.out, flush=True)
+        what = point.label.short or point.trial_id  # (empty when only the searched values tell trials apart)
+        print(f"grid point {index + 1}/{len(points)}: {what}", file=launch.out, flush=True)
         path = f"{launch.root}/{name}"
         paths.append(path)
         if launch.fit(make_tuner, path, trainable, search.num_samples if space else 1):

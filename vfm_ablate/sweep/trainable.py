@@ -146,8 +146,8 @@ def _sampled_trial(point: RayTrial, values: dict[str, Any]) -> RayTrial:
     trial = RayTrial(
         trial_id=spec.trial_id(),
         point_id=point.trial_id,
-        label=f"{point.label} {text}",
-        run_name=f"{point.run_name} · {text}",
+        label=" ".join(t for t in (point.label, text) if t),  # the grid point's varying settings, then samples
+        run_name=" · ".join(t for t in (point.run_name, text) if t),
         max_epochs=spec.optim.max_epochs,
         patience=spec.optim.patience,
         cpu=point.cpu,
@@ -306,7 +306,7 @@ def _open_tracker(ctx: TrialContext, trial: RayTrial, node_id: str, inputs_id: s
     if ctx.tracking is None:
         return None
     from ..tracking.runs import TrialTracker
-    from ..tracking.tags import INPUTS_ID_TAG, NODE_ID_TAG, OUTPUTS_TAG, SPEC_TAG
+    from ..tracking.tags import ALIGNMENT_TAG, INPUTS_ID_TAG, NODE_ID_TAG, OUTPUTS_TAG, SPEC_TAG
 
     t, spec, tid = ctx.tracking, trial.spec, trial.trial_id
     entry = ctx.backbones[spec.backbone]
@@ -321,6 +321,7 @@ def _open_tracker(ctx: TrialContext, trial: RayTrial, node_id: str, inputs_id: s
         NODE_ID_TAG: node_id,
         OUTPUTS_TAG: f"{ctx.store.root}/trials/{tid}/outputs",
         SPEC_TAG: spec.model_dump_json(),  # what the report reads back into a TrialSpec
+        ALIGNMENT_TAG: spec.alignment.label(),  # the method as one UI column
     }
     if inputs_id is not None:
         tags[INPUTS_ID_TAG] = inputs_id

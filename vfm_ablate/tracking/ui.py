@@ -38,7 +38,6 @@ WORKFLOW_PARAM = "workflowType=machine_learning"
 DEFAULT_UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 
 NAME_COLUMN = "attributes.`Run Name`"
-PARAM_COLUMNS = ("backbone", "regime", "lora.rank", "data.train", "data.sampling", "seed")
 TAIL_METRICS = ("epochs_run", "best_epoch")
 
 
@@ -51,11 +50,14 @@ def view_key(execution_id: str) -> str:
     return f"vfm-{check_id(execution_id, 'execution id')}"
 
 
-def comparison_view(execution_id: str, test_metrics: list[str]) -> dict[str, Any]:
+def comparison_view(
+    execution_id: str, test_metrics: list[str], settings: list[tuple[str, str]] | tuple[tuple[str, str], ...]
+) -> dict[str, Any]:
     """The runs-table state of one execution: its trials only, best headline IoU first, the IoU columns and the
-    settings that tell trials apart."""
+    settings that tell trials apart (`settings`: (kind, key) pairs, e.g. ("params", "lora.rank"), ("tags",
+    "vfm.alignment"): the planner's, from what varies across the sweep)."""
     metrics = [HEADLINE, *[m for m in test_metrics if m != HEADLINE], *TAIL_METRICS]
-    columns = [column("metrics", m) for m in metrics] + [column("params", p) for p in PARAM_COLUMNS]
+    columns = [column("metrics", m) for m in metrics] + [column(kind, key) for kind, key in settings]
     return {
         "searchFilter": runs_filter(ROLE_TRIAL, execution_id=execution_id),
         "orderByKey": column("metrics", HEADLINE),
@@ -73,9 +75,15 @@ def comparison_view(execution_id: str, test_metrics: list[str]) -> dict[str, Any
 
 
 def set_up_experiment(
-    tracking_uri: str, experiment_id: str, execution_id: str, view_name: str, test_metrics: list[str]
+    tracking_uri: str,
+    experiment_id: str,
+    execution_id: str,
+    view_name: str,
+    test_metrics: list[str],
+    settings: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (),
 ) -> str:
-    """Tag the experiment as model training and save the execution's comparison view; returns the view key."""
+    """Tag the experiment as model training and save the execution's comparison view (`settings`: its setting
+    columns, see `comparison_view`); returns the view key."""
     client = tracking_client(tracking_uri)
     key = view_key(execution_id)
     now = int(time.time() * 1000)
@@ -83,7 +91,7 @@ def set_up_experiment(
         "name": view_name,
         "createdAt": now,
         "updatedAt": now,
-        "state": json.dumps(comparison_view(execution_id, test_metrics)),
+        "state": json.dumps(comparison_view(execution_id, test_metrics, settings)),
     }
     retry_locked(lambda: client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND))
     retry_locked(lambda: client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key, json.dumps(envelope)))
