@@ -44,6 +44,7 @@ from .outcome import (
     where_to_look,
     write_results_csv,
 )
+from .phase_board import start_board
 from .plan import PlannedTrial, SweepPlan, without_gpus
 from .progress import ProgressView
 from .ray_session import init_ray, quiet_ray_logs
@@ -150,6 +151,7 @@ def run_sweep(
             target,
             identities,
             feature_store=SweepFeatureStore(root),
+            phase_board=start_board(),
         )
         store.write_json(MANIFEST, manifest(the_plan, sid, execution, identities))
         print(
@@ -273,6 +275,11 @@ class Launch:
             **settings,
         )
 
+    def view(self, total: int, bounds: list[tuple[int, int]]) -> ProgressView:
+        """The live view of this launch's trials, showing the phases they post to the launch's board."""
+        view = ProgressView(self.root, total, self.interval_s, bounds=bounds, scheduler=self.sweep.early_stopper)
+        return view.attach_board(self.ctx.phase_board)
+
     def run_config(self, name: str, view: ProgressView) -> Any:
         from ray import tune
 
@@ -307,6 +314,11 @@ class Launch:
         return bool(unfinished) or (expected is not None and len(trials) < expected)
 
 
+def _bounds(t: PlannedTrial) -> tuple[int, int]:
+    """(max_epochs, patience): what a trial not started yet may take."""
+    return t.spec.optim.max_epochs, t.spec.optim.patience
+
+
 def _grid_dirname(trial: Any) -> str:
     return decode_config(trial.config).trial_id
 
@@ -320,7 +332,7 @@ def _run_grid(launch: Launch) -> tuple[list[str], bool]:
     from ray import tune
 
     trainable = make_trainable(launch.ctx)
-    view = ProgressView(launch.root, len(launch.trials), launch.interval_s)
+    view = launch.view(len(launch.trials), [_bounds(t) for t in launch.trials])
 
     def make_tuner() -> Any:
         return tune.Tuner(
@@ -350,7 +362,8 @@ def _run_search(launch: Launch) -> tuple[list[str], bool]:
     paths = []
     points = launch.trials
     total = sum(search.num_samples if p.search_space else 1 for p in points)
-    view = ProgressView(launch.root, total, launch.interval_s)
+    bounds = [_bounds(p) for p in points for _ in range(search.num_samples if p.search_space else 1)]
+    view = launch.view(total, bounds)
     for index, point in enumerate(points):
         name = f"search-{point.trial_id}"
         space = {k: d.to_tune() for k, d in point.search_space.items()}
