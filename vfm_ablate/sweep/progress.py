@@ -28,14 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..trial.phases import TRAINING, VALIDATING, Phase
+from ..trial.phases import EVERY_EPOCH, Phase
 from .labels import HEADLINE, headline_iou
 from .store import TrialStore
 from .trainable import decode_config
 
 DEFAULT_INTERVAL_S = 30.0
 POLL_EVERY_S = 1.0  # how often the view takes the phase board
-QUIET_KINDS = (TRAINING, VALIDATING)  # phases that come round every epoch: their epoch line says enough
 _NOT_ON_EPOCH_LINES = ("phase", "left if no gain", "left at most")  # (the time left is said in words there)
 
 
@@ -79,8 +78,8 @@ class _Running:
         if previous is not None and previous.step == phase.step:
             return False
         self.phase_since = now
-        if phase.kind in QUIET_KINDS:  # training starts once; later epochs have their epoch lines
-            return previous is None or previous.kind not in QUIET_KINDS
+        if phase.kind in EVERY_EPOCH:  # training starts once; later epochs have their epoch lines
+            return previous is None or previous.kind not in EVERY_EPOCH
         return True
 
     @property

@@ -20,6 +20,7 @@ DIAGNOSTICS = "diagnostics"
 WRITING = "writing outputs"
 UPLOADING = "uploading outputs"  # a sweep's trial, after the engine: outputs to the sweep's storage and MLflow
 
+EVERY_EPOCH = (TRAINING, VALIDATING)  # phases that come round every epoch (a view's epoch lines say them)
 # what `done / total` counts in each phase that has progress
 UNITS = {EXTRACTING: "images", TESTING: "images"}
 
