@@ -21,7 +21,8 @@ class TrialFile:
 
 
 def inline_entries(model: type, raw: Any, section: str, source: str) -> dict:
-    """Validate a `name: {facts}` mapping of inline entries; the mapping key is the entry's name."""
+    """Validate a `name: {facts}` mapping of inline entries; the mapping key is the entry's name. A backbone entry
+    may leave out what its library's model says (models/infer: patch size, dim, prefix tokens, LoRA targets, ...)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -32,7 +33,13 @@ def inline_entries(model: type, raw: Any, section: str, source: str) -> dict:
             raise ConfigError(f"{source}: {section}.{name} must be a mapping of facts")
         if "name" in facts and facts["name"] != name:
             raise ConfigError(f"{source}: {section}.{name} has name '{facts['name']}'; drop it or make them equal")
-        out[name] = validate(model, {**facts, "name": name}, f"{source} [{section}.{name}]")
+        where = f"{source} [{section}.{name}]"
+        if model is BackboneEntry:
+            from .models.infer import complete_entry
+
+            out[name] = complete_entry({**facts, "name": name}, where)
+        else:
+            out[name] = validate(model, {**facts, "name": name}, where)
     return out
 
 
