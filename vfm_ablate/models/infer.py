@@ -31,6 +31,7 @@ stated and the actual value. `vfm-ablate backbones --describe NAME` prints an in
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -131,14 +132,10 @@ def infer_facts(entry: BackboneEntry, stated: set[str] | None = None, where: str
     id_tag = facts.pop("id_tag", "")
     base = entry.model_copy(update={"model_id": facts["model_id"], "pretrained_tag": _tag(entry, id_tag, stated)})
     _check_tag(where, base)
-    if entry.library == "timm":
-        facts["kind"] = _timm_kind(base)
-        if "kind" in stated and entry.kind != facts["kind"]:
-            raise _contradiction(where, base, "kind", entry.kind, facts["kind"])
-    else:
-        facts["kind"] = "vit"
+    facts["kind"], backbone = _read_network(base)
+    if "kind" in stated and entry.kind != facts["kind"]:
+        raise _contradiction(where, base, "kind", entry.kind, facts["kind"])
     base = base.model_copy(update={"kind": facts["kind"]})
-    backbone = _network(base)
     actual = backbone.actual_facts()
     actual.setdefault("num_prefix_tokens", 0)  # a CNN has none
     for key in CHECKED[1:]:
@@ -232,6 +229,19 @@ def _known_timm(entry: BackboneEntry) -> bool:
     import timm
 
     return bool(timm.is_model(entry.model_id))
+
+
+_NETWORKS: dict[str, tuple[str, Any]] = {}  # what a model id (+ kwargs, feature level) builds: kind, meta Backbone
+
+
+def _read_network(entry: BackboneEntry) -> tuple[str, Any]:
+    """The entry's kind and its Backbone on the meta device, built once per process for each architecture (an entry
+    is read again by the checks before a run, `--describe`, the next sweep file)."""
+    key = json.dumps([entry.library, entry.model_id, entry.feature_index, entry.model_kwargs], sort_keys=True)
+    if key not in _NETWORKS:
+        kind = _timm_kind(entry) if entry.library == "timm" else "vit"
+        _NETWORKS[key] = kind, _network(entry.model_copy(update={"kind": kind}))
+    return _NETWORKS[key]
 
 
 def _timm_kind(entry: BackboneEntry) -> str:
