@@ -86,6 +86,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("train", ("data.train", "data.target"), _train, ui=(("params", "data.train"), ("params", "data.target"))),
     Setting("sampling", ("data.sampling", "data.weights"), _sampling, ui=(("params", "data.sampling"),)),
+    Setting(  # the datasets tested (an explicit list equal to the default one is the same test)
+        "test",
+        ("data.test",),
+        lambda s: "+".join(s.data.test_datasets),
+        lambda v: f"test {v}",
+        (("params", "data.test"),),
+    ),
     Setting("alignment", ("alignment.",), lambda s: s.alignment.label(), ui=(ALIGNMENT_TAG_COLUMN,)),
     Setting(
         "resize",
