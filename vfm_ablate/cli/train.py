@@ -61,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
         print(checked.describe(), flush=True)
 
     class PrintEpochs:
-        """Each epoch's losses; each new phase, and progress inside one at most every PHASE_LINE_EVERY_S."""
+        """Each epoch's losses; each new phase, its end, and progress inside it at most every PHASE_LINE_EVERY_S."""
 
         step: tuple[str, int | None] | None = None  # the phase now (kind, epoch)
         shown = 0.0  # when the last phase line was printed
@@ -77,7 +77,8 @@ def _run(args: argparse.Namespace) -> int:
             new = phase.step != self.step
             routine = phase.kind in EVERY_EPOCH and self.step is not None and self.step[0] in EVERY_EPOCH
             self.step = phase.step
-            if (new and not routine) or (phase.total > 0 and now - self.shown >= PHASE_LINE_EVERY_S):
+            due = phase.total > 0 and (phase.finished or now - self.shown >= PHASE_LINE_EVERY_S)
+            if (new and not routine) or due:
                 self.shown = now
                 print(phase.text(), flush=True)
 

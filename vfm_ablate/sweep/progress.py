@@ -253,8 +253,8 @@ class ProgressView:
             self._event(f"epoch  {tid}  {shown}  {self._left_text(state)}")
 
     def phases(self, latest: dict[str, Phase]) -> None:
-        """Phases taken from the board (trial id -> its latest): a new phase is a line, progress inside one a line
-        at most every interval_s (plain output); the live table shows them all."""
+        """Phases taken from the board (trial id -> its latest): a new phase is a line, and so is its end (n/n);
+        progress inside one a line at most every interval_s (plain output); the live table shows them all."""
         now = time.monotonic()
         live = self._live_display() is not None
         for tid, phase in latest.items():
@@ -264,7 +264,7 @@ class ProgressView:
             new = state.set_phase(phase, now)
             if live:
                 continue
-            if new or (phase.total > 0 and now - state.last_line >= self.interval_s):
+            if new or (phase.total > 0 and (phase.finished or now - state.last_line >= self.interval_s)):
                 state.last_line = now
                 self._event(f"phase  {tid}  {state.phase_text(now)}")
         if live:
