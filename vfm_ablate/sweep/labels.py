@@ -29,6 +29,7 @@ __all__ = [
     "headline_iou",
     "label_trials",
     "sampled_text",
+    "short_value",
     "trial_label",
 ]
 NA = "-"  # a setting that cannot change this trial (e.g. the LoRA rank of a frozen trial)
@@ -191,7 +192,7 @@ def _generic(specs: list[TrialSpec], searched: tuple[str, ...]) -> list[Setting]
 def _flat_value(s: TrialSpec, key: str) -> str:
     if any(key == u or key.startswith(u + ".") for u in s.inapplicable_settings()):
         return NA
-    return _value(_number(s.flat_params().get(key, "")))
+    return short_value(_number(s.flat_params().get(key, "")))
 
 
 def _number(text: str) -> Any:
@@ -208,10 +209,11 @@ def _number(text: str) -> Any:
 def sampled_text(sampled: dict[str, Any]) -> str:
     """Search-sampled values, short: `lr 6.8e-4 α 48`."""
     names = {k: k.rsplit(".", 1)[-1] for k in sampled}
-    return " ".join(f"{_SHORT_KEYS.get(names[k], names[k])} {_value(v)}" for k, v in sampled.items())
+    return " ".join(f"{_SHORT_KEYS.get(names[k], names[k])} {short_value(v)}" for k, v in sampled.items())
 
 
-def _value(v: Any) -> str:
+def short_value(v: Any) -> str:
+    """A value as names and tables show it: `6.8e-4`, `48`, `0.25`."""
     v = v.item() if hasattr(v, "item") else v  # numpy scalars from the searcher
     if isinstance(v, float):
         text = f"{v:.1e}" if v != 0 and abs(v) < 1e-2 else f"{v:.3g}"

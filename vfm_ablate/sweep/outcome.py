@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import VfmAblateError
 from ..metric_names import MACRO_IOU, POOLED_IOU, iou_metric
 from ..text_tables import format_table
-from .labels import HEADLINE, LABEL_COLUMNS, headline_iou
+from .labels import HEADLINE, LABEL_COLUMNS, headline_iou, short_value
 from .plan import PlannedTrial, SweepPlan
 from .progress import first_error_line
 from .store import TrialStore
@@ -147,7 +147,7 @@ def outcome_rows(outcome: SweepOutcome) -> list[dict[str, str]]:
         row = {
             **t.planned.label.columns,
             "id": t.trial_id,
-            **{k: f"{float(v):.3g}" for k, v in t.sampled.items()},
+            **{k: short_value(v) for k, v in t.sampled.items()},
             "status": t.shown_status,
             HEADLINE: f"{iou:.4f}" if iou is not None and t.status == "FINISHED" else "-",
             "pooled": f"{float(t.metrics[POOLED_IOU]):.4f}" if POOLED_IOU in t.metrics else "-",

@@ -322,6 +322,8 @@ class ProgressView:
         left = state.left_s()
         if left is None:
             return ""
+        if _duration(left[0]) == _duration(left[1]):  # the patience outlasts the epochs still allowed
+            return f"left {_duration(left[1])} (max epochs)"
         return f"left {_duration(left[0])} if no gain (early stop), at most {_duration(left[1])} (max epochs)"
 
     def sweep_left_s(self) -> tuple[float, float] | None:
@@ -358,9 +360,11 @@ class ProgressView:
         best = f"best {HEADLINE} {self.best[0]:.4f} ({self.best[1]})" if self.best else f"best {HEADLINE} -"
         left = self.sweep_left_s()
         sweep_left = (
-            f" | sweep left ≈{_duration(left[0])} if trials stop early, ≈{_duration(left[1])} at max epochs"
-            if left is not None and (self.running or left[1] > 0)
-            else ""
+            ""
+            if left is None or not (self.running or left[1] > 0)
+            else f" | sweep left ≈{_duration(left[1])} at max epochs"
+            if _duration(left[0]) == _duration(left[1])
+            else f" | sweep left ≈{_duration(left[0])} if trials stop early, ≈{_duration(left[1])} at max epochs"
         )
         return (
             f"running {len(self.running)} | done {len(self.done)}/{self.total} | failed {len(self.failed)}"
