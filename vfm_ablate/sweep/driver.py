@@ -244,6 +244,7 @@ def _start_tracking(
         f"{sweep.name}: trials ({started}, {execution})",
         test_metrics(the_plan),
         settings,
+        name_chars=max(len(t.label.run_name) for t in the_plan.trials) + (24 if sweep.search else 0),  # + samples
     )
     target = TrackingTarget(uri, experiment, sweep_run, sid, execution, tracker.launch, tracker.experiment_id, view)
     return target, tracker

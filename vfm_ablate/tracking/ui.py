@@ -50,12 +50,15 @@ def view_key(execution_id: str) -> str:
     return f"vfm-{check_id(execution_id, 'execution id')}"
 
 
+Settings = list[tuple[str, str]] | tuple[tuple[str, str], ...]
+
+
 def comparison_view(
-    execution_id: str, test_metrics: list[str], settings: list[tuple[str, str]] | tuple[tuple[str, str], ...]
+    execution_id: str, test_metrics: list[str], settings: Settings, name_chars: int = 56
 ) -> dict[str, Any]:
     """The runs-table state of one execution: its trials only, best headline IoU first, the IoU columns and the
     settings that tell trials apart (`settings`: (kind, key) pairs, e.g. ("params", "lora.rank"), ("tags",
-    "vfm.alignment"): the planner's, from what varies across the sweep)."""
+    "vfm.alignment"): the planner's, from what varies across the sweep); `name_chars`: the longest run name."""
     metrics = [HEADLINE, *[m for m in test_metrics if m != HEADLINE], *TAIL_METRICS]
     columns = [column("metrics", m) for m in metrics] + [column(kind, key) for kind, key in settings]
     return {
@@ -68,7 +71,11 @@ def comparison_view(
         "modelVersionFilter": "All Runs",
         "selectedColumns": columns,
         "columnOrder": [NAME_COLUMN, *columns],
-        "columnWidths": {NAME_COLUMN: 430},
+        # the run names in full (`name_chars`: the longest), and tags' texts (`ASHA at epoch 3`) too
+        "columnWidths": {
+            NAME_COLUMN: min(max(60 + 7 * name_chars, 200), 640),
+            **{column(kind, key): 160 for kind, key in settings if kind == "tags"},
+        },
         "runsHiddenMode": "SHOW_ALL",  # the chart view plots every trial, not the first ten
         "hideEmptyCharts": True,
     }
@@ -80,7 +87,8 @@ def set_up_experiment(
     execution_id: str,
     view_name: str,
     test_metrics: list[str],
-    settings: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (),
+    settings: Settings = (),
+    name_chars: int = 56,
 ) -> str:
     """Tag the experiment as model training and save the execution's comparison view (`settings`: its setting
     columns, see `comparison_view`); returns the view key."""
@@ -91,7 +99,7 @@ def set_up_experiment(
         "name": view_name,
         "createdAt": now,
         "updatedAt": now,
-        "state": json.dumps(comparison_view(execution_id, test_metrics, settings)),
+        "state": json.dumps(comparison_view(execution_id, test_metrics, settings, name_chars)),
     }
     retry_locked(lambda: client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND))
     retry_locked(lambda: client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key, json.dumps(envelope)))
