@@ -1,6 +1,7 @@
 """The live view of a sweep, driven as Ray Tune drives it (events of trials whose config is the planner's): phases
 and progress inside them in log lines and the terminal table, and the time left as two labelled bounds for each
-trial and the sweep. No Ray: the events are what Tune's callback passes on."""
+trial and the sweep; how trials that did not finish ended, as the result table and MLflow say it. No Ray: the
+events are what Tune's callback passes on."""
 
 from __future__ import annotations
 
@@ -128,3 +129,34 @@ def test_the_terminal_table_has_a_phase_column_and_explains_its_bounds(tmp_path:
     text = console.export_text()
     assert "phase" in text and "extracting features 120/480 images (1m35s)" in text
     assert "left if no gain" in text and "left at most" in text and "max_epochs" in text
+
+
+def test_a_scheduler_stop_and_an_interruption_are_told_apart(tmp_path: Path) -> None:
+    from vfm_ablate.sweep.outcome import SweepOutcome, TrialOutcome, end_tags, outcome_rows
+
+    planned = plan(
+        parse_sweep(
+            {
+                "name": "o",
+                "base": tiny_base({"max_epochs": 3}),
+                "axes": {"seed": [0, 1, 2]},
+                "datasets": {"sa": TINY_DATA},
+            },
+            tmp_path / "o.yaml",
+        )
+    ).trials
+    trials = [
+        TrialOutcome(planned[0], planned[0].trial_id, "FINISHED", {"iou_fg": 0.5, "epochs_run": 3}),
+        TrialOutcome(planned[1], planned[1].trial_id, "STOPPED", ended="stopped by ASHA at epoch 2"),
+        TrialOutcome(planned[2], planned[2].trial_id, "NOT RUN", ended="interrupted at epoch 1"),
+    ]
+    outcome = SweepOutcome("o", str(tmp_path), [], trials)
+    assert [row["status"] for row in outcome_rows(outcome)] == [
+        "FINISHED",
+        "stopped by ASHA at epoch 2",
+        "interrupted at epoch 1",
+    ]
+    assert end_tags(outcome) == {
+        planned[1].trial_id: {"vfm.stopped_by": "ASHA at epoch 2"},
+        planned[2].trial_id: {"vfm.interrupted": "at epoch 1"},
+    }
