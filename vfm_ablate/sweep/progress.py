@@ -180,8 +180,9 @@ class ProgressView:
         self._polled = 0.0
 
     def attach_board(self, board: Any) -> ProgressView:
-        """Show the phases the trials post to `board` (sweep/phase_board)."""
-        self._board = board
+        """Show the phases the trials post to `board` (sweep/phase_board). The board is this launch's: a view Ray
+        restores from an earlier launch's experiment state (`--resume`) finds it by the storage root."""
+        self._board = _LAUNCH_BOARD[self.store_root] = board
         return self
 
     def as_callback(self) -> Any:
@@ -273,6 +274,8 @@ class ProgressView:
     def poll(self) -> None:
         """Take the board's news (at most every POLL_EVERY_S: Tune calls this many times a second)."""
         now = time.monotonic()
+        if self._board is None:
+            self._board = _LAUNCH_BOARD.get(self.store_root)
         if self._board is None or not self.running or now - self._polled < POLL_EVERY_S:
             return
         self._polled = now
@@ -417,6 +420,7 @@ class ProgressView:
 
 
 _LAUNCH_T0: dict[str, float] = {}
+_LAUNCH_BOARD: dict[str, Any] = {}  # storage root -> this launch's phase board
 
 
 def _new_running(trial: Any) -> _Running:
