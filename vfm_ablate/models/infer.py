@@ -164,11 +164,6 @@ def check_entry(entry: BackboneEntry) -> None:
     infer_facts(entry, stated)
 
 
-def describe_entry(entry: BackboneEntry) -> dict[str, Any]:
-    """The entry as plain data a sweep file can hold (what `backbones --describe` prints; defaults included)."""
-    return entry.model_dump(mode="json")
-
-
 # ------------------------------------------------------------------------------------------------ the network
 
 
