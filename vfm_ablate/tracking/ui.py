@@ -60,7 +60,9 @@ def comparison_view(
     settings that tell trials apart (`settings`: (kind, key) pairs, e.g. ("params", "lora.rank"), ("tags",
     "vfm.alignment"): the planner's, from what varies across the sweep); `name_chars`: the longest run name."""
     metrics = [HEADLINE, *[m for m in test_metrics if m != HEADLINE], *TAIL_METRICS]
-    columns = [column("metrics", m) for m in metrics] + [column(kind, key) for kind, key in settings]
+    # the settings beside the name (what each run is), params before tags so that each group stays one block
+    ordered = [s for s in settings if s[0] == "params"] + [s for s in settings if s[0] != "params"]
+    columns = [column(kind, key) for kind, key in ordered] + [column("metrics", m) for m in metrics]
     return {
         "searchFilter": runs_filter(ROLE_TRIAL, execution_id=execution_id),
         "orderByKey": column("metrics", HEADLINE),
@@ -74,7 +76,7 @@ def comparison_view(
         # the run names in full (`name_chars`: the longest), and tags' texts (`ASHA at epoch 3`) too
         "columnWidths": {
             NAME_COLUMN: min(max(60 + 7 * name_chars, 200), 640),
-            **{column(kind, key): 160 for kind, key in settings if kind == "tags"},
+            **{column(kind, key): 200 for kind, key in settings if kind == "tags"},
         },
         "runsHiddenMode": "SHOW_ALL",  # the chart view plots every trial, not the first ten
         "hideEmptyCharts": True,
