@@ -114,7 +114,9 @@ def test_time_left_is_two_labelled_bounds_for_each_trial_and_the_sweep(
     assert view.sweep_left_s() == (30 + 2 * 60, 70 + 2 * 100)
     assert "sweep left ≈2m30s if trials stop early, ≈4m30s at max epochs" in view.header()
     view.trial_result(trials[0], _epoch(3, 0.4, 0.4))  # improved: the patience is whole again
-    assert view.running[tid].left_s() == (50, 60)
+    assert view.running[tid].left_s(now=clock.now) == (50, 60)
+    clock.now += 4  # 4 s into the next epoch: both bounds come closer
+    assert view.running[tid].left_s(now=clock.now) == (46, 56)
 
 
 def test_the_terminal_table_has_a_phase_column_and_explains_its_bounds(tmp_path: Path, clock: Clock) -> None:

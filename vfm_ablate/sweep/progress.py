@@ -57,6 +57,7 @@ class _Running:
     last_line: float = 0.0  # when its last plain progress line (epoch or phase) was printed
     phase: Phase | None = None
     phase_since: float = 0.0
+    reported: float = 0.0  # when its last epoch was reported (the next one has been running since)
 
     def update(self, result: dict[str, Any]) -> None:
         epoch = int(result.get("epoch", self.epoch + 1))
@@ -95,15 +96,18 @@ class _Running:
     def epochs_to_max(self) -> int:
         return max(0, self.max_epochs - self.epochs_done)
 
-    def left_s(self, epoch_s: float | None = None) -> tuple[float, float] | None:
-        """(earliest, latest) seconds left: early stop, max epochs; None before any epoch time is known."""
+    def left_s(self, epoch_s: float | None = None, now: float | None = None) -> tuple[float, float] | None:
+        """(earliest, latest) seconds left: early stop, max epochs, less the part of the running epoch already
+        spent (at `now`); None before any epoch time is known."""
         per_epoch = self.epoch_seconds if self.seen else epoch_s
         if per_epoch is None:
             return None
-        return self.epochs_to_early_stop * per_epoch, self.epochs_to_max * per_epoch
+        spent = min(max(0.0, now - self.reported), per_epoch) if now is not None and self.seen else 0.0
+        early, late = self.epochs_to_early_stop * per_epoch, self.epochs_to_max * per_epoch
+        return max(0.0, early - spent) if early else 0.0, max(0.0, late - spent) if late else 0.0
 
     def cells(self, now: float) -> dict[str, str]:
-        left = self.left_s()
+        left = self.left_s(now=now)
         return {
             "phase": self.phase_text(now),
             "epoch": f"{self.epochs_done}/{self.max_epochs}" if self.seen else f"0/{self.max_epochs}",
@@ -240,6 +244,7 @@ class ProgressView:
             return
         state = self.running.setdefault(tid, _new_running(trial))
         state.update(result)
+        state.reported = time.monotonic()
         if "epoch_time_s" in result:
             self.epoch_times.append(float(result["epoch_time_s"]))
         now = time.monotonic()
@@ -322,7 +327,7 @@ class ProgressView:
         return sum(self.epoch_times) / len(self.epoch_times) if self.epoch_times else None
 
     def _left_text(self, state: _Running) -> str:
-        left = state.left_s()
+        left = state.left_s(now=time.monotonic())
         if left is None:
             return ""
         if _duration(left[0]) == _duration(left[1]):  # the patience outlasts the epochs still allowed
@@ -336,10 +341,11 @@ class ProgressView:
         guess = self._epoch_guess()
         if guess is None:
             return None
+        now = time.monotonic()
         early = late = 0.0
         longest = (0.0, 0.0)
         for state in self.running.values():
-            left = state.left_s(guess)
+            left = state.left_s(guess, now)
             assert left is not None
             early, late = early + left[0], late + left[1]
             longest = (max(longest[0], left[0]), max(longest[1], left[1]))
@@ -364,7 +370,7 @@ class ProgressView:
         left = self.sweep_left_s()
         sweep_left = (
             ""
-            if left is None or not (self.running or left[1] > 0)
+            if left is None or _duration(left[1]) == "0s"  # (testing and writing are not in the bounds)
             else f" | sweep left ≈{_duration(left[1])} at max epochs"
             if _duration(left[0]) == _duration(left[1])
             else f" | sweep left ≈{_duration(left[0])} if trials stop early, ≈{_duration(left[1])} at max epochs"
