@@ -35,9 +35,9 @@ def expansions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = plan_module.label_trials
 
-    def counting(specs, ids):  # type: ignore[no-untyped-def]
+    def counting(specs, ids, *rest):  # type: ignore[no-untyped-def]
         calls.append(len(specs))
-        return real(specs, ids)
+        return real(specs, ids, *rest)
 
     monkeypatch.setattr(plan_module, "label_trials", counting)
     return calls

@@ -70,3 +70,9 @@ def test_every_trial_and_its_iou_is_on_the_rendered_page(tmp_path: Path, capsys:
         assert shown[run.info.run_name][IOU_COLUMN] == (repr(iou) if iou else "0")  # JavaScript's number text
     ious = [float(row[IOU_COLUMN]) for row in shot.table]
     assert ious == sorted(ious, reverse=True)  # the view sorts by IoU, best first
+    # the names and columns are what varies (regime, seed): `lora · seed 1`; the backbone, the same for all, is neither
+    for run in runs:
+        row = shown[run.info.run_name]
+        assert run.info.run_name == f"{run.data.params['regime']} · seed {run.data.params['seed']}"
+        assert row["params.`regime`"] == run.data.params["regime"] and row["params.`seed`"] == run.data.params["seed"]
+        assert "params.`backbone`" not in row

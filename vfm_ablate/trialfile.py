@@ -30,7 +30,9 @@ def _builtins(model: type) -> tuple[str, dict[str, Any]]:
 def inline_entries(model: type, raw: Any, section: str, source: str) -> dict:
     """Validate a `name: {facts}` mapping of inline entries; the mapping key is the entry's name. A name must be one
     MLflow takes in a metric name (`validation.name_problem`), and must not be a built-in's: an entry that replaced a
-    built-in would log its results under the built-in's name (one with the built-in's very facts is harmless)."""
+    built-in would log its results under the built-in's name (one with the built-in's very facts is harmless). A
+    backbone entry may leave out what its library's model says (models/infer: patch size, dim, prefix tokens, LoRA
+    targets, ...)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -44,7 +46,13 @@ def inline_entries(model: type, raw: Any, section: str, source: str) -> dict:
             raise ConfigError(f"{source}: {section}.{name} must be a mapping of facts")
         if "name" in facts and facts["name"] != name:
             raise ConfigError(f"{source}: {section}.{name} has name '{facts['name']}'; drop it or make them equal")
-        entry = validate(model, {**facts, "name": name}, f"{source} [{section}.{name}]")
+        where = f"{source} [{section}.{name}]"
+        if model is BackboneEntry:
+            from .models.infer import complete_entry
+
+            entry = complete_entry({**facts, "name": name}, where)
+        else:
+            entry = validate(model, {**facts, "name": name}, where)
         if name in builtins and entry != builtins[name]:
             raise ConfigError(
                 f"{source}: {section}.{name}: '{name}' is a built-in {kind}, and this entry states other facts; it "

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 from .arguments import COUNT, SEED
+
+PHASE_LINE_EVERY_S = 10.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +40,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..overrides import apply_overrides, set_dotted
     from ..sweep.inputs import check_inputs
     from ..trial import run_trial
+    from ..trial.phases import EVERY_EPOCH, Phase
     from ..trialfile import parse_trial_file
     from ..validation import load_yaml
     from .folders import check_output_folder, removed_if_left_empty
@@ -66,11 +70,26 @@ def _run(args: argparse.Namespace) -> int:
         print(checked.describe(), flush=True)
 
     class PrintEpochs:
+        """Each epoch's losses; each new phase, its end, and progress inside it at most every PHASE_LINE_EVERY_S."""
+
+        step: tuple[str, int | None] | None = None  # the phase now (kind, epoch)
+        shown = 0.0  # when the last phase line was printed
+
         def epoch_end(self, epoch: int, metrics: dict[str, float], save_checkpoint: object) -> None:
             print(
                 f"epoch {epoch:4d}  train_loss {metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}",
                 flush=True,
             )
+
+        def phase(self, phase: Phase) -> None:
+            now = time.monotonic()
+            new = phase.step != self.step
+            routine = phase.kind in EVERY_EPOCH and self.step is not None and self.step[0] in EVERY_EPOCH
+            self.step = phase.step
+            due = phase.total > 0 and (phase.finished or now - self.shown >= PHASE_LINE_EVERY_S)
+            if (new and not routine) or due:
+                self.shown = now
+                print(phase.text(), flush=True)
 
     if replaced:
         _remove(args.out, replaced)

@@ -19,7 +19,8 @@ from .study import Block, delta_display
 from .tables import MISSING, SummaryTable
 
 CELL_NOTE = (
-    "Cells: mean ± sample std (ddof = 1) over the FINISHED repeats (n); failed / killed / running repeats are "
+    "Cells: mean ± sample std (ddof = 1) over the FINISHED repeats (n); failed / killed / stopped early (by the "
+    "search's scheduler, ASHA) / running repeats are "
     f"counted beside the numbers, never averaged; {MISSING} = not run. `macro` = mean over the test datasets, "
     "`pooled` = over all their pixels."
 )

@@ -16,6 +16,7 @@ from ..tracking.tags import (
     EXECUTION_TAG,
     ROLE_TRIAL,
     SPEC_TAG,
+    STOPPED_BY_TAG,
     SWEEP_ID_TAG,
     SWEEP_NAME_TAG,
     TRIAL_ID_TAG,
@@ -27,8 +28,9 @@ from ..validation import suggest
 def load_runs(
     tracking_uri: str, experiment: str, sweep_id: str | None = None, execution_id: str | None = None
 ) -> pd.DataFrame:
-    """One row per trial run of `experiment` (optionally of one sweep id or one execution): run_id, status,
-    trial/sweep/execution ids, `params.<key>`, `metrics.<key>`. Deleted (superseded) runs are not read."""
+    """One row per trial run of `experiment` (optionally of one sweep id or one execution): run_id, status
+    (MLflow's, or STOPPED for a run the search's scheduler stopped), trial/sweep/execution ids, `params.<key>`,
+    `metrics.<key>`. Deleted (superseded) runs are not read."""
     db = sqlite_path(tracking_uri)
     if db is not None and not db.exists():
         raise VfmAblateError(f"no MLflow database at {db} (tracking URI {tracking_uri}); pass --tracking-uri")
@@ -44,7 +46,8 @@ def load_runs(
         row: dict[str, Any] = {
             "run_id": run.info.run_id,
             "run_name": run.info.run_name,
-            "status": run.info.status,
+            # a run the search's scheduler stopped (ASHA) is its own status, not a person's KILLED
+            "status": "STOPPED" if tags.get(STOPPED_BY_TAG) else run.info.status,
             "start_time": run.info.start_time,
             "end_time": run.info.end_time,
             "trial_id": tags.get(TRIAL_ID_TAG, ""),

@@ -194,15 +194,15 @@ def _backbone_size(runs: pd.DataFrame) -> pd.Series:
 
 
 def format_cell(values: list[float], counts: dict[str, int]) -> str:
-    """`0.731 ± 0.012 (5)` plus `failed (k)`, `killed (k)`, `running (k)`, `no value (k)` for repeats without a
-    number."""
+    """`0.731 ± 0.012 (5)` plus `failed (k)`, `killed (k)`, `stopped early (k)` (by ASHA), `running (k)`,
+    `no value (k)` for repeats without a number."""
     parts = []
     n = len(values)
     if n == 1:
         parts.append(f"{values[0]:.3f} (1)")
     elif n > 1:
         parts.append(f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} ({n})")
-    for label in ("failed", "killed", "running", "no value"):
+    for label in ("failed", "killed", "stopped early", "running", "no value"):
         if counts.get(label):
             parts.append(f"{label} ({counts[label]})")
     return "; ".join(parts) if parts else MISSING
@@ -217,6 +217,7 @@ def _cell_stats(long: pd.DataFrame) -> pd.DataFrame:
         counts = {
             "failed": int((group["status"] == "FAILED").sum()),
             "killed": int((group["status"] == "KILLED").sum()),
+            "stopped early": int((group["status"] == "STOPPED").sum()),  # by the search's scheduler (ASHA)
             "running": int(group["status"].isin(UNFINISHED).sum()),
             "no value": len(finished) - len(values),
         }
@@ -229,6 +230,7 @@ def _cell_stats(long: pd.DataFrame) -> pd.DataFrame:
                 "n": len(values),
                 "n_failed": counts["failed"],
                 "n_killed": counts["killed"],
+                "n_stopped": counts["stopped early"],
                 "n_running": counts["running"],
                 "n_no_value": counts["no value"],
                 "backbone_size": float(sizes.median()) if len(sizes) else np.nan,
@@ -293,7 +295,8 @@ def to_markdown(table: SummaryTable) -> str:
     note = (
         f"Metric: {table.metric} (`{table.metric}/<dataset>`, `macro_{table.metric}` = mean over test datasets, "
         f"`pooled_{table.metric}` = over all their pixels). Cells: mean ± sample std (ddof=1) over the FINISHED "
-        "repeats (n); failed/killed/running repeats and runs without the metric are listed, not averaged; "
+        "repeats (n); failed/killed/stopped early (ASHA)/running repeats and runs without the metric are listed, "
+        "not averaged; "
         f"{MISSING} = not run."
     )
     if table.variant_params:

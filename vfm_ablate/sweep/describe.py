@@ -26,9 +26,12 @@ def describe_plan(the_plan: SweepPlan) -> str:
         )
     for reason, count in sorted(the_plan.collapse_reasons.items()):
         lines.append(f"  collapsed: {reason} (applied to {count} combinations)")
+    if the_plan.labels.common:
+        lines.append(f"same for every trial: {the_plan.labels.common}")
     rows = []
     for t in the_plan.trials:
-        row = {**t.label.columns, "cpu": f"{t.resources.cpu:g}", "gpu": f"{t.resources.gpu:g}"}
+        shown = {c: t.label.columns[c] for c in the_plan.labels.shown}  # the settings that tell trials apart
+        row = {**shown, "cpu": f"{t.resources.cpu:g}", "gpu": f"{t.resources.gpu:g}"}
         if sweep.search is not None:
             row["search"] = ", ".join(f"{k}~{d.describe()}" for k, d in t.search_space.items()) or "(none: 1 trial)"
         rows.append(row)

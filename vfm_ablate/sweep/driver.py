@@ -38,6 +38,7 @@ from .inputs import check_inputs, check_ready
 from .outcome import (
     SweepOutcome,
     collect_outcome,
+    end_tags,
     format_outcome,
     mlflow_statuses,
     publish_summary,
@@ -45,6 +46,7 @@ from .outcome import (
     where_to_look,
     write_results_csv,
 )
+from .phase_board import start_board
 from .plan import PlannedTrial, SweepPlan, without_gpus
 from .progress import ProgressView
 from .ray_session import check_address, init_ray, quiet_ray_logs
@@ -162,6 +164,7 @@ def run_sweep(
             target,
             identities,
             feature_store=SweepFeatureStore(root),
+            phase_board=start_board(),
         )
         store.write_json(MANIFEST, manifest(the_plan, sid, execution, identities))
         print(
@@ -186,6 +189,7 @@ def run_sweep(
             max_concurrent=max_concurrent_trials,
             interval_s=sweep.run.progress_interval_s if progress_interval_s is None else progress_interval_s,
             out=out,
+            verbose=verbose,
         )
         with quiet_ray_logs(verbose):
             paths, interrupted = run(launch)
@@ -195,6 +199,7 @@ def run_sweep(
         write_results_csv(store, outcome)
         if tracker is not None:
             tracker.reconcile(mlflow_statuses(outcome))
+            tracker.tag_trials(end_tags(outcome))
             publish_summary(tracker, outcome, store)
             tracker.finish("KILLED" if interrupted else "FINISHED" if outcome.ok else "FAILED")
             tracker = None
@@ -227,6 +232,7 @@ def _start_tracking(
     if uri is None:
         return None, None
     from ..tracking.runs import SweepTracker
+    from ..tracking.tags import STOPPED_BY_TAG
     from ..tracking.ui import set_up_experiment
 
     experiment = sweep.experiment_name
@@ -241,8 +247,17 @@ def _start_tracking(
     sweep_run = tracker.start(params, {"vfm.resume": str(resume).lower()})
     assert tracker.experiment_id is not None
     started = time.strftime("%Y-%m-%d %H:%M")
+    settings = list(the_plan.labels.ui_columns)
+    if sweep.search is not None and sweep.search.asha.enabled:
+        settings.append(("tags", STOPPED_BY_TAG))  # `ASHA at epoch 3` beside the runs ASHA stopped
     view = set_up_experiment(
-        uri, tracker.experiment_id, execution, f"{sweep.name}: trials ({started}, {execution})", test_metrics(the_plan)
+        uri,
+        tracker.experiment_id,
+        execution,
+        f"{sweep.name}: trials ({started}, {execution})",
+        test_metrics(the_plan),
+        settings,
+        name_chars=max(len(t.label.run_name) for t in the_plan.trials) + (24 if sweep.search else 0),  # + samples
     )
     target = TrackingTarget(uri, experiment, sweep_run, sid, execution, tracker.launch, tracker.experiment_id, view)
     return target, tracker
@@ -261,6 +276,7 @@ class Launch:
     max_concurrent: int | None
     interval_s: float  # progress lines without a terminal
     out: TextIO
+    verbose: bool = False  # the libraries' own log lines (Ray, MLflow, Optuna) in the terminal too
 
     def tune_config(self, dirname: Callable[[Any], str], **settings: Any) -> Any:
         from ray import tune
@@ -272,6 +288,11 @@ class Launch:
             reuse_actors=True,  # no process start + torch import per trial (see benchmarks/bench_ray_overhead.py)
             **settings,
         )
+
+    def view(self, total: int, bounds: list[tuple[int, int]]) -> ProgressView:
+        """The live view of this launch's trials, showing the phases they post to the launch's board."""
+        view = ProgressView(self.root, total, self.interval_s, bounds=bounds, scheduler=self.sweep.early_stopper)
+        return view.attach_board(self.ctx.phase_board)
 
     def run_config(self, name: str, view: ProgressView) -> Any:
         from ray import tune
@@ -307,6 +328,11 @@ class Launch:
         return bool(unfinished) or (expected is not None and len(trials) < expected)
 
 
+def _bounds(t: PlannedTrial) -> tuple[int, int]:
+    """(max_epochs, patience): what a trial not started yet may take."""
+    return t.spec.optim.max_epochs, t.spec.optim.patience
+
+
 def _grid_dirname(trial: Any) -> str:
     return decode_config(trial.config).trial_id
 
@@ -320,7 +346,7 @@ def _run_grid(launch: Launch) -> tuple[list[str], bool]:
     from ray import tune
 
     trainable = make_trainable(launch.ctx)
-    view = ProgressView(launch.root, len(launch.trials), launch.interval_s)
+    view = launch.view(len(launch.trials), [_bounds(t) for t in launch.trials])
 
     def make_tuner() -> Any:
         return tune.Tuner(
@@ -342,11 +368,16 @@ def _run_search(launch: Launch) -> tuple[list[str], bool]:
 
     search = launch.sweep.search
     assert search is not None
+    if not launch.verbose:  # "A new study created in memory with name: ..." once per grid point
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     trainable = make_trainable(launch.ctx)
     paths = []
     points = launch.trials
     total = sum(search.num_samples if p.search_space else 1 for p in points)
-    view = ProgressView(launch.root, total, launch.interval_s)
+    bounds = [_bounds(p) for p in points for _ in range(search.num_samples if p.search_space else 1)]
+    view = launch.view(total, bounds)
     for index, point in enumerate(points):
         name = f"search-{point.trial_id}"
         space = {k: d.to_tune() for k, d in point.search_space.items()}
@@ -384,7 +415,8 @@ def _run_search(launch: Launch) -> tuple[list[str], bool]:
                 run_config=launch.run_config(name, view),
             )
 
-        print(f"grid point {index + 1}/{len(points)}: {point.label.short}", file=launch.out, flush=True)
+        what = point.label.short or point.trial_id  # (empty when only the searched values tell trials apart)
+        print(f"grid point {index + 1}/{len(points)}: {what}", file=launch.out, flush=True)
         path = f"{launch.root}/{name}"
         paths.append(path)
         if launch.fit(make_tuner, path, trainable, search.num_samples if space else 1):

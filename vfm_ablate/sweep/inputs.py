@@ -5,7 +5,8 @@ and the readiness of every dataset and weight (present locally or in the hub cac
   folder, a missing mask or an unpairable name fails here, naming the file, not seconds into every trial;
 - local checkpoint files of backbones that trials load pretrained;
 - inline backbone entries (a sweep or trial file's `backbones:`): built on the meta device (no weights, no memory)
-  so that a stated embed_dim, patch_size or num_prefix_tokens the model contradicts is an error now;
+  so that a stated kind, embed_dim, patch_size, num_prefix_tokens, pretrained tag or LoRA target the model
+  contradicts is an error now (an entry that leaves facts out had them read from the model when it was parsed);
 - what trials make of the images: every train dataset keeps at least two training slices (one is held out for
   validation), and every image of every dataset a trial reads becomes a grid of at least 2x2 patches of its backbone
   under its resize setting (a fixed size that is not a patch multiple, or a 1x1 grid, would fail only inside the
@@ -208,18 +209,19 @@ def _native_sizes(entry: DatasetEntry, listing: Listing) -> set[tuple[int, int]]
 
 def _facts_problem(entry: BackboneEntry) -> str | None:
     try:
-        _build_on_meta(entry.model_dump_json())
+        _check_on_meta(entry.model_dump_json())
     except VfmAblateError as err:
         return f"[backbones.{entry.name}]: {err}"
     return None
 
 
 @functools.lru_cache(maxsize=64)
-def _build_on_meta(entry_json: str) -> None:
-    """Build the architecture without weights (seconds even for ViT-g); build_backbone checks the stated facts."""
-    from ..models.backbones import build_backbone
+def _check_on_meta(entry_json: str) -> None:
+    """Build the architecture without weights (seconds even for ViT-g) and hold the entry to it: kind, patch size,
+    dim, prefix tokens, pretrained tag, LoRA targets (models/infer.check_entry)."""
+    from ..models.infer import check_entry
 
-    build_backbone(BackboneEntry.model_validate_json(entry_json), pretrained=False, device="meta")
+    check_entry(BackboneEntry.model_validate_json(entry_json))
 
 
 # ------------------------------------------------------------------------------------------ readiness

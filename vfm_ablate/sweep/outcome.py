@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import VfmAblateError
 from ..metric_names import MACRO_IOU, POOLED_IOU, iou_metric
 from ..text_tables import format_table
-from .labels import HEADLINE, LABEL_COLUMNS, headline_iou
+from .labels import HEADLINE, LABEL_COLUMNS, headline_iou, short_value
 from .plan import PlannedTrial, SweepPlan
 from .progress import first_error_line
 from .store import TrialStore
@@ -38,6 +38,12 @@ class TrialOutcome:
     error: str | None = None
     attempts: int = 0
     sampled: dict[str, Any] = field(default_factory=dict)
+    ended: str | None = None  # how a trial that did not finish ended: `stopped by ASHA at epoch 3`, `interrupted ...`
+
+    @property
+    def shown_status(self) -> str:
+        """The status as the result table says it: a scheduler's stop and an interruption in words."""
+        return self.ended or self.status
 
 
 @dataclass
@@ -46,6 +52,8 @@ class SweepOutcome:
     store_root: str
     experiment_paths: list[str]
     trials: list[TrialOutcome]
+    shown: tuple[str, ...] = LABEL_COLUMNS  # the label columns of the table: what varies across the trials
+    common: str = ""  # the settings every trial shares, in words
     tracking_uri: str | None = None
     interrupted: bool = False
 
@@ -65,6 +73,7 @@ def collect_outcome(the_plan: SweepPlan, store: TrialStore, paths: list[str]) ->
     rows: list[TrialOutcome] = []
     by_point = {t.trial_id: t for t in the_plan.trials}
     seen: set[str] = set()
+    scheduler = the_plan.sweep.early_stopper
     for path in paths:
         if not tune.Tuner.can_restore(path):
             continue
@@ -76,14 +85,18 @@ def collect_outcome(the_plan: SweepPlan, store: TrialStore, paths: list[str]) ->
             seen.add(tid)
             record = results.get(tid)
             last = trial.last_result or {}
+            ended = None
+            reached = f"epoch {int(last['epoch']) + 1}" if "epoch" in last else None  # its last reported epoch
             if record is not None:
                 status, metrics, error = "FINISHED", record["metrics"], None
             elif trial.status == "ERROR":
                 status, metrics, error = "FAILED", dict(last), store.last_error(tid) or first_error_line(trial)
-            elif trial.status == "TERMINATED":
+            elif trial.status == "TERMINATED":  # ended without its final report: the scheduler stopped it
                 status, metrics, error = "STOPPED", dict(last), None
+                ended = f"stopped by {scheduler}" + (f" at {reached}" if reached else "")
             else:
                 status, metrics, error = "NOT RUN", dict(last), None
+                ended = f"interrupted at {reached}" if reached else None
             rows.append(
                 TrialOutcome(
                     planned=by_point[ray_trial.point_id],
@@ -93,6 +106,7 @@ def collect_outcome(the_plan: SweepPlan, store: TrialStore, paths: list[str]) ->
                     error=error,
                     attempts=len(store.attempts(tid)),
                     sampled=ray_trial.sampled,
+                    ended=ended,
                 )
             )
     if the_plan.sweep.search is None:  # planned trials Ray never created (driver stopped early) still get a row
@@ -101,12 +115,29 @@ def collect_outcome(the_plan: SweepPlan, store: TrialStore, paths: list[str]) ->
                 rows.append(TrialOutcome(planned=t, trial_id=t.trial_id, status="NOT RUN"))
     order = {t.trial_id: i for i, t in enumerate(the_plan.trials)}
     rows.sort(key=lambda row: order.get(row.planned.trial_id, len(order)))  # the sweep file's order (stable)
-    return SweepOutcome(the_plan.sweep.name, store.root, paths, rows)
+    labels = the_plan.labels
+    return SweepOutcome(the_plan.sweep.name, store.root, paths, rows, labels.shown, labels.common)
 
 
 def mlflow_statuses(outcome: SweepOutcome) -> dict[str, str]:
     status = {"FINISHED": "FINISHED", "FAILED": "FAILED", "STOPPED": "KILLED"}
     return {t.trial_id: status[t.status] for t in outcome.trials if t.status in status}
+
+
+def end_tags(outcome: SweepOutcome) -> dict[str, dict[str, str]]:
+    """Trial id -> the tags that say how a trial ended when MLflow's KILLED cannot: stopped by the search's
+    scheduler (`vfm.stopped_by: ASHA at epoch 3`) or interrupted by a person (`vfm.interrupted: at epoch 2`)."""
+    from ..tracking.tags import INTERRUPTED_TAG, STOPPED_BY_TAG
+
+    out: dict[str, dict[str, str]] = {}
+    for t in outcome.trials:
+        if t.ended is None:
+            continue
+        if t.status == "STOPPED":
+            out[t.trial_id] = {STOPPED_BY_TAG: t.ended.removeprefix("stopped by ")}
+        else:
+            out[t.trial_id] = {INTERRUPTED_TAG: t.ended.removeprefix("interrupted ")}
+    return out
 
 
 def outcome_rows(outcome: SweepOutcome) -> list[dict[str, str]]:
@@ -116,8 +147,8 @@ def outcome_rows(outcome: SweepOutcome) -> list[dict[str, str]]:
         row = {
             **t.planned.label.columns,
             "id": t.trial_id,
-            **{k: f"{float(v):.3g}" for k, v in t.sampled.items()},
-            "status": t.status,
+            **{k: short_value(v) for k, v in t.sampled.items()},
+            "status": t.shown_status,
             HEADLINE: f"{iou:.4f}" if iou is not None and t.status == "FINISHED" else "-",
             "pooled": f"{float(t.metrics[POOLED_IOU]):.4f}" if POOLED_IOU in t.metrics else "-",
             "epochs": str(int(t.metrics["epochs_run"])) if "epochs_run" in t.metrics else "-",
@@ -132,8 +163,9 @@ def outcome_rows(outcome: SweepOutcome) -> list[dict[str, str]]:
 def format_outcome(outcome: SweepOutcome) -> str:
     rows = outcome_rows(outcome)
     sampled = sorted({k for t in outcome.trials for k in t.sampled})
-    rest = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in LABEL_COLUMNS and c not in sampled]
-    columns = [*LABEL_COLUMNS, *sampled, *rest]
+    labels = {k for t in outcome.trials for k in t.planned.label.columns}  # every setting: shown are the varying
+    rest = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in labels and c not in sampled]
+    columns = [*outcome.shown, *sampled, *rest]
     rows = [{c: r.get(c, "-") for c in columns} for r in rows]
     counts = ", ".join(
         f"{outcome.count(s)} {s.lower()}" for s in ("FINISHED", "FAILED", "STOPPED", "NOT RUN") if outcome.count(s)
@@ -143,6 +175,7 @@ def format_outcome(outcome: SweepOutcome) -> str:
         [
             f"results of sweep '{outcome.sweep_name}': {counts}",
             f"({HEADLINE}: macro mean over test datasets, or the single dataset's; pooled: pixel-pooled over them)",
+            *([f"same for every trial: {outcome.common}"] if outcome.common else []),
             format_table(rows, columns),
             f"every metric: {outcome.store_root}/{RESULTS_CSV}; "
             f"trial outputs: {outcome.store_root}/trials/<id>/outputs",
@@ -169,12 +202,13 @@ def write_results_csv(store: TrialStore, outcome: SweepOutcome) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf)
     sampled = sorted({k for t in outcome.trials for k in t.sampled})
-    writer.writerow([*LABEL_COLUMNS, *sampled, "status", "attempts", *keys, "error"])
+    settings = list(dict.fromkeys([*LABEL_COLUMNS, *(k for t in outcome.trials for k in t.planned.label.columns)]))
+    writer.writerow([*settings, *sampled, "status", "ended", "attempts", *keys, "error"])
     for t, row in zip(outcome.trials, outcome_rows(outcome)):
         writer.writerow(
-            [row[c] for c in LABEL_COLUMNS]
+            [row.get(c, "") for c in settings]
             + [t.sampled.get(k, "") for k in sampled]
-            + [t.status, t.attempts]
+            + [t.status, t.ended or "", t.attempts]
             + [t.metrics.get(k, "") for k in keys]
             + [t.error or ""]
         )

@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..models.registry import BackboneEntry, get_entry
 from ..overrides import set_dotted
 from ..validation import format_validation_error
-from .labels import TrialLabel, label_trials
+from .labels import SweepLabels, TrialLabel, label_trials
 from .spec import Distribution, SweepSpec, load_sweep
 
 
@@ -69,6 +69,7 @@ class SweepPlan:
     collapse_reasons: dict[str, int]  # which rule dropped which axis value, counted per combination
     backbones: dict[str, BackboneEntry]
     datasets: dict[str, DatasetEntry]
+    labels: SweepLabels  # what tells the trials apart: table columns, UI columns, the settings they share
 
     @property
     def num_trials(self) -> int:
@@ -132,10 +133,11 @@ def plan(sweep: SweepSpec) -> SweepPlan:
                 if tid in seen:
                     continue
                 seen[tid] = (spec, lookups.resources(spec, where), _applicable_space(sweep, spec))
-    labels = label_trials([spec for spec, _, _ in seen.values()], list(seen))
+    searched = tuple(sweep.search.space) if sweep.search is not None else ()
+    labels = label_trials([spec for spec, _, _ in seen.values()], list(seen), searched)
     trials = [
         PlannedTrial(spec=spec, trial_id=tid, resources=res, label=label, search_space=space)
-        for (tid, (spec, res, space)), label in zip(seen.items(), labels)
+        for (tid, (spec, res, space)), label in zip(seen.items(), labels.trials)
     ]
     from .inputs import resolve_entries
 
@@ -148,6 +150,7 @@ def plan(sweep: SweepSpec) -> SweepPlan:
         collapse_reasons=reasons,
         backbones=backbones,
         datasets=datasets,
+        labels=labels,
     )
 
 

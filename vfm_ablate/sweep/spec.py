@@ -215,6 +215,12 @@ class SweepSpec(StrictModel):
         return self.axes if isinstance(self.axes, list) else [self.axes]
 
     @property
+    def early_stopper(self) -> str:
+        """Who stops trials before max_epochs besides early stopping: the name the live view, the result table and
+        MLflow's `vfm.stopped_by` tag give it."""
+        return "ASHA" if self.search is not None and self.search.asha.enabled else "the scheduler"
+
+    @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or (Path(self.source).stem if self.source != "<sweep>" else self.name)
 

@@ -29,9 +29,11 @@ from ..data.entries import DatasetEntry
 from ..errors import ConfigError
 from ..models.registry import BackboneEntry
 from ..overrides import set_dotted
+from ..trial.phases import UPLOADING, Phase
 from ..validation import validate
 from .feature_store import SweepFeatureStore
 from .labels import HEADLINE, headline_iou, sampled_text, trial_label
+from .phase_board import PhasePoster
 from .plan import PlannedTrial
 from .resume.identity import INPUTS_ID_KEY, InputIdentities
 from .store import TrialStore
@@ -63,6 +65,7 @@ class TrialContext:
     tracking: TrackingTarget | None = None
     identities: InputIdentities | None = None  # what the entries are (files included): each trial's inputs id
     feature_store: SweepFeatureStore | None = None  # frozen trials share features sweep-wide
+    phase_board: Any = None  # the launch's phase board (sweep/phase_board): what each trial is doing, for the view
 
 
 GRID_KEY = "trial"  # grid mode: param_space = {GRID_KEY: tune.grid_search([encoded trial, ...])}
@@ -146,8 +149,8 @@ def _sampled_trial(point: RayTrial, values: dict[str, Any]) -> RayTrial:
     trial = RayTrial(
         trial_id=spec.trial_id(),
         point_id=point.trial_id,
-        label=f"{point.label} {text}",
-        run_name=f"{point.run_name} · {text}",
+        label=" ".join(t for t in (point.label, text) if t),  # the grid point's varying settings, then samples
+        run_name=" · ".join(t for t in (point.run_name, text) if t),
         max_epochs=spec.optim.max_epochs,
         patience=spec.optim.patience,
         cpu=point.cpu,
@@ -162,12 +165,14 @@ def _sampled_trial(point: RayTrial, values: dict[str, Any]) -> RayTrial:
 class _TuneReporter:
     """run_trial's reporter inside a Ray trial: every epoch -> tune.report and MLflow; the training state goes
     with it every `every` epochs once `min_interval_s` have passed (a checkpoint of the study's head + optimiser
-    is ~60 MB: every epoch would cost more than a short epoch itself)."""
+    is ~60 MB: every epoch would cost more than a short epoch itself). Phases go to the launch's phase board, never
+    through tune.report (one report per epoch: ASHA's clock)."""
 
-    def __init__(self, every: int, min_interval_s: float, tracker: Any | None):
+    def __init__(self, every: int, min_interval_s: float, tracker: Any | None, poster: PhasePoster | None = None):
         self.every = every
         self.min_interval_s = min_interval_s
         self.tracker = tracker
+        self.poster = poster
         self.seconds = 0.0  # spent here (MLflow, checkpoint, tune.report): the per-trial cost of the sweep machinery
         self.epochs = 0  # reported by this attempt (a resumed attempt reports only the epochs it still had to run)
         self._last_checkpoint = time.monotonic()
@@ -188,6 +193,10 @@ class _TuneReporter:
         else:
             tune.report(dict(metrics))
         self.seconds += time.perf_counter() - start
+
+    def phase(self, phase: Phase) -> None:
+        if self.poster is not None:
+            self.poster(phase)
 
 
 def final_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -243,7 +252,8 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     )
     ctx.store.close_running_attempts(tid, "a later attempt of the trial started", keep=attempt)
     tracker = None
-    reporter = _TuneReporter(ctx.checkpoint_every, ctx.checkpoint_min_interval_s, None)
+    poster = PhasePoster(ctx.phase_board, tid) if ctx.phase_board is not None else None
+    reporter = _TuneReporter(ctx.checkpoint_every, ctx.checkpoint_min_interval_s, None, poster)
     out_dir = Path(tempfile.mkdtemp(prefix=f"vfm-{tid}-"))
     try:
         tracker = reporter.tracker = _open_tracker(ctx, trial, node_id, inputs_id)
@@ -258,6 +268,7 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                 result = run_trial(spec, out_dir, resume_from=Path(folder), **kwargs)
         else:
             result = run_trial(spec, out_dir, **kwargs)
+        reporter.phase(Phase(UPLOADING))
         ctx.store.upload_dir(out_dir, f"trials/{tid}/outputs")
         if tracker is not None:
             tracker.log_final(final_metrics(result.metrics))
@@ -306,7 +317,7 @@ def _open_tracker(ctx: TrialContext, trial: RayTrial, node_id: str, inputs_id: s
     if ctx.tracking is None:
         return None
     from ..tracking.runs import TrialTracker
-    from ..tracking.tags import INPUTS_ID_TAG, NODE_ID_TAG, OUTPUTS_TAG, SPEC_TAG
+    from ..tracking.tags import ALIGNMENT_TAG, INPUTS_ID_TAG, NODE_ID_TAG, OUTPUTS_TAG, SPEC_TAG
 
     t, spec, tid = ctx.tracking, trial.spec, trial.trial_id
     entry = ctx.backbones[spec.backbone]
@@ -321,6 +332,7 @@ def _open_tracker(ctx: TrialContext, trial: RayTrial, node_id: str, inputs_id: s
         NODE_ID_TAG: node_id,
         OUTPUTS_TAG: f"{ctx.store.root}/trials/{tid}/outputs",
         SPEC_TAG: spec.model_dump_json(),  # what the report reads back into a TrialSpec
+        ALIGNMENT_TAG: spec.alignment.label(),  # the method as one UI column
     }
     if inputs_id is not None:
         tags[INPUTS_ID_TAG] = inputs_id

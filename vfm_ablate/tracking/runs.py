@@ -132,6 +132,19 @@ class SweepTracker:
             if trial_id in finished:
                 retry_locked(lambda: client.set_terminated(run.info.run_id, finished[trial_id]), "reconcile")
 
+    def tag_trials(self, tags: dict[str, dict[str, str]]) -> None:
+        """Tags on this execution's runs of the given trials (trial id -> tags): how a trial ended when its run
+        cannot say it (a scheduler's stop and a person's interruption both end a run KILLED)."""
+        if not tags:
+            return
+        client = self._client
+        if self.experiment_id is None:
+            self.experiment_id = ensure_experiment(client, self.experiment, self.tracking_uri)
+        for run in search_all_runs(client, self.experiment_id, runs_filter(ROLE_TRIAL, execution_id=self.execution_id)):
+            wanted = tags.get(run.data.tags.get(TRIAL_ID_TAG, ""))
+            if wanted:
+                set_tags(client, run.info.run_id, wanted)
+
     def publish(self, metrics: dict[str, float], artifacts: str | Path | None = None) -> None:
         """The sweep's summary at the end of a launch: metrics at step = launch number, files as artifacts."""
         run_id = self._need_run("publish")

@@ -20,6 +20,9 @@ SPEC_TAG = "vfm.trial_spec"  # trial run: its TrialSpec as JSON (what the report
 INPUTS_ID_TAG = "vfm.inputs_id"  # trial run: the identity of the entries and files it read
 NODE_ID_TAG = "vfm.node_id"  # trial run: the Ray node it ran on
 OUTPUTS_TAG = "vfm.outputs"  # trial run: where its output folder lies in the sweep's storage
+ALIGNMENT_TAG = "vfm.alignment"  # trial run: its alignment method as one label (`none`, `histogram+standardise`)
+STOPPED_BY_TAG = "vfm.stopped_by"  # trial run stopped by the search's scheduler: `ASHA at epoch 3` (status KILLED)
+INTERRUPTED_TAG = "vfm.interrupted"  # trial run a person's interruption ended: `at epoch 2` (status KILLED)
 
 ROLE_SWEEP = "sweep"
 ROLE_TRIAL = "trial"
