@@ -28,13 +28,16 @@ class TrialLabel:
 
 
 def trial_label(s: TrialSpec, trial_id: str) -> TrialLabel:
-    """The label of one trial. `train` shows an unlabelled target as `source→target`."""
+    """The label of one trial. `train` shows an unlabelled target as `source→target`, and a train dataset's labelled
+    images (data.labelled) as `lucchi_pp[4]`."""
+    labelled = s.data.labelled
+    train = [f"{d}[{labelled[d]:g}]" if d in labelled else d for d in s.data.train]
     columns = {
         "id": trial_id,
         "backbone": s.backbone,
         "regime": s.regime,
         "rank": str(s.lora.rank) if s.lora_applies else "-",
-        "train": "+".join(s.data.train) + (f"→{'+'.join(s.data.target)}" if s.data.target else ""),
+        "train": "+".join(train) + (f"→{'+'.join(s.data.target)}" if s.data.target else ""),
         "sampling": s.data.sampling if s.sampling_applies() else "-",
         "alignment": s.alignment.label() if s.alignment.active else "-",
         "seed": str(s.seed) if s.seed == s.split_seed else f"{s.seed}/{s.split_seed}",

@@ -17,7 +17,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..config import ALIGNMENT_OPTIONS, SAMPLING_KEYS, AlignmentSpec, TrialSpec, inapplicable_settings, lora_applies
+from ..config import (
+    ALIGNMENT_OPTIONS,
+    SAMPLING_KEYS,
+    AlignmentSpec,
+    TrialSpec,
+    inapplicable_settings,
+    labelled_is_zero,
+    lora_applies,
+)
 from ..data.entries import DatasetEntry, resolve_dataset
 from ..errors import ConfigError
 from ..models.registry import BackboneEntry, get_entry
@@ -171,12 +179,14 @@ def _collapse(data: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
     section = data.get("data") if isinstance(data.get("data"), dict) else {}
     train = section.get("train") if isinstance(section.get("train"), list) else None
     target = section.get("target") if isinstance(section.get("target"), list) else []
+    labelled = section.get("labelled") if isinstance(section.get("labelled"), dict) else {}
+    zero_shot = [d for d, v in labelled.items() if labelled_is_zero(v)]
     if alignment is None or train is None:  # invalid: the trial's own validation reports it
         if not lora_applies(str(regime)) and "lora" in data:
             del data["lora"]
             dropped.add(f"lora settings dropped for regime '{regime}'")
         return data, dropped
-    for key in inapplicable_settings(regime, alignment, train, target):
+    for key in inapplicable_settings(regime, alignment, train, target, zero_shot):
         if key == "lora" and "lora" in data:
             del data["lora"]
             dropped.add(f"lora settings dropped for regime '{regime}'")
