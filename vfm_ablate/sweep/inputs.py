@@ -85,6 +85,7 @@ def check_inputs(
 
     resolved_b, resolved_d = resolve_entries(specs, backbones, datasets)
     problems = [p for ds in resolved_d.values() if (p := _dataset_problem(ds))]
+    problems += _labelled_problems(specs, resolved_d)
     pretrained = frozenset(s.backbone for s in specs if s.weights == "pretrained")
     downloads = []
     for name, entry in resolved_b.items():
@@ -125,6 +126,27 @@ def _dataset_problem(entry: DatasetEntry) -> str | None:
         f"dataset '{entry.name}' ({entry.layout} at {entry.path}) cannot be read:\n  - {shown}{more}\n"
         f"  (full report: vfm-ablate data check {entry.path})"
     )
+
+
+def _labelled_problems(specs: list[TrialSpec], datasets: dict[str, DatasetEntry]) -> list[str]:
+    """data.labelled counts larger than a dataset's training split (a trial would fail on them)."""
+    from ..data.layouts import training_count
+
+    counts: dict[str, int | None] = {}
+    problems: dict[tuple[str, int], str] = {}
+    for s in specs:
+        for name, k in s.data.labelled.items():
+            if not isinstance(k, int) or (name, k) in problems:
+                continue
+            if name not in counts:
+                counts[name] = training_count(datasets[name])
+            n = counts[name]
+            if n is not None and k > n:
+                problems[(name, k)] = (
+                    f"data.labelled asks for {k} labelled training images of dataset '{name}', which has {n} "
+                    f"(after its test split; e.g. trial {s.trial_id()})"
+                )
+    return list(problems.values())
 
 
 def _facts_problem(entry: BackboneEntry) -> str | None:
