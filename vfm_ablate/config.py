@@ -565,8 +565,9 @@ def _unflatten(model: type[StrictModel], params: dict[str, str], prefix: str) ->
             if inner:
                 out[name] = inner
             continue
-        if typing.get_origin(annotation) is dict:  # a mapping setting: one flat key per entry (`data.labelled.x`)
-            entries = {k[len(key) + 1 :]: v for k, v in params.items() if k.startswith(f"{key}.")}
+        if typing.get_origin(annotation) is dict:  # a mapping setting: one flat key per entry (`data.labelled.x`);
+            # '' is a run without that entry (a table of several runs has the union of their keys)
+            entries = {k[len(key) + 1 :]: v for k, v in params.items() if k.startswith(f"{key}.") and v != ""}
             if entries:
                 out[name] = entries
             continue

@@ -159,7 +159,7 @@ def _long_records(runs: pd.DataFrame, metric: str, variants: list[str]) -> pd.Da
             and (c.startswith(f"metrics.{metric}/") or c in (f"metrics.macro_{metric}", f"metrics.pooled_{metric}"))
         )
         unused = spec.inapplicable_settings()  # e.g. lora.* of a frozen trial (the sweep planner collapses them too)
-        variant = ", ".join(f"{k}={variant_cols[k][idx]}" for k in variants if not _covered(k, unused))
+        variant = ", ".join(f"{k}={variant_cols[k][idx]}" for k in variants if not covered(k, unused))
         for key in keys:
             col = f"metrics.{key}"
             value = runs.at[idx, col] if col in runs else np.nan
@@ -303,6 +303,6 @@ def to_markdown(table: SummaryTable) -> str:
     return markdown_table(rows, columns) + "\n\n" + note + "\n"
 
 
-def _covered(key: str, settings: list[str]) -> bool:
+def covered(key: str, settings: list[str]) -> bool:
     """Whether a dotted setting lies under one of `settings` (a section name covers its keys)."""
     return any(key == s or key.startswith(s + ".") for s in settings)
