@@ -15,8 +15,10 @@ from scipy.stats import bootstrap
 from vfm_ablate.cli import main
 from vfm_ablate.config import TrialSpec
 from vfm_ablate.errors import VfmAblateError
+from vfm_ablate.report.compare import compare_settings
 from vfm_ablate.report.curve import ALL, labelled_curves
 from vfm_ablate.report.runs import load_runs
+from vfm_ablate.report.tables import summary_table
 from vfm_ablate.sweep.outcome import SweepOutcome, publish_summary
 from vfm_ablate.sweep.plan import plan
 from vfm_ablate.sweep.spec import parse_sweep
@@ -79,6 +81,16 @@ def test_zero_shot_trials_collapse_their_sampling_yet_join_their_line(runs) -> N
     assert sorted(set(own["line"])) == ["frozen · none", "frozen · zscore", "lora · none", "lora · zscore"]
     assert own.groupby("line")["labelled"].apply(list).tolist() == [["0", "1", "4", ALL]] * 4
     assert set(own["n"]) == {4} and list(own[own["labelled"] == ALL]["x"].unique()) == [N_TRAIN]
+
+
+def test_tables_and_comparisons_name_zero_shot_and_all(runs) -> None:
+    """The block tables put a zero-shot run under `vnc+lucchi_pp[0]` (its sampling did not apply), the others'
+    rows say `data.labelled.lucchi_pp=all` for the default; `--compare` takes `all` as a value."""
+    table = summary_table(runs[0])
+    assert set(table.stats["train"]) == {"vnc+lucchi_pp[0]", "vnc+lucchi_pp (balanced)"}
+    assert any("data.labelled.lucchi_pp=all" in v for v in table.stats["variant"])
+    compared = compare_settings(runs[0], "data.labelled.lucchi_pp", "4", "all", ["iou_fg/lucchi_pp"], n_resamples=99)
+    assert len(compared) == 4 and set(compared["n"]) == {4} and (compared["delta"] > 0).all()  # all − 4
 
 
 def _ci(values: np.ndarray) -> tuple[float, float]:

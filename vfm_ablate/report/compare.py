@@ -27,7 +27,7 @@ from ..errors import VfmAblateError
 from ..metric_names import IOU, MACRO_IOU, POOLED_IOU
 from ..validation import suggest
 from .runs import run_specs
-from .tables import NON_CONDITION_PARAMS, NON_CONDITION_PREFIXES, REPEAT_PARAMS, covered
+from .tables import NON_CONDITION_PARAMS, NON_CONDITION_PREFIXES, REPEAT_PARAMS, covered, unset_value
 
 METHOD = "method"  # the derived axis: the alignment method's label
 NOISE = "within seed noise"
@@ -66,7 +66,7 @@ def compare_settings(
     if axis != METHOD:  # a frozen run's lora.rank (a default it never used) is no value of the axis
         applies = [not covered(axis, spec.inapplicable_settings()) for spec in finished["spec"]]
         finished = finished[applies]
-    values = finished[col].fillna("").astype(str)
+    values = finished[col].fillna(unset_value(axis)).astype(str)
     side_a, side_b = finished[values == a], finished[values == b]
     for value, side in ((a, side_a), (b, side_b)):
         if side.empty:
@@ -275,8 +275,8 @@ def _seeds(row: pd.Series) -> tuple[str, str]:
 
 
 def param_value(row: pd.Series, key: str) -> str:
-    v = row.get(f"params.{key}", "")
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+    v = row.get(f"params.{key}", None)
+    return unset_value(key) if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
 
