@@ -7,7 +7,8 @@ counts are the full study datasets (Lucchi++ 165 train / 165 test at 768x1024, V
 where only the shared subset is on disk. Run `vfm-ablate calibrate SWEEP.yaml` on the GPU, then
 `vfm-ablate run SWEEP.yaml --dry-run --calibration FILE --cluster cluster.yaml`, for measured figures.
 
-    python benchmarks/estimate_study_sweeps.py [--tflops 40] [--epochs 100] [--save-calibration FILE]
+    python benchmarks/estimate_study_sweeps.py [--tflops 40] [--epochs 100] [--sweeps NAME ...]
+        [--save-calibration FILE]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ STUDY = [
     "sampling",
     "domain_diagnostics",
     "domain_alignment",
+    "label_efficiency",
 ]
 FULL_STUDY_DATA = {
     "lucchi_pp": DatasetShape("lucchi_pp", 165, 165, 768, 1024),
@@ -52,9 +54,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100, help="assumed epochs to early stopping")
     parser.add_argument("--memory-gb", type=float, default=80.0)
     parser.add_argument("--save-calibration", type=Path, help="also write the FLOP-derived calibration file")
+    parser.add_argument("--sweeps", nargs="+", default=STUDY, choices=STUDY, help="which study sweep files")
     args = parser.parse_args()
     os.environ.setdefault("VFM_ABLATE_DATA_ROOT", str(SHARED_DATA))
-    sweeps = {name: load_sweep(REPO / "sweeps" / f"{name}.yaml") for name in STUDY}
+    sweeps = {name: load_sweep(REPO / "sweeps" / f"{name}.yaml") for name in args.sweeps}
     plans = {n: plan(s) for n, s in sweeps.items()}
     workloads = {n: sweep_workloads(p, FULL_STUDY_DATA) for n, p in plans.items()}
     keys = {k.label(): k for w in workloads.values() for k in config_keys(w)}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from .validation import StrictModel
 
@@ -31,6 +31,58 @@ def balanced_share(batch_size: int, num_datasets: int) -> int:
             f"batch: optim.batch_size must be a multiple of {num_datasets}, got {batch_size}"
         )
     return batch_size // num_datasets
+
+
+ALL_LABELLED = "all"
+
+
+def _labelled_value(value: Any) -> int | float | str:
+    """One `data.labelled` value: a count (a whole number >= 0), a fraction in (0, 1], or 'all'. Strings (MLflow's
+    flat params, `key=value` overrides) are parsed; a bool or a whole-number float (4.0: a count or a fraction?) is
+    refused rather than guessed."""
+    expected = "expected a count of labelled training images (0, 1, 2, ...), a fraction in (0, 1] or 'all'"
+    if isinstance(value, str):
+        text = value.strip()
+        if text == ALL_LABELLED:
+            return text
+        try:
+            return _labelled_value(int(text))
+        except ValueError:
+            pass
+        try:
+            return _labelled_value(float(text))
+        except ValueError:
+            raise ValueError(f"{expected}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{expected}, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a count of labelled images cannot be negative, got {value}")
+        return value
+    if not 0 < value <= 1:
+        hint = " (write the count as a whole number, e.g. 4; 0 is zero-shot)" if value == int(value) else ""
+        raise ValueError(f"a fraction of labelled images must be in (0, 1], got {value}{hint}")
+    return value
+
+
+# a count (int) or a fraction (float) of a train dataset's training images that carry labels, or 'all'
+LabelledValue = Annotated[int | float | str, BeforeValidator(_labelled_value)]
+
+
+def labelled_is_zero(value: Any) -> bool:
+    """Whether a (possibly not yet validated) `data.labelled` value means no labelled image: zero-shot."""
+    try:
+        return _labelled_value(value) == 0
+    except ValueError:
+        return False
+
+
+def batch_datasets(alignment: AlignmentSpec, train: list[str], target: list[str], zero_shot: list[str]) -> list[str]:
+    """The datasets training batches draw from: the train datasets that have labelled images, then, when a
+    loss-level alignment needs unlabelled images in the batches, the zero-shot train datasets (in their place) and
+    the targets."""
+    loss = alignment.on("loss")
+    return [*(d for d in train if loss or d not in zero_shot), *(target if loss else [])]
 
 
 class LoraSpec(StrictModel):
@@ -87,6 +139,18 @@ class DataSpec(StrictModel):
     # unsupervised domain adaptation: datasets whose training images join the trial WITHOUT their masks (which are
     # never read) wherever an alignment setting uses them; their labelled test splits are tested
     target: list[str] = []
+    # label efficiency: per train dataset, how many of its training images carry labels (a count, a fraction in
+    # (0, 1], or 'all', the default). The labelled ones are a draw seeded by the split seed, nested (for one split
+    # seed the 2-image set contains the 1-image set); the validation hold-out comes from them (a single labelled
+    # image trains, none is held out); the rest are unlabelled images of that dataset, used as data.target images
+    # are (masks never read). 0 = zero-shot: the dataset gives no training batch and no validation image, it is
+    # tested, and its training images are all unlabelled. 'all' entries are dropped: the trial of the default.
+    labelled: dict[str, LabelledValue] = {}
+
+    @field_validator("labelled")
+    @classmethod
+    def _all_is_the_default(cls, value: dict[str, int | float | str]) -> dict[str, int | float | str]:
+        return {k: v for k, v in value.items() if v != ALL_LABELLED and not (isinstance(v, float) and v == 1.0)}
 
     @field_validator("test")
     @classmethod
@@ -104,7 +168,34 @@ class DataSpec(StrictModel):
             raise ValueError("'weights' is only used with sampling: weighted")
         if self.sampling == "weighted" and self.weights is None:
             raise ValueError("sampling 'weighted' needs 'weights' (one value per dataset in the batches)")
+        unknown = [d for d in self.labelled if d not in self.train]
+        if unknown:
+            raise ValueError(
+                f"data.labelled names {unknown}, not in data.train {self.train}: it counts the labelled images of "
+                "train datasets (a target's images are all unlabelled already)"
+            )
+        if not self.labelled_train:
+            raise ValueError(
+                f"data.labelled gives every train dataset 0 labelled images ({self.labelled}): nothing to train on; "
+                "a dataset that is only tested belongs in data.test (and in data.target for alignment)"
+            )
+        if all(isinstance(self.labelled.get(d), int) and self.labelled[d] <= 1 for d in self.train):
+            raise ValueError(
+                f"data.labelled {self.labelled} leaves no validation image: validation images are held out of each "
+                "train dataset's labelled images, and a dataset with one labelled image keeps it for training; "
+                "give some train dataset at least 2 labelled images"
+            )
         return self
+
+    @property
+    def zero_shot(self) -> list[str]:
+        """The train datasets with no labelled image (data.labelled 0): tested, never trained or validated on."""
+        return [d for d in self.train if d in self.labelled and self.labelled[d] == 0]
+
+    @property
+    def labelled_train(self) -> list[str]:
+        """The train datasets that have labelled training images."""
+        return [d for d in self.train if d not in self.zero_shot]
 
     @property
     def test_datasets(self) -> list[str]:
@@ -254,6 +345,12 @@ class AlignmentSpec(StrictModel):
             parts.append(f"{value}({', '.join(opts)})" if opts else value)
         return "+".join(parts) or NO_METHOD
 
+    def embeds_unlabelled_images(self) -> bool:
+        """Whether a method passes unlabelled training images through the backbone: a loss-level method (they are in
+        the batches) or feature statistics estimated on each dataset's own images. (Input-level statistics are
+        estimated on raw pixels.)"""
+        return self.on("loss") or self.facts("features").own_statistics
+
     def uses_target_images(self, target: list[str]) -> bool:
         """Whether any method reads the target datasets' (unlabelled) training images: loss-level methods draw them
         into batches, per-dataset statistics are estimated on them, a histogram reference may be one."""
@@ -280,7 +377,9 @@ def lora_applies(regime: str) -> bool:
     return regime == "lora"
 
 
-def inapplicable_settings(regime: str, alignment: AlignmentSpec, train: list[str], target: list[str]) -> list[str]:
+def inapplicable_settings(
+    regime: str, alignment: AlignmentSpec, train: list[str], target: list[str], zero_shot: list[str] | None = None
+) -> list[str]:
     """The dotted settings (a whole section as its name, e.g. `lora`) that cannot change a trial with these facts:
     what sweep expansion collapses and what reports never compare. The planner calls it on a trial's facts before
     the trial is validated; everything else calls `TrialSpec.inapplicable_settings`."""
@@ -290,8 +389,7 @@ def inapplicable_settings(regime: str, alignment: AlignmentSpec, train: list[str
         out.append("data.target")
     if alignment.facts("input").replaces_normalisation:
         out.append("data.normalisation")
-    in_batches = len(train) + (len(target) if alignment.on("loss") else 0)
-    if not sampling_applies(in_batches):
+    if not sampling_applies(len(batch_datasets(alignment, train, target, zero_shot or []))):
         out += SAMPLING_KEYS
     return out
 
@@ -348,7 +446,8 @@ class TrialSpec(StrictModel):
 
     def inapplicable_settings(self) -> list[str]:
         """The settings that cannot change this trial (see the module-level rule)."""
-        return inapplicable_settings(self.regime, self.alignment, self.data.train, self.data.target)
+        data = self.data
+        return inapplicable_settings(self.regime, self.alignment, data.train, data.target, data.zero_shot)
 
     def uses_target_images(self) -> bool:
         return self.alignment.uses_target_images(self.data.target)
@@ -357,10 +456,8 @@ class TrialSpec(StrictModel):
         return sampling_applies(len(self.batch_datasets()))
 
     def batch_datasets(self) -> list[str]:
-        """The datasets training batches draw from: the train datasets, then the unlabelled targets when a
-        loss-level alignment needs their images in the batches."""
-        targets = self.data.target if self.alignment.on("loss") else []
-        return [*self.data.train, *targets]
+        """The datasets training batches draw from (see the module-level rule)."""
+        return batch_datasets(self.alignment, self.data.train, self.data.target, self.data.zero_shot)
 
     def dataset_names(self) -> list[str]:
         """Every dataset this trial reads (train, target, test, unlabelled, diagnostics when on), each once, in that
@@ -381,8 +478,15 @@ class TrialSpec(StrictModel):
         return a.reference
 
     def trial_id(self) -> str:
-        """Stable content hash: the same settings always get the same id (used for resume and MLflow dedupe)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Stable content hash: the same settings always get the same id (used for resume and MLflow dedupe).
+        Settings added after trials were first identified are left out while at their default, so those trials keep
+        their ids (and their results on resume)."""
+        data = self.model_dump(mode="json")
+        for section, key in _ID_OMITTED_AT_DEFAULT:
+            model = getattr(self, section)
+            if getattr(model, key) == type(model).model_fields[key].get_default(call_default_factory=True):
+                del data[section][key]
+        blob = json.dumps(data, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
     def flat_params(self) -> dict[str, str]:
@@ -408,6 +512,10 @@ class TrialSpec(StrictModel):
         from .validation import validate
 
         return validate(cls, _unflatten(cls, params, ""), source)
+
+
+# (section, key) of the settings `trial_id` leaves out while at their default
+_ID_OMITTED_AT_DEFAULT = (("data", "labelled"),)
 
 
 def _check_alignment(spec: TrialSpec) -> None:
@@ -477,6 +585,12 @@ def _unflatten(model: type[StrictModel], params: dict[str, str], prefix: str) ->
             inner = _unflatten(nested, params, f"{key}.")
             if inner:
                 out[name] = inner
+            continue
+        if typing.get_origin(annotation) is dict:  # a mapping setting: one flat key per entry (`data.labelled.x`);
+            # '' is a run without that entry (a table of several runs has the union of their keys)
+            entries = {k[len(key) + 1 :]: v for k, v in params.items() if k.startswith(f"{key}.") and v != ""}
+            if entries:
+                out[name] = entries
             continue
         if key not in params:
             continue

@@ -9,6 +9,7 @@ IOU = "iou_fg"  # foreground IoU, pixel totals over all test pixels of a dataset
 MACRO_IOU = f"macro_{IOU}"  # mean over test datasets
 POOLED_IOU = f"pooled_{IOU}"  # pixel totals over the union of test datasets
 HEADLINE = IOU  # the one IoU per trial in tables and views: the macro mean, or the single dataset's
+LABELLED = "labelled_images"  # per train dataset, its training images that carried labels (data.labelled resolved)
 
 _METRIC_UNSAFE = re.compile(r"[^\w.\-]")
 
@@ -21,6 +22,12 @@ def metric_token(name: str) -> str:
 def iou_metric(dataset: str, family: str = IOU) -> str:
     """`iou_fg/<dataset>`: one test dataset's IoU (or another metric family's)."""
     return f"{family}/{dataset}"
+
+
+def labelled_metric(dataset: str) -> str:
+    """`labelled_images/<dataset>`: how many of a train dataset's training images carried labels (validation
+    included): the x of a label-efficiency curve."""
+    return f"{LABELLED}/{dataset}"
 
 
 def headline_iou(metrics: dict[str, float]) -> float | None:

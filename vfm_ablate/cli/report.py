@@ -52,6 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "lora.rank=8,16, data.sampling=natural,balanced) or method (an alignment method label, e.g. method=none,mmd)",
     )
     p.add_argument(
+        "--curve",
+        metavar="AXIS",
+        help="IoU against the number of labelled images of each dataset the runs label partly (data.labelled): one "
+        "line per setting that varies, 95%% bootstrap intervals over repeats, Δ and share of the all-labelled IoU "
+        "over matched repeats; printed (the report folder holds it whenever runs set data.labelled: "
+        "curve_<dataset>.png / .csv)",
+    )
+    p.add_argument(
         "--transfer",
         action="store_true",
         help="the transfer table: every alignment method against none (source → target IoU, feature-gap diagnostics)",
@@ -82,6 +90,8 @@ def _run(args: argparse.Namespace) -> int:
     from .folders import check_output_folder
 
     requests = [_compare_request(r) for r in args.compare]  # a malformed request fails before anything is read
+    if args.curve is not None:
+        _check_curve_axis(args.curve)
     experiment, uri = resolve_target(args.target, args.tracking_uri)
     out = args.out or Path("reports") / re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
     check_output_folder(out, "--out")
@@ -92,7 +102,28 @@ def _run(args: argparse.Namespace) -> int:
     print(as_text(parts))
     print(f"report: {paths['html']} (self-contained), {paths['markdown']}; tables as CSV and figures in {out}")
     _comparisons(requests, args.transfer, runs, out)
+    if args.curve:
+        _curves(runs, args.metric, paths)
     return 0
+
+
+def _check_curve_axis(axis: str) -> None:
+    from ..errors import ConfigError
+    from ..report.curve import CURVE_AXES
+    from ..validation import suggest
+
+    if axis not in CURVE_AXES:
+        raise ConfigError(suggest(axis, list(CURVE_AXES), "--curve axis", "vfm-ablate report"))
+
+
+def _curves(runs: pd.DataFrame, metric: str, paths: dict[str, Path]) -> None:
+    """--curve data.labelled: each curve's tables printed, with where its figure and numbers are."""
+    from ..report.curve import curve_markdown, labelled_curves
+    from ..report.write import curve_file_stem
+
+    for curve in labelled_curves(runs, metric, n_resamples=2000):  # nothing to draw: an error saying why
+        stem = curve_file_stem(curve.dataset)
+        print(f"\n{curve_markdown(curve)}\n\nwrote curve: {paths[f'{stem}_png']} ({paths[f'{stem}_csv']})")
 
 
 def _compare_request(request: str) -> tuple[str, str, str]:

@@ -250,6 +250,17 @@ def list_slices(entry: DatasetEntry) -> Listing:
     return out
 
 
+def training_count(entry: DatasetEntry) -> int | None:
+    """How many labelled training slices the entry has (after its test split), from the listing alone; None when
+    the listing has problems (those are reported by whoever checks the listing)."""
+    if entry.layout == "synthetic":
+        return entry.n_train
+    listing = list_slices(entry)
+    if listing.problems:
+        return None
+    return len(listing.labelled) - (listing.test_count if listing.test is None else 0)
+
+
 def seeded_test_indices(n: int, test_count: int, split_seed: int) -> list[int]:
     """The seeded test split: `test_count` of `n` indices, a pure function of `split_seed`."""
     rng = np.random.default_rng([split_seed, TEST_SPLIT_STREAM])

@@ -27,7 +27,7 @@ from ..errors import VfmAblateError
 from ..metric_names import IOU, MACRO_IOU, POOLED_IOU
 from ..validation import suggest
 from .runs import run_specs
-from .tables import NON_CONDITION_PARAMS, NON_CONDITION_PREFIXES, REPEAT_PARAMS
+from .tables import NON_CONDITION_PARAMS, NON_CONDITION_PREFIXES, REPEAT_PARAMS, covered, unset_value
 
 METHOD = "method"  # the derived axis: the alignment method's label
 NOISE = "within seed noise"
@@ -56,7 +56,7 @@ def compare_settings(
     (b − a), its bootstrap interval and the verdict. `group` holds the other settings the pairs share (those that
     vary in the compared runs, and the `label` settings even when they do not); a group's own columns are
     `params.<key>`."""
-    finished = _finished(runs)
+    finished = finished_runs(runs)
     col = f"params.{axis}"
     if axis == METHOD and col not in finished:
         finished = with_method(finished)
@@ -64,16 +64,16 @@ def compare_settings(
         known = [c[len("params.") :] for c in finished if c.startswith("params.")]
         raise VfmAblateError(suggest(axis, known, "setting to compare"))
     if axis != METHOD:  # a frozen run's lora.rank (a default it never used) is no value of the axis
-        applies = [not _covered(axis, spec.inapplicable_settings()) for spec in finished["spec"]]
+        applies = [not covered(axis, spec.inapplicable_settings()) for spec in finished["spec"]]
         finished = finished[applies]
-    values = finished[col].fillna("").astype(str)
+    values = finished[col].fillna(unset_value(axis)).astype(str)
     side_a, side_b = finished[values == a], finished[values == b]
     for value, side in ((a, side_a), (b, side_b)):
         if side.empty:
             seen = ", ".join(sorted(set(values)))
             raise VfmAblateError(f"no finished run has {axis} = {value!r} (values found: {seen})")
     metrics = metrics or default_metrics(pd.concat([side_a, side_b]))
-    condition = _varying_conditions(pd.concat([side_a, side_b]), axis, label)
+    condition = varying_conditions(pd.concat([side_a, side_b]), axis, label)
     pairs = _matched_pairs(side_a, side_b, condition)
     rows = []
     for label, matched in pairs.items():
@@ -81,7 +81,7 @@ def compare_settings(
         for metric in metrics:
             mcol = f"metrics.{metric}"
             got = [(ra[mcol], rb[mcol]) for ra, rb in matched if mcol in ra and mcol in rb]
-            got = [(float(x), float(y)) for x, y in got if _finite(x) and _finite(y)]
+            got = [(float(x), float(y)) for x, y in got if is_finite(x) and is_finite(y)]
             if not got:
                 continue
             va, vb = np.array([x for x, _ in got]), np.array([y for _, y in got])
@@ -121,7 +121,7 @@ def transfer_table(
 ) -> pd.DataFrame:
     """Every alignment method against `baseline` (`none`): compare_settings over the `method` axis for each method,
     with the IoU of every test dataset and the feature-gap diagnostics."""
-    finished = with_method(_finished(runs))
+    finished = with_method(finished_runs(runs))
     methods = sorted(set(finished[f"params.{METHOD}"]) - {baseline})
     if baseline not in set(finished[f"params.{METHOD}"]):
         raise VfmAblateError(f"no finished run uses alignment method '{baseline}' to compare against")
@@ -195,7 +195,7 @@ def verdict(low: float, high: float) -> str:
 def alignment_methods(runs: pd.DataFrame) -> list[str]:
     """The alignment methods the finished runs used (labels, `none` included)."""
     try:
-        finished = _finished(runs)
+        finished = finished_runs(runs)
     except VfmAblateError:  # nothing finished
         return []
     return sorted(set(with_method(finished)[f"params.{METHOD}"]))
@@ -204,7 +204,7 @@ def alignment_methods(runs: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------------------------- matching
 
 
-def _finished(runs: pd.DataFrame) -> pd.DataFrame:
+def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """FINISHED runs, one per trial id (the latest), with their TrialSpec (`spec`) and data.test made explicit (its
     test datasets: train + target when unset)."""
     if runs.empty:
@@ -220,7 +220,7 @@ def _finished(runs: pd.DataFrame) -> pd.DataFrame:
     return done
 
 
-def _varying_conditions(runs: pd.DataFrame, axis: str, label: tuple[str, ...] = ()) -> list[str]:
+def varying_conditions(runs: pd.DataFrame, axis: str, label: tuple[str, ...] = ()) -> list[str]:
     """The settings besides the axis and the seeds that take more than one value among the compared runs (and the
     `label` ones)."""
     out = []
@@ -252,8 +252,8 @@ def _matched_pairs(
         for rb, skip_b in by_seed.get(_seeds(ra), []):
             label = []
             for key in condition:
-                on_a, on_b = not _covered(key, skip_a), not _covered(key, skip_b)
-                va, vb = _value(ra, key), _value(rb, key)
+                on_a, on_b = not covered(key, skip_a), not covered(key, skip_b)
+                va, vb = param_value(ra, key), param_value(rb, key)
                 if on_a and on_b and va != vb:
                     break
                 if on_a or on_b:
@@ -271,19 +271,16 @@ def _matched_pairs(
 
 
 def _seeds(row: pd.Series) -> tuple[str, str]:
-    return _value(row, "seed"), _value(row, "split_seed")
+    return param_value(row, "seed"), param_value(row, "split_seed")
 
 
-def _value(row: pd.Series, key: str) -> str:
-    v = row.get(f"params.{key}", "")
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+def param_value(row: pd.Series, key: str) -> str:
+    v = row.get(f"params.{key}", None)
+    return unset_value(key) if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
-def _covered(key: str, settings: list[str]) -> bool:
-    return any(key == s or key.startswith(s + ".") for s in settings)
 
-
-def _finite(x: Any) -> bool:
+def is_finite(x: Any) -> bool:
     try:
         return math.isfinite(float(x))
     except (TypeError, ValueError):

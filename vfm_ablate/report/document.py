@@ -29,6 +29,11 @@ ALIGNMENT_NOTE = (
     "Δ = method − none with its 95 % bootstrap confidence interval; 'within seed noise' when the interval includes "
     "0. Source → target IoU first, then the feature-gap diagnostics (diag/<stage>/fd, mmd, probe_acc)."
 )
+CURVE_NOTE = (
+    "Label efficiency (data.labelled): per setting and number of labelled images, the mean over repeats with its "
+    "95 % bootstrap interval; against the same setting with every image labelled, over matched repeats (same seed "
+    "and split seed, so the same nested draws): Δ and the share of its IoU, each with a 95 % bootstrap interval."
+)
 PAIRED_NOTE = (
     "Δ d = mean IoU on d after paired training − mean IoU on d after training on d alone (n paired / n single). "
     "Δ macro = the paired model's macro IoU − the mean of the single-dataset models' IoUs. Negative = paired "
@@ -44,6 +49,7 @@ class ReportParts:
     transfer: dict[str, pd.DataFrame]
     figures: dict[str, Path] = field(default_factory=dict)  # caption -> PNG
     alignment: pd.DataFrame | None = None  # alignment methods against none (`transfer_rows`), when a sweep has them
+    curves: dict[str, pd.DataFrame] = field(default_factory=dict)  # title -> label-efficiency table (`curve_rows`)
 
 
 def _rows(frame: pd.DataFrame) -> tuple[list[dict[str, object]], list[str]]:
@@ -67,6 +73,8 @@ def as_text(parts: ReportParts) -> str:
         out += [f"transfer ({name})", format_table(*_rows(frame)), ""]
     if parts.alignment is not None:
         out += ["alignment methods against none", format_table(*_rows(parts.alignment)), ALIGNMENT_NOTE, ""]
+    for title, frame in parts.curves.items():
+        out += [title, format_table(*_rows(frame)), CURVE_NOTE, ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -84,6 +92,8 @@ def as_markdown(parts: ReportParts, title: str) -> str:
     if parts.alignment is not None:
         out += ["## Alignment methods against none", "", markdown_table(*_rows(parts.alignment)), ""]
         out += [ALIGNMENT_NOTE, ""]
+    for title, frame in parts.curves.items():
+        out += [f"## {title}", "", markdown_table(*_rows(frame)), "", CURVE_NOTE, ""]
     for caption, png in parts.figures.items():
         out += [f"## {caption}", "", f"![{caption}]({png.name})", ""]
     return "\n".join(out)
@@ -121,6 +131,8 @@ def as_html(parts: ReportParts, title: str) -> str:
     if parts.alignment is not None:
         out += ["<h2>Alignment methods against none</h2>", _html_table(parts.alignment)]
         out.append(f"<p class='note'>{html.escape(ALIGNMENT_NOTE)}</p>")
+    for title, frame in parts.curves.items():
+        out += [f"<h2>{html.escape(title)}</h2>", _html_table(frame), f"<p class='note'>{html.escape(CURVE_NOTE)}</p>"]
     for caption, png in parts.figures.items():
         data = base64.b64encode(png.read_bytes()).decode()
         out += [

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..config import ALL_LABELLED
 from ..errors import VfmAblateError
 from ..metric_names import IOU
 from ..text_tables import markdown_table
@@ -65,7 +66,14 @@ def summary_table(df: pd.DataFrame, metric: str = IOU, variant_params: list[str]
     return SummaryTable(metric, cells, stats, variants, dropped)
 
 
-def _param(runs: pd.DataFrame, key: str, default: str = "") -> pd.Series:
+def unset_value(key: str) -> str:
+    """What a run that logged no `key` had: `all` for a `data.labelled.<dataset>` entry (every image labelled),
+    else nothing."""
+    return ALL_LABELLED if key.startswith("data.labelled.") else ""
+
+
+def _param(runs: pd.DataFrame, key: str, default: str | None = None) -> pd.Series:
+    default = unset_value(key) if default is None else default
     col = f"params.{key}"
     if col not in runs:
         return pd.Series([default] * len(runs), index=runs.index, dtype=object)
@@ -114,7 +122,7 @@ def train_label(datasets: str, sampling: str, weights: str = "") -> str:
     """`lucchi_pp`, or for several datasets `lucchi_pp+vnc (balanced)` / `(weighted 1,3)`."""
     names = [d for d in datasets.split(",") if d]
     label = "+".join(names)
-    if len(names) > 1:
+    if len(names) > 1 and sampling:
         label += f" ({sampling} {weights})" if sampling == "weighted" and weights else f" ({sampling})"
     return label
 
@@ -159,7 +167,10 @@ def _long_records(runs: pd.DataFrame, metric: str, variants: list[str]) -> pd.Da
             and (c.startswith(f"metrics.{metric}/") or c in (f"metrics.macro_{metric}", f"metrics.pooled_{metric}"))
         )
         unused = spec.inapplicable_settings()  # e.g. lora.* of a frozen trial (the sweep planner collapses them too)
-        variant = ", ".join(f"{k}={variant_cols[k][idx]}" for k in variants if not _covered(k, unused))
+        variant = ", ".join(f"{k}={variant_cols[k][idx]}" for k in variants if not covered(k, unused))
+        # a zero-shot train dataset (data.labelled 0) is named so, and the sampling it made inapplicable is not shown
+        shown_train = ",".join(f"{d}[0]" if d in spec.data.zero_shot else d for d in train[idx].split(",") if d)
+        shown_sampling = "" if "data.sampling" in unused else sampling[idx]
         for key in keys:
             col = f"metrics.{key}"
             value = runs.at[idx, col] if col in runs else np.nan
@@ -168,7 +179,7 @@ def _long_records(runs: pd.DataFrame, metric: str, variants: list[str]) -> pd.Da
                     "family": family[idx],
                     "scale": scale[idx],
                     "backbone": backbone[idx],
-                    "train": train_label(train[idx], sampling[idx], weights[idx]),
+                    "train": train_label(shown_train, shown_sampling, weights[idx]),
                     "test": metric_label(key, metric),
                     "regime": regime[idx],
                     "variant": variant,
@@ -306,6 +317,6 @@ def to_markdown(table: SummaryTable) -> str:
     return markdown_table(rows, columns) + "\n\n" + note + "\n"
 
 
-def _covered(key: str, settings: list[str]) -> bool:
+def covered(key: str, settings: list[str]) -> bool:
     """Whether a dotted setting lies under one of `settings` (a section name covers its keys)."""
     return any(key == s or key.startswith(s + ".") for s in settings)

@@ -94,6 +94,7 @@ def check_inputs(
     problems = [p for name, ds in resolved_d.items() if (p := _dataset_problem(ds, listings[name]))]
     if not problems:
         problems = _input_size_problems(specs, resolved_b, resolved_d, listings)
+    problems += _labelled_problems(specs, resolved_d)
     pretrained = frozenset(s.backbone for s in specs if s.weights == "pretrained")
     downloads = []
     for name, entry in resolved_b.items():
@@ -205,6 +206,27 @@ def _native_sizes(entry: DatasetEntry, listing: Listing) -> set[tuple[int, int]]
         if size is not None:
             out.add(size)
     return out
+
+
+def _labelled_problems(specs: list[TrialSpec], datasets: dict[str, DatasetEntry]) -> list[str]:
+    """data.labelled counts larger than a dataset's training split (a trial would fail on them)."""
+    from ..data.layouts import training_count
+
+    counts: dict[str, int | None] = {}
+    problems: dict[tuple[str, int], str] = {}
+    for s in specs:
+        for name, k in s.data.labelled.items():
+            if not isinstance(k, int) or (name, k) in problems:
+                continue
+            if name not in counts:
+                counts[name] = training_count(datasets[name])
+            n = counts[name]
+            if n is not None and k > n:
+                problems[(name, k)] = (
+                    f"data.labelled asks for {k} labelled training images of dataset '{name}', which has {n} "
+                    f"(after its test split; e.g. trial {s.trial_id()})"
+                )
+    return list(problems.values())
 
 
 def _facts_problem(entry: BackboneEntry) -> str | None:

@@ -32,6 +32,7 @@ __all__ = [
     "short_value",
     "trial_label",
 ]
+LABELLED_KEY = "data.labelled."
 NA = "-"  # a setting that cannot change this trial (e.g. the LoRA rank of a frozen trial)
 ALIGNMENT_TAG_COLUMN = ("tags", ALIGNMENT_TAG)  # the alignment method's label: one UI column, logged as a tag
 
@@ -49,8 +50,12 @@ class Setting:
 
 
 def _train(s: TrialSpec) -> str:
+    """The training data: a train dataset with fewer labelled images than all as `lucchi_pp[4]` (data.labelled), an
+    unlabelled target as `source→target`."""
+    labelled = s.data.labelled
+    train = [f"{d}[{labelled[d]:g}]" if d in labelled else d for d in s.data.train]
     target = f"→{'+'.join(s.data.target)}" if s.data.target and s.uses_target_images() else ""
-    return "+".join(s.data.train) + target
+    return "+".join(train) + target
 
 
 def _resize(s: TrialSpec) -> str:
@@ -85,7 +90,12 @@ SETTINGS: tuple[Setting, ...] = (
         lambda v: f"r{v}",
         (("params", "lora.rank"),),
     ),
-    Setting("train", ("data.train", "data.target"), _train, ui=(("params", "data.train"), ("params", "data.target"))),
+    Setting(
+        "train",
+        ("data.train", "data.target", "data.labelled."),
+        _train,
+        ui=(("params", "data.train"), ("params", "data.target")),
+    ),
     Setting("sampling", ("data.sampling", "data.weights"), _sampling, ui=(("params", "data.sampling"),)),
     Setting(  # the datasets tested (an explicit list equal to the default one is the same test)
         "test",
@@ -150,6 +160,12 @@ def label_trials(specs: list[TrialSpec], trial_ids: list[str], searched: tuple[s
         parts = [by_column[c].named(vals[c]) for c in named if vals[c] != NA]
         labels.append(TrialLabel({"id": tid, **vals}, " ".join(parts), " · ".join(parts)))
     ui = tuple(dict.fromkeys(col for c in named for col in by_column[c].ui))
+    if "train" in named:  # data.labelled is one flat key per dataset (`data.labelled.lucchi_pp`)
+        ui += tuple(
+            ("params", k)
+            for k in dict.fromkeys(k for s in specs for k in s.flat_params())
+            if k.startswith(LABELLED_KEY)
+        )
     ui += tuple(("params", k) for k in searched)
     alike = {c: {v[c] for v in values} - {NA} for c in by_column if c not in named}
     common = ", ".join(f"{c} {next(iter(vals))}" for c, vals in alike.items() if len(vals) == 1)

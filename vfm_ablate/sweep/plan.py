@@ -25,6 +25,7 @@ from ..config import (
     LoraSpec,
     TrialSpec,
     inapplicable_settings,
+    labelled_is_zero,
     lora_applies,
 )
 from ..data.entries import DatasetEntry, resolve_dataset
@@ -219,10 +220,12 @@ class _Lookups:
             raise ConfigError(message) from None
         self._dropped.add(text)
 
-    def inapplicable(self, regime: Any, alignment: AlignmentSpec, train: list[Any], target: list[Any]) -> list[str]:
-        key = repr((regime, id(alignment), train, target))  # alignment specs are the cached ones: ids are stable
+    def inapplicable(
+        self, regime: Any, alignment: AlignmentSpec, train: list[Any], target: list[Any], zero_shot: list[Any]
+    ) -> list[str]:
+        key = repr((regime, id(alignment), train, target, zero_shot))  # alignment specs are cached: ids are stable
         if key not in self._inapplicable:
-            self._inapplicable[key] = inapplicable_settings(regime, alignment, train, target)
+            self._inapplicable[key] = inapplicable_settings(regime, alignment, train, target, zero_shot)
         return self._inapplicable[key]
 
 
@@ -290,12 +293,14 @@ def _collapse(data: dict[str, Any], lookups: _Lookups) -> tuple[dict[str, Any], 
     section = data.get("data") if isinstance(data.get("data"), dict) else {}
     train = section.get("train") if isinstance(section.get("train"), list) else None
     target = section.get("target") if isinstance(section.get("target"), list) else []
+    labelled = section.get("labelled") if isinstance(section.get("labelled"), dict) else {}
+    zero_shot = [d for d, v in labelled.items() if labelled_is_zero(v)]
     if alignment is None or train is None:  # invalid: the trial's own validation reports it
         if not lora_applies(str(regime)) and "lora" in data:
             values["lora"] = data.pop("lora")
             dropped.add(f"lora settings dropped for regime '{regime}'")
         return data, dropped, values
-    for key in lookups.inapplicable(regime, alignment, train, target):
+    for key in lookups.inapplicable(regime, alignment, train, target, zero_shot):
         if key == "lora" and "lora" in data:
             values["lora"] = data.pop("lora")
             dropped.add(f"lora settings dropped for regime '{regime}'")

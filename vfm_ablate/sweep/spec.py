@@ -14,6 +14,7 @@ trials, ASHA early stopping) per grid point over the continuous `search.space` k
 from __future__ import annotations
 
 import math
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -315,7 +316,8 @@ def check_dotted(key: str, where: str) -> None:
     """A dotted TrialSpec key must name a real setting; unknown parts get the closest valid name."""
     model: type[BaseModel] | None = TrialSpec
     walked: list[str] = []
-    for part in key.split("."):
+    parts = key.split(".")
+    for i, part in enumerate(parts):
         if model is None:
             raise ConfigError(f"{where}: '{'.'.join(walked)}' is a value, it has no '{part}' inside (key '{key}')")
         fields = model.model_fields
@@ -325,7 +327,13 @@ def check_dotted(key: str, where: str) -> None:
                 suggest(part, set(fields), f"key{' under ' + prefix if prefix else ''} (in '{key}')", where)
             )
         walked.append(part)
-        model = _submodel(fields[part].annotation)
+        annotation = fields[part].annotation
+        if typing.get_origin(annotation) is dict and len(parts) > i + 1:  # a mapping's entry: `data.labelled.<name>`
+            if len(parts) > i + 2:
+                entry = ".".join(parts[: i + 2])
+                raise ConfigError(f"{where}: '{entry}' is a value, it has nothing inside (key '{key}')")
+            return
+        model = _submodel(annotation)
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:

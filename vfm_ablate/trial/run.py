@@ -24,6 +24,7 @@ from ..data.entries import DatasetEntry
 from ..data.sampling import epoch_batches
 from ..device import resolve_device
 from ..errors import VfmAblateError
+from ..metric_names import labelled_metric
 from ..models.registry import BackboneEntry, get_entry
 from ..models.segmenter import Segmenter, build_segmenter
 from .alignment import AlignmentLoss, attach_alignment, estimate_feature_statistics
@@ -144,6 +145,7 @@ def run_trial(
 
     phases(WRITING)
     metrics = trial_metrics(model, state, fwd, device, acc.metrics(), diag_metrics, time.perf_counter() - started)
+    metrics.update({labelled_metric(name): float(k) for name, k in data.labelled_counts(spec).items()})
     write_outputs(out_dir, spec, entry, model, metrics, state.history, data.entries)
     return TrialResult(
         metrics=metrics, history=list(state.history), out_dir=out_dir, lora_targets=list(model.lora_targets)
@@ -170,7 +172,7 @@ def fit(
     loss_fn = dice_loss()
     model = fwd.model
     own_images = data.own_images(spec)
-    pools = [*data.train, *(data.target if spec.alignment.loss != "none" else [])]  # spec.batch_datasets() order
+    pools = data.batch_pools(spec)  # in spec.batch_datasets() order
     sizes = [len(items) for items in pools]
     classifier = getattr(model.alignment, "classifier", None)
     align_loss = AlignmentLoss(spec, classifier) if spec.alignment.loss != "none" else None

@@ -18,7 +18,7 @@ from ...calibration.records import ConfigKey
 from ...data.entries import DatasetEntry
 from ...data.images import read_image
 from ...data.layouts import list_slices
-from ...data.sampling import epoch_batches, split_validation
+from ...data.sampling import epoch_batches, hold_out, labelled_count
 from ...data.transforms import target_size
 from ...errors import DataError
 from ..plan import PlannedTrial, SweepPlan
@@ -41,9 +41,11 @@ class DatasetShape:
 class TrialWorkload:
     trial: PlannedTrial
     sizes: dict[str, Size]  # dataset -> network input size (height, width)
-    train_images: dict[str, int]  # after the validation hold-out
+    train_images: dict[str, int]  # labelled (data.labelled), after the validation hold-out
     val_images: dict[str, int]
-    target_images: dict[str, int]  # unlabelled target training images (domain alignment): all of them
+    # unlabelled training images: all of a target's (domain alignment), and a train dataset's beyond data.labelled
+    # where an alignment method embeds them
+    target_images: dict[str, int]
     test_images: dict[str, int]
     step_groups: Counter[tuple[int, int, int]]  # (height, width, images in the group) -> groups per epoch
 
@@ -92,15 +94,20 @@ def trial_workload(the_plan: SweepPlan, trial: PlannedTrial, shapes: dict[str, D
     entry = the_plan.backbones[s.backbone]
     names = list(dict.fromkeys([*s.data.train, *s.data.target, *s.data.test_datasets]))
     sizes = {n: target_size(shapes[n].height, shapes[n].width, s.data.resize, entry.patch_size) for n in names}
-    train, val = {}, {}
+    train, val, target = {}, {}, {}
     for name in s.data.train:
-        tr, va = split_validation(shapes[name].n_train, s.data.val_fraction, s.split_seed)
+        n = shapes[name].n_train
+        k = labelled_count(s.data.labelled.get(name), n, name)
+        tr, va = hold_out(k, s.data.val_fraction, s.split_seed)
         train[name], val[name] = len(tr), len(va)
-    target = {name: shapes[name].n_train for name in s.data.target if name not in train}
+        if k < n and s.alignment.embeds_unlabelled_images():
+            target[name] = n - k
+    target.update({name: shapes[name].n_train for name in s.data.target})
     test = {name: shapes[name].n_test for name in s.data.test_datasets}
-    pools = s.batch_datasets()  # loss-level alignment: target images join the batches, as in trial/run.fit
+    pools = s.batch_datasets()  # as trial/items.TrialData.batch_pools: labelled, + unlabelled under a loss level
+    loss = s.alignment.on("loss")
     rng = np.random.default_rng([s.seed, 0])  # epoch 0 of the trial's own batch order
-    counts = [train[n] if n in train else target[n] for n in pools]
+    counts = [train.get(n, 0) + (target.get(n, 0) if loss else 0) for n in pools]
     batches = epoch_batches(counts, s.data.sampling, s.optim.batch_size, rng, s.data.weights)
     groups: Counter[tuple[int, int, int]] = Counter()
     for batch in batches:
