@@ -148,9 +148,9 @@ def test_a_scheduler_stop_and_an_interruption_are_told_apart(tmp_path: Path) -> 
         )
     ).trials
     trials = [
-        TrialOutcome(planned[0], planned[0].trial_id, "FINISHED", {"iou_fg": 0.5, "epochs_run": 3}),
-        TrialOutcome(planned[1], planned[1].trial_id, "STOPPED", ended="stopped by ASHA at epoch 2"),
-        TrialOutcome(planned[2], planned[2].trial_id, "NOT RUN", ended="interrupted at epoch 1"),
+        TrialOutcome(planned[0], planned[0].trial_id, planned[0].spec, "FINISHED", {"iou_fg": 0.5, "epochs_run": 3}),
+        TrialOutcome(planned[1], planned[1].trial_id, planned[1].spec, "STOPPED", ended="stopped by ASHA at epoch 2"),
+        TrialOutcome(planned[2], planned[2].trial_id, planned[2].spec, "NOT RUN", ended="interrupted at epoch 1"),
     ]
     outcome = SweepOutcome("o", str(tmp_path), [], trials)
     assert [row["status"] for row in outcome_rows(outcome)] == [

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import TrialSpec
 from ..errors import VfmAblateError
 from ..metric_names import MACRO_IOU, POOLED_IOU, iou_metric
 from ..text_tables import format_table
@@ -33,6 +34,7 @@ class TrialOutcome:
 
     planned: PlannedTrial
     trial_id: str
+    spec: TrialSpec  # what the trial ran: its grid point's spec, with a search sample's values
     status: str  # FINISHED, FAILED, STOPPED (scheduler), NOT RUN
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -101,6 +103,7 @@ def collect_outcome(the_plan: SweepPlan, store: TrialStore, paths: list[str]) ->
                 TrialOutcome(
                     planned=by_point[ray_trial.point_id],
                     trial_id=tid,
+                    spec=ray_trial.spec,
                     status=status,
                     metrics=metrics,
                     error=error,
@@ -112,7 +115,7 @@ def collect_outcome(the_plan: SweepPlan, store: TrialStore, paths: list[str]) ->
     if the_plan.sweep.search is None:  # planned trials Ray never created (driver stopped early) still get a row
         for t in the_plan.trials:
             if t.trial_id not in seen:
-                rows.append(TrialOutcome(planned=t, trial_id=t.trial_id, status="NOT RUN"))
+                rows.append(TrialOutcome(planned=t, trial_id=t.trial_id, spec=t.spec, status="NOT RUN"))
     order = {t.trial_id: i for i, t in enumerate(the_plan.trials)}
     rows.sort(key=lambda row: order.get(row.planned.trial_id, len(order)))  # the sweep file's order (stable)
     labels = the_plan.labels
