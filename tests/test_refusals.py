@@ -106,6 +106,15 @@ def check_label_map_read_as_mask(tmp: Path):
 
 
 @case
+def dry_target_that_is_also_a_train_dataset(tmp: Path):
+    """Without an alignment method data.target is unused, and was dropped without a word; a dataset named as both
+    labelled source and unlabelled target is a contradiction whatever the alignment."""
+    base = tiny_base({"max_epochs": 1})
+    base["data"] = {"train": ["sa"], "target": ["sa"]}
+    return ["run", sweep_file(tmp, base=base), "--dry-run"], ["data.target ['sa'] is also in data.train"]
+
+
+@case
 def dry_split_seed_axis_with_repeats(tmp: Path):
     return ["run", sweep_file(tmp, axes={"split_seed": [0, 1]}, repeats=2), "--dry-run"], [
         "'split_seed' axis and repeats: 2",

@@ -308,7 +308,8 @@ def _collapse(data: dict[str, Any], lookups: _Lookups) -> tuple[dict[str, Any], 
             values[key] = data["alignment"].pop(key.split(".", 1)[1])
             parent = ALIGNMENT_OPTIONS[key.split(".", 1)[1]][0]
             dropped.add(f"{key} dropped: not used with alignment.{parent} '{getattr(alignment, parent)}'")
-        elif key == "data.target" and "target" in section:
+        elif key == "data.target" and "target" in section and not set(map(str, target)) & set(map(str, train)):
+            # (a target that is also a train dataset is kept: the trial's validation names the contradiction)
             if target and section.get("test") is None:
                 section["test"] = [*train, *target]  # the targets are still tested
             values[key] = section.pop("target")
