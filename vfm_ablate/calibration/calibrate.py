@@ -16,7 +16,7 @@ from ..data.entries import DatasetEntry
 from ..device import resolve_device
 from ..models.registry import BackboneEntry
 from .flops import flop_measurement
-from .isolate import IsolatedResult, measure_group, measure_isolated
+from .isolate import IsolatedResult, measure_group
 from .measure import measure_dataset
 from .records import Calibration, CalibrationSettings, ConfigKey, DatasetCost, DeviceInfo, Measurement, Spread
 
@@ -186,15 +186,15 @@ def _measure_copies(
     while the sweep runs that many trials side by side on the device (CPU cores, memory bandwidth, one GPU)."""
 
     def one(_: int) -> IsolatedResult:
-        return measure_isolated(
-            key,
+        return measure_group(
+            [key],
             entry,
             device=device,
             warmup=settings.warmup,
             repeats=settings.repeats,
             threads=settings.threads,
             timeout_s=timeout_s,
-        )
+        )[0]
 
     with ThreadPoolExecutor(settings.concurrent) as pool:
         return list(pool.map(one, range(settings.concurrent)))

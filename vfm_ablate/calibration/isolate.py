@@ -43,22 +43,6 @@ class IsolatedResult:
     error: str | None = None
 
 
-def measure_isolated(
-    key: ConfigKey,
-    entry: BackboneEntry,
-    *,
-    device: str = "auto",
-    warmup: int = 2,
-    repeats: int = 5,
-    threads: int | None = None,
-    timeout_s: float | None = None,
-) -> IsolatedResult:
-    """Measure `key` alone in a fresh Python process (same interpreter, same environment)."""
-    return measure_group(
-        [key], entry, device=device, warmup=warmup, repeats=repeats, threads=threads, timeout_s=timeout_s
-    )[0]
-
-
 def measure_group(
     keys: list[ConfigKey],
     entry: BackboneEntry,
