@@ -100,7 +100,7 @@ def test_present_datasets_and_local_checkpoints_need_no_network(
             {
                 "base": {
                     "backbone": "efficientnet_lite0",
-                    "data": {"train": ["lucchi_pp", "vnc"]},
+                    "data": {"train": ["lucchi_pp_subset", "vnc"]},
                     "diagnostics": {"enabled": True, "datasets": ["vnc_stack2"]},
                 },
                 "axes": {"weights": ["pretrained", "random"]},
@@ -110,7 +110,7 @@ def test_present_datasets_and_local_checkpoints_need_no_network(
     assert cli.main(["run", str(sweep), "--dry-run"]) == 0
     out = capsys.readouterr().out
     section = out[out.index("inputs (offline (HF_HUB_OFFLINE=1))") :]
-    assert "dataset  lucchi_pp" in section and "present: 34 slices" in section
+    assert "dataset  lucchi_pp_subset" in section and "present: 34 slices" in section
     assert "dataset  vnc_stack2" in section and "present: 20 slices" in section
     [weights] = [line for line in section.splitlines() if line.startswith("weights  efficientnet_lite0 ")]
     assert re.search(r"efficientnet-lite0-57934424\.pth\s+1\s+present", weights), "1 trial: the other is random-init"
