@@ -7,7 +7,8 @@
 - a fresh start of the same sweep (another storage path, same store) is another execution and never writes into
   an earlier execution's runs, even when its trials have the same content-hash ids;
 - a trial's learning curve comes from one attempt: an attempt that would log epochs a killed attempt already
-  logged moves the trial to a new run (the older one is tagged `vfm.superseded_by` and deleted, restorable).
+  logged moves the trial to a new run (the older one is tagged `vfm.superseded_by` with its successor and
+  `vfm.superseded` with why, the same words as its MLflow description, then ended and deleted, restorable).
 
 The tag names here are the contract the report and the UI views read back.
 """
@@ -48,7 +49,11 @@ SWEEP_RUN_TAG = "vfm.sweep_run_id"  # trial run: its execution's summary run
 ATTEMPT_TAG = "vfm.attempt"  # trial run: how many times the trial has been opened (retries, resumes)
 SUPERSEDED_TAG = "vfm.superseded_by"  # a trial run replaced by a later attempt's run (then deleted)
 ERROR_TAG = "vfm.error"
-RETIRED_TAG = "vfm.superseded"  # a deleted run of a trial that started over (its inputs changed): why, when
+NODE_ID_TAG = "vfm.node_id"  # trial run: the Ray node of its latest attempt ...
+NODE_IP_TAG = "vfm.node_ip"  # ... that node's address (nodes can share a host name) ...
+HOST_TAG = "vfm.host"  # ... and its host name
+RETIRED_TAG = "vfm.superseded"  # a deleted run of a trial (inputs changed, or replaced by a re-run attempt): why
+NOTE_TAG = "mlflow.note.content"  # MLflow's run description (the UI shows it on the run's page): the same why
 EPOCH_METRICS = ("train_loss", "val_loss", "best_val_loss", "epoch_time_s", "epoch")  # step = epoch
 
 ROLE_SWEEP = "sweep"
@@ -342,7 +347,13 @@ class TrialTracker:
         for start in range(0, len(kept), 1000):
             chunk = kept[start : start + 1000]
             retry_locked(lambda: client.log_batch(new_id, metrics=chunk), "copy history")
-        set_tags(client, old_id, {SUPERSEDED_TAG: new_id})
+        attempt = old.data.tags.get(ATTEMPT_TAG, "?")
+        why = (
+            f"replaced by run {new_id}: attempt {attempt} of trial {self.trial_id} restarted at epoch {epoch}, and this "
+            f"run holds epochs from {epoch} on of an earlier attempt that was interrupted (killed, timed out or "
+            "pre-empted) before it saved them; one curve never mixes two attempts"
+        )
+        set_tags(client, old_id, {SUPERSEDED_TAG: new_id, RETIRED_TAG: why, NOTE_TAG: why})
         if old.info.status == "RUNNING":
             retry_locked(lambda: client.set_terminated(old_id, "KILLED"), "end superseded run")
         retry_locked(lambda: client.delete_run(old_id), "delete superseded run")
@@ -384,7 +395,7 @@ def retire_trial_runs(tracking_uri: str, experiment: str, execution_id: str, tri
             + quote(check_id(trial_id, "trial id"))
         )
         for run in search_all_runs(client, found.experiment_id, filt):
-            set_tags(client, run.info.run_id, {RETIRED_TAG: reason})
+            set_tags(client, run.info.run_id, {RETIRED_TAG: reason, NOTE_TAG: f"superseded: {reason}"})
             if run.info.status == "RUNNING":
                 retry_locked(lambda: client.set_terminated(run.info.run_id, "KILLED"), "end superseded run")
             retry_locked(lambda: client.delete_run(run.info.run_id), "delete superseded run")
