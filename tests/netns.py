@@ -55,6 +55,18 @@ def unavailable() -> str | None:
     return None
 
 
+Binds = list[tuple[Path, Path]]  # (folder, where it is mounted), in order; a later one may mount into an earlier one
+
+
+def _pid_namespace(argv: list[str], binds: Binds | None) -> list[str]:
+    """`argv` as the first process of a new PID (and mount) namespace, with `binds` mounted first."""
+    wrapped = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    if not binds:
+        return [*wrapped, *argv]
+    mounts = " && ".join(f"mkdir -p {target} && mount --bind {source} {target}" for source, target in binds)
+    return [*wrapped, "bash", "-c", f'{mounts} && exec "$@"', "bash", *argv]
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGKILL when the test process dies, so no service outlives a killed test run."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -100,14 +112,20 @@ class Sandbox:
         base = f"v{os.getpid() % 100000}{self._links}"  # interface names: at most 15 characters
         return f"{base}a", f"{base}b"
 
-    def link(self, ns_a: str, addr_a: str, ns_b: str, addr_b: str, prefix: int = 24) -> None:
-        """A veth pair between two namespaces: `addr_a` in `ns_a`, `addr_b` in `ns_b`, on one /prefix network."""
+    def link(
+        self, ns_a: str, addr_a: str, ns_b: str, addr_b: str, prefix: int = 24, default_route: bool = False
+    ) -> None:
+        """A veth pair between two namespaces: `addr_a` in `ns_a`, `addr_b` in `ns_b`, on one /prefix network.
+        `default_route`: each namespace routes everything else through the pair too (nothing answers there), as a
+        machine on a real network does; Ray then finds the node's address by its route, as it would there."""
         end_a, end_b = self._pair()
         _ip("link", "add", end_a, "type", "veth", "peer", "name", end_b)
         for ns, end, addr in ((ns_a, end_a, addr_a), (ns_b, end_b, addr_b)):
             _ip("link", "set", end, "netns", ns)
             _ip("-n", ns, "addr", "add", f"{addr}/{prefix}", "dev", end)
             _ip("-n", ns, "link", "set", end, "up")
+            if default_route:
+                _ip("-n", ns, "route", "add", "default", "dev", end)
 
     def address(self, ns: str, addr: str, prefix: int = 24) -> None:
         """A non-loopback address inside `ns` alone (both ends of a veth pair stay in it): glibc's getaddrinfo
@@ -119,10 +137,17 @@ class Sandbox:
         _ip("-n", ns, "link", "set", end_b, "up")
 
     def spawn(
-        self, ns: str, argv: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+        self,
+        ns: str,
+        argv: list[str],
+        env: dict[str, str],
+        log: Path,
+        cwd: Path | None = None,
+        binds: Binds | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start a long-running service tree in `ns`, in a PID namespace of its own; output to `log`."""
-        cmd = ["ip", "netns", "exec", ns, "unshare", "--pid", "--fork", "--kill-child", "--mount-proc", *argv]
+        """Start a long-running service tree in `ns`, in a PID namespace of its own; output to `log`. `binds`: folders
+        mounted over paths (e.g. /root, /tmp) for this tree alone, so that it has a home and a /tmp of its own."""
+        cmd = ["ip", "netns", "exec", ns, *_pid_namespace(argv, binds)]
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 cmd,
@@ -144,6 +169,28 @@ class Sandbox:
         """Run a short command in `ns` (e.g. a client: sbatch, ray status); killed after `timeout` seconds."""
         return subprocess.run(
             ["ip", "netns", "exec", ns, *argv],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd,
+            timeout=timeout,
+            preexec_fn=_die_with_parent,
+        )
+
+    @staticmethod
+    def run_apart(
+        ns: str,
+        argv: list[str],
+        env: dict[str, str],
+        timeout: float,
+        binds: Binds | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command in `ns` in a PID namespace of its own (whatever it leaves running, such as SSH connection
+        masters, dies when it ends) with `binds` mounted for it alone."""
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, *_pid_namespace(argv, binds)],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

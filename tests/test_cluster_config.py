@@ -127,6 +127,7 @@ def test_no_secret_in_a_committed_recipe() -> None:
     files = [
         REPO / "README.md",
         REPO / "cluster.yaml",
+        REPO / "cluster-onprem.yaml",
         *(REPO / "docs").glob("*.md"),
         *(REPO / "sweeps").glob("*.yaml"),
     ]
