@@ -25,7 +25,7 @@ import yaml
 from tests import netns
 from tests.readme_recipes import REPO, adapt
 from tests.sweep_helpers import TINY_DATA, tiny_base
-from vfm_ablate.tracking.runs import NODE_IP_TAG, ROLE_TAG, ROLE_TRIAL, TRIAL_ID_TAG
+from vfm_ablate.tracking.tags import NODE_IP_TAG, ROLE_TAG, ROLE_TRIAL, TRIAL_ID_TAG
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 

@@ -22,7 +22,7 @@ import pytest
 
 from tests import netns, slurm_cluster
 from tests.readme_recipes import REPO, adapt, slurm_script
-from vfm_ablate.tracking.runs import (
+from vfm_ablate.tracking.tags import (
     ATTEMPT_TAG,
     RETIRED_TAG,
     ROLE_TAG,

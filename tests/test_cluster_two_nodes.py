@@ -24,7 +24,7 @@ import pytest
 
 from tests import netns
 from tests.readme_recipes import REPO
-from vfm_ablate.tracking.runs import HOST_TAG, NODE_IP_TAG, ROLE_TAG, ROLE_TRIAL, TRIAL_ID_TAG
+from vfm_ablate.tracking.tags import HOST_TAG, NODE_IP_TAG, ROLE_TAG, ROLE_TRIAL, TRIAL_ID_TAG
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 

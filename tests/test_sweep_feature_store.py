@@ -74,6 +74,7 @@ def test_frozen_sweep_extracts_each_distinct_image_once_across_two_ray_workers(
     ray = pytest.importorskip("ray")
     from tests.sweep_helpers import TINY_DATA, tiny_base
     from vfm_ablate.sweep.driver import run_sweep
+    from vfm_ablate.sweep.plan import plan
     from vfm_ablate.sweep.spec import parse_sweep
     from vfm_ablate.sweep.store import TrialStore
 
@@ -90,9 +91,9 @@ def test_frozen_sweep_extracts_each_distinct_image_once_across_two_ray_workers(
         },
         tmp_path / "shared_features.yaml",
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        outcome = run_sweep(sweep, storage_path=str(tmp_path / "results"), workdir=tmp_path)
+        outcome = run_sweep(plan(sweep), storage_path=str(tmp_path / "results"), workdir=tmp_path)
     finally:
         ray.shutdown()
     printed = capsys.readouterr().out

@@ -13,7 +13,8 @@ import torch
 from ..config import TrialSpec
 from ..data.sources import LoadedDataset
 from ..diagnostics.embeddings import dataset_embeddings
-from ..diagnostics.measures import domain_metrics, pca_plot
+from ..diagnostics.metrics import domain_metrics
+from ..diagnostics.plots import pca_plot
 from ..errors import ConfigError
 from ..models.registry import BackboneEntry
 from ..models.segmenter import Segmenter
@@ -36,7 +37,7 @@ def domain_diagnostics(
     embeddings = {}
     for name in names:
         ds = loaded[name]
-        slices = ds.test or ds.unlabelled or ds.train
+        slices = ds.test or ds.unlabelled or ds.training
         embeddings[name] = dataset_embeddings(
             model.backbone, slices, spec.data.resize, mean, std, pooling=spec.diagnostics.pooling
         )
@@ -58,7 +59,7 @@ def diagnostic_items(spec: TrialSpec, entry: BackboneEntry, data: TrialData) -> 
         if ds.test and tested:
             out[name] = tested  # already prepared (and, when frozen, their features cached by the test)
             continue
-        slices = ds.test or ds.unlabelled or ds.train
+        slices = ds.test or ds.unlabelled or ds.training
         align = data.align.with_statistics(name, [s.image for s in slices])
         out[name] = prepare_items(slices, name, "diag", entry, spec, align, labelled=False)
     return out
