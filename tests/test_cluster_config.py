@@ -43,6 +43,18 @@ def test_cluster_yaml_validates_and_declares_gpu_workers() -> None:
     assert any("VFM_ABLATE_STORAGE_PATH=gs://" in c for c in commands)
 
 
+def test_cluster_onprem_yaml_validates_as_written() -> None:
+    """The on-premises config passes Ray's own checks with its CHANGE lines unedited (run for real, edited, by
+    tests/test_cluster_onprem.py), and every command is a shell string (a `: ` in a plain YAML scalar makes a map)."""
+    util = ray_config_validator()
+    raw = yaml.safe_load((REPO / "cluster-onprem.yaml").read_text())
+    util.validate_config(util.prepare_config(raw))
+    assert raw["provider"]["type"] == "local" and raw["min_workers"] == len(raw["provider"]["worker_ips"])
+    commands = [c for key, value in raw.items() if key.endswith("_commands") for c in value]
+    assert commands and all(isinstance(c, str) for c in commands)
+    assert any("check_tracking_store" in c and "wait_s=" in c for c in raw["head_start_ray_commands"])
+
+
 def test_docs_show_the_code_defaults() -> None:
     """docs/cluster.md's annotated sweep file lists `run:` and `tracking:` with the values the code defaults to."""
     from vfm_ablate.sweep.spec import RunSpec, TrackingSpec
@@ -63,7 +75,8 @@ def test_cluster_yaml_opens_no_port_and_holds_no_secret() -> None:
     [mlflow] = [c for c in config["head_start_ray_commands"] if "mlflow server" in c]
     # the internal address (trials) and loopback (SSH port forwarding), only these Host headers
     assert "for host in $ip 127.0.0.1" in mlflow and "--host $host" in mlflow and "--allowed-hosts" in mlflow
-    assert any("curl -sf" in c and "/health" in c for c in config["head_start_ray_commands"])  # readiness, no sleep
+    # readiness: the tool's own pre-flight check (what `vfm-ablate run` waits for), polled, never a fixed sleep
+    assert any("check_tracking_store" in c and "wait_s=" in c for c in config["head_start_ray_commands"])
     assert "~/.ray/auth_token" in config["file_mounts"]
     assert any("export RAY_AUTH_MODE=token" in c for c in config["setup_commands"])
 
