@@ -1,8 +1,9 @@
 """A real two-node Ray cluster: two network namespaces joined by a veth pair (head 10.200.0.1, worker 10.200.0.2,
 addresses that exist only inside them), `ray start --head` in one and a worker in the other (one CPU each, token
-authentication), an MLflow server on the head's address, and a storage folder both nodes see. The demo sweep is
-launched from inside the head's namespace with `vfm-ablate run --address` as soon as the MLflow server is started:
-the tracking pre-flight waits for it (its first attempts are refused while the server imports MLflow).
+authentication), an MLflow server on the head's address, and a storage folder both nodes see. A 4-trial sweep whose
+trials each take a whole node (two at once: one on each) is launched from inside the head's namespace with
+`vfm-ablate run --address` as soon as the MLflow server is started: the tracking pre-flight waits for it (its first
+attempts are refused while the server imports MLflow).
 
 Both namespaces share this machine's host name, as containers and cloned VMs often do: only the node address tells
 the nodes apart, so every trial must record it (attempt record, result, MLflow tag) beside the host name.
@@ -21,16 +22,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests import netns
-from tests.readme_recipes import REPO
+from tests.sweep_helpers import TINY_DATA, tiny_base
 from vfm_ablate.tracking.tags import HOST_TAG, NODE_IP_TAG, ROLE_TAG, ROLE_TRIAL, TRIAL_ID_TAG
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 HEAD, WORKER = "10.200.0.1", "10.200.0.2"
 RAY_PORT, MLFLOW_PORT = 6379, 5000
-TRIALS = 16  # sweeps/demo.yaml
+TRIALS = 4
 BIN = Path(sys.executable).parent
 
 
@@ -72,6 +74,19 @@ def test_trials_run_on_both_nodes_and_record_their_node_address(sandbox: netns.S
         home = tmp_path / "home"  # one account: the same ~/.ray/auth_token on both nodes
         for folder in (shared, home, machines / "head", machines / "worker"):
             folder.mkdir(parents=True)
+        sweep = shared / "twonodes.yaml"
+        sweep.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "twonodes",
+                    "base": tiny_base({"max_epochs": 1}),
+                    "axes": {"seed": list(range(TRIALS))},
+                    "datasets": {"sa": TINY_DATA},
+                    "resources": {"cpu": 1, "gpu": 0},  # a whole node each: two at once means one on each node
+                    "run": {"max_concurrent_trials": 2},
+                }
+            )
+        )
         base = {
             "PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
             "HOME": str(home),
@@ -119,7 +134,7 @@ def test_trials_run_on_both_nodes_and_record_their_node_address(sandbox: netns.S
         run = sandbox.run_inside(  # on the head node: its namespaces, its /tmp
             head,
             [
-                str(BIN / "vfm-ablate"), "run", str(REPO / "sweeps" / "demo.yaml"), "--address", f"{HEAD}:{RAY_PORT}",
+                str(BIN / "vfm-ablate"), "run", str(sweep), "--address", f"{HEAD}:{RAY_PORT}",
                 "--storage-path", str(shared / "ray_results"), "--tracking-uri", f"http://{HEAD}:{MLFLOW_PORT}",
             ],
             {**on_head, "VFM_ABLATE_TRACKING_WAIT_S": "300"},
@@ -134,7 +149,7 @@ def test_trials_run_on_both_nodes_and_record_their_node_address(sandbox: netns.S
         sandbox.close()
         shutil.rmtree(machines, ignore_errors=True)
 
-    trials = shared / "ray_results" / "demo" / "trials"
+    trials = shared / "ray_results" / "twonodes" / "trials"
     results = {p.parent.name: json.loads(p.read_text()) for p in trials.glob("*/result.json")}
     assert len(results) == TRIALS
     attempts = [json.loads(p.read_text()) for p in trials.glob("*/attempts/*.json")]
@@ -147,7 +162,7 @@ def test_trials_run_on_both_nodes_and_record_their_node_address(sandbox: netns.S
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{shared / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("demo")
+    experiment = client.get_experiment_by_name("twonodes")
     runs = [
         r
         for r in client.search_runs([experiment.experiment_id], max_results=1000)
