@@ -21,6 +21,7 @@ from PIL import Image
 from tests.sweep_helpers import TINY_DATA, TINY_FACTS, tiny_base
 from vfm_ablate.cli import main
 from vfm_ablate.data.synthetic import write_folder
+from vfm_ablate.tracking.store import WAIT_ENV
 
 ray = pytest.importorskip("ray")
 
@@ -572,6 +573,7 @@ def test_bad_input(
     monkeypatch.setenv("VFM_ABLATE_DATA_ROOT", str(tmp_path / "data"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("VFM_ABLATE_STORAGE_PATH", raising=False)
+    monkeypatch.setenv(WAIT_ENV, "0")  # an unreachable tracking server: one attempt, no back-off (default 30 s)
     argv, expected = CASES[name](tmp_path)
     capsys.readouterr()
     before = _tree(tmp_path)

@@ -9,6 +9,8 @@ import pytest
 import ray
 import yaml
 
+from tests.readme_recipes import slurm_script
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -41,6 +43,18 @@ def test_cluster_yaml_validates_and_declares_gpu_workers() -> None:
     assert any("VFM_ABLATE_STORAGE_PATH=gs://" in c for c in commands)
 
 
+def test_cluster_onprem_yaml_validates_as_written() -> None:
+    """The on-premises config passes Ray's own checks with its CHANGE lines unedited (run for real, edited, by
+    tests/test_cluster_onprem.py), and every command is a shell string (a `: ` in a plain YAML scalar makes a map)."""
+    util = ray_config_validator()
+    raw = yaml.safe_load((REPO / "cluster-onprem.yaml").read_text())
+    util.validate_config(util.prepare_config(raw))
+    assert raw["provider"]["type"] == "local" and raw["min_workers"] == len(raw["provider"]["worker_ips"])
+    commands = [c for key, value in raw.items() if key.endswith("_commands") for c in value]
+    assert commands and all(isinstance(c, str) for c in commands)
+    assert any("check_tracking_store" in c and "wait_s=" in c for c in raw["head_start_ray_commands"])
+
+
 def test_docs_show_the_code_defaults() -> None:
     """docs/cluster.md's annotated sweep file lists `run:` and `tracking:` with the values the code defaults to."""
     from vfm_ablate.sweep.spec import RunSpec, TrackingSpec
@@ -61,31 +75,29 @@ def test_cluster_yaml_opens_no_port_and_holds_no_secret() -> None:
     [mlflow] = [c for c in config["head_start_ray_commands"] if "mlflow server" in c]
     # the internal address (trials) and loopback (SSH port forwarding), only these Host headers
     assert "for host in $ip 127.0.0.1" in mlflow and "--host $host" in mlflow and "--allowed-hosts" in mlflow
-    assert any("curl -sf" in c and "/health" in c for c in config["head_start_ray_commands"])  # readiness, no sleep
+    # readiness: the tool's own pre-flight check (what `vfm-ablate run` waits for), polled, never a fixed sleep
+    assert any("check_tracking_store" in c and "wait_s=" in c for c in config["head_start_ray_commands"])
     assert "~/.ray/auth_token" in config["file_mounts"]
     assert any("export RAY_AUTH_MODE=token" in c for c in config["setup_commands"])
-
-
-def _slurm_script() -> str:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Running on a Slurm cluster", 1)[1]
-    blocks = [block.split("```", 1)[0] for block in section.split("```bash")[1:]]
-    return next(block for block in blocks if "#SBATCH" in block)  # the sbatch script, not the login-node fetch
 
 
 def test_slurm_recipe_binds_internally_and_polls_instead_of_sleeping(tmp_path: Path) -> None:
     import re
     import subprocess
 
-    script = _slurm_script()
+    script = slurm_script()
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # valid bash
     assert "0.0.0.0" not in script
     assert not re.search(r"^\s*sleep \d+\s*$", script, re.MULTILINE), "a fixed sleep instead of a readiness check"
     assert '--host "$head_ip"' in script and "--allowed-hosts" in script and "--dashboard-host=127.0.0.1" in script
-    for what in ("the Ray head", "all ${#nodes[@]} Ray nodes", "the MLflow server"):
+    for what in ("the Ray head", "all ${#nodes[@]} Ray nodes"):
         assert f'wait_until 300 "{what}"' in script or f'wait_until 600 "{what}"' in script
+    # MLflow: vfm-ablate's own pre-flight waits for it (the endpoint it checks), one uvicorn worker
+    assert "export VFM_ABLATE_TRACKING_WAIT_S=" in script and "/health" not in script and "--workers 1" in script
+    assert "${SLURM_GPUS_PER_NODE:-0}" in script  # a CPU-only user deletes the --gpus-per-node line
     # the readiness helper itself: returns at once when ready, ends the job with a message when never ready
-    helper = script[script.index("wait_until() {") : script.index("\n}\n") + 3]
+    start = script.index("wait_until() {")
+    helper = script[start : script.index("\n}\n", start) + 3]
     ok = subprocess.run(["bash", "-c", helper + 'wait_until 10 "x" true; echo ready'], capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout.strip() == "ready"
     never = subprocess.run(
@@ -96,6 +108,31 @@ def test_slurm_recipe_binds_internally_and_polls_instead_of_sleeping(tmp_path: P
     )
 
 
+def test_slurm_services_stop_quietly_on_usr1_or_term(tmp_path: Path) -> None:
+    """The job's services (Ray nodes, MLflow) run under the recipe's wrapper: USR1 (the job ending them) or TERM (a
+    time limit) stops the service with TERM and the wrapper exits 0, so Slurm reports no failed or cancelled step.
+    (With srun and real services: tests/test_cluster_slurm.py.)"""
+    import re
+    import signal
+    import subprocess
+    import time
+
+    wrapper = re.search(r"bash -c '([^']+)' service", slurm_script())
+    assert wrapper, "README's Slurm script: the service wrapper `bash -c '...' service` not found"
+    marker = tmp_path / "stopped"
+    service = f"trap 'echo TERM > {marker}; exit 0' TERM; sleep 300 & wait"
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        marker.unlink(missing_ok=True)
+        proc = subprocess.Popen(["bash", "-c", wrapper.group(1), "service", "bash", "-c", service])
+        time.sleep(1)
+        start = time.monotonic()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) == 0 and time.monotonic() - start < 10
+        assert marker.read_text().strip() == "TERM"  # the service itself was told to stop
+    failing = subprocess.run(["bash", "-c", wrapper.group(1), "service", "bash", "-c", "exit 3"])
+    assert failing.returncode == 3  # a service that dies by itself is a failed step, as it should be
+
+
 def test_no_secret_in_a_committed_recipe() -> None:
     """Passwords, keys and tokens come from the environment or files outside the repository, never a literal."""
     import re
@@ -103,6 +140,7 @@ def test_no_secret_in_a_committed_recipe() -> None:
     files = [
         REPO / "README.md",
         REPO / "cluster.yaml",
+        REPO / "cluster-onprem.yaml",
         *(REPO / "docs").glob("*.md"),
         *(REPO / "sweeps").glob("*.yaml"),
     ]

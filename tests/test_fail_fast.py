@@ -18,7 +18,7 @@ from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
 from tests.sweep_helpers import TINY_DATA, tiny_base
 from vfm_ablate.cli import main
 from vfm_ablate.errors import ConfigError
-from vfm_ablate.tracking.store import check_tracking_store
+from vfm_ablate.tracking.store import WAIT_ENV, check_tracking_store
 
 ray = pytest.importorskip("ray")
 
@@ -51,6 +51,7 @@ def test_an_unreachable_tracking_server_fails_in_seconds(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(WAIT_ENV, "2")  # how long the pre-flight waits for a server to come (default 30 s)
     sweep = tmp_path / "small.yaml"
     sweep.write_text(yaml.safe_dump({"base": tiny_base({"max_epochs": 1}), "datasets": {"sa": TINY_DATA}}))
     uri = f"http://127.0.0.1:{refused_port() if server == 'refused' else silent_port}"
@@ -65,8 +66,8 @@ def test_an_unreachable_tracking_server_fails_in_seconds(
 
 
 def test_other_stores_are_checked_too(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"postgresql://u@127\.0\.0\.1:\d+/db: database host not reachable"):
-        check_tracking_store(f"postgresql://u@127.0.0.1:{refused_port()}/db")
+    with pytest.raises(ConfigError, match=r"postgresql://u@127\.0\.0\.1:\d+/db: database host is not reachable within"):
+        check_tracking_store(f"postgresql://u@127.0.0.1:{refused_port()}/db", wait_s=1, say=lambda _: None)
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match=r"cannot create .*mlflow\.db \(.*file is not a writable folder\)"):
         check_tracking_store(f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}")

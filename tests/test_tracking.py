@@ -261,6 +261,11 @@ def test_a_rerun_attempt_replaces_the_killed_attempt_history(mlflow_server: Mlfl
         assert sorted((m.step, m.value) for m in history) == [(e, v + offset) for e, v in sorted(expected.items())]
     old = client.get_run(old_run)
     assert old.info.lifecycle_stage == "deleted" and old.data.tags["vfm.superseded_by"] == run.info.run_id
+    assert old.info.status == "KILLED"  # marked as what it is: the interrupted attempt's, replaced by its re-run
+    why = old.data.tags["vfm.superseded"]
+    assert why.startswith(f"replaced by run {run.info.run_id}: attempt 2 of trial {trial_id} restarted at epoch")
+    assert "interrupted" in why and old.data.tags["mlflow.note.content"] == why
+    assert "vfm.superseded" not in run.data.tags and "mlflow.note.content" not in run.data.tags
 
 
 def test_launch_after_a_killed_driver_ends_its_stale_runs(mlflow_server: MlflowServer) -> None:

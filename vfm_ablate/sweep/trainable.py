@@ -236,13 +236,13 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     checkpoint = tune.get_checkpoint()
     node_id = ray.get_runtime_context().get_node_id()
+    node = where_it_runs(node_id)
     attempt = ctx.store.start_attempt(
         tid,
         {
             "trial_id": tid,
             "ray_trial_id": tune.get_context().get_trial_id(),
-            "node_id": node_id,
-            "host": socket.gethostname(),
+            **node,
             "pid": os.getpid(),
             "resumed": checkpoint is not None,
             "cpu": trial.cpu,
@@ -256,7 +256,7 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     reporter = _TuneReporter(ctx.checkpoint_every, ctx.checkpoint_min_interval_s, None, poster)
     out_dir = Path(tempfile.mkdtemp(prefix=f"vfm-{tid}-"))
     try:
-        tracker = reporter.tracker = _open_tracker(ctx, trial, node_id, inputs_id)
+        tracker = reporter.tracker = _open_tracker(ctx, trial, node, inputs_id)
         kwargs = {
             "reporter": reporter,
             "backbones": ctx.backbones,
@@ -280,7 +280,7 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             "metrics": result.metrics,
             "lora_targets": result.lora_targets,
             INPUTS_ID_KEY: inputs_id,
-            "node_id": node_id,
+            **node,
             "finished": time.time(),
         }
         ctx.store.write_json(f"trials/{tid}/result.json", record)
@@ -313,11 +313,19 @@ def _after_failure(
         log.exception("trial %s: could not record its failure everywhere", tid)
 
 
-def _open_tracker(ctx: TrialContext, trial: RayTrial, node_id: str, inputs_id: str | None) -> Any | None:
+def where_it_runs(node_id: str) -> dict[str, str]:
+    """The trial's node: Ray's node id, its address (nodes may share a host name: containers, namespaces, clones)
+    and the host name."""
+    import ray
+
+    return {"node_id": node_id, "node_ip": ray.util.get_node_ip_address(), "host": socket.gethostname()}
+
+
+def _open_tracker(ctx: TrialContext, trial: RayTrial, node: dict[str, str], inputs_id: str | None) -> Any | None:
     if ctx.tracking is None:
         return None
     from ..tracking.runs import TrialTracker
-    from ..tracking.tags import ALIGNMENT_TAG, INPUTS_ID_TAG, NODE_ID_TAG, OUTPUTS_TAG, SPEC_TAG
+    from ..tracking.tags import ALIGNMENT_TAG, HOST_TAG, INPUTS_ID_TAG, NODE_ID_TAG, NODE_IP_TAG, OUTPUTS_TAG, SPEC_TAG
 
     t, spec, tid = ctx.tracking, trial.spec, trial.trial_id
     entry = ctx.backbones[spec.backbone]
@@ -329,7 +337,9 @@ def _open_tracker(ctx: TrialContext, trial: RayTrial, node_id: str, inputs_id: s
         "backbone.embed_dim": str(entry.embed_dim),
     }
     tags = {
-        NODE_ID_TAG: node_id,
+        NODE_ID_TAG: node["node_id"],
+        NODE_IP_TAG: node["node_ip"],
+        HOST_TAG: node["host"],
         OUTPUTS_TAG: f"{ctx.store.root}/trials/{tid}/outputs",
         SPEC_TAG: spec.model_dump_json(),  # what the report reads back into a TrialSpec
         ALIGNMENT_TAG: spec.alignment.label(),  # the method as one UI column

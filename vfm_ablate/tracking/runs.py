@@ -7,7 +7,8 @@
 - a fresh start of the same sweep (another storage path, same store) is another execution and never writes into
   an earlier execution's runs, even when its trials have the same content-hash ids;
 - a trial's learning curve comes from one attempt: an attempt that would log epochs a killed attempt already
-  logged moves the trial to a new run (the older one is tagged `vfm.superseded_by` and deleted, restorable).
+  logged moves the trial to a new run (the older one is tagged `vfm.superseded_by` with its successor and
+  `vfm.superseded` with why, the same words as its MLflow description, then ended and deleted, restorable).
 
 The tag names (tracking/tags.py) are the contract the report and the UI views read back.
 """
@@ -38,6 +39,7 @@ from .tags import (
     ERROR_TAG,
     EXECUTION_TAG,
     LAUNCH_TAG,
+    NOTE_TAG,
     RETIRED_TAG,
     ROLE_SWEEP,
     ROLE_TAG,
@@ -336,7 +338,13 @@ class TrialTracker:
         for start in range(0, len(kept), 1000):
             chunk = kept[start : start + 1000]
             retry_locked(lambda: client.log_batch(new_id, metrics=chunk), "copy history")
-        set_tags(client, old_id, {SUPERSEDED_TAG: new_id})
+        attempt = old.data.tags.get(ATTEMPT_TAG, "?")
+        why = (
+            f"replaced by run {new_id}: attempt {attempt} of trial {self.trial_id} restarted at epoch {epoch}, and "
+            f"this run holds epochs from {epoch} on of an earlier attempt that was interrupted (killed, timed out or "
+            "pre-empted) before it saved them; one curve never mixes two attempts"
+        )
+        set_tags(client, old_id, {SUPERSEDED_TAG: new_id, RETIRED_TAG: why, NOTE_TAG: why})
         if old.info.status == "RUNNING":
             retry_locked(lambda: client.set_terminated(old_id, "KILLED"), "end superseded run")
         retry_locked(lambda: client.delete_run(old_id), "delete superseded run")
@@ -374,7 +382,7 @@ def retire_trial_runs(tracking_uri: str, experiment: str, execution_id: str, tri
     for trial_id in trial_ids:
         filt = runs_filter(ROLE_TRIAL, execution_id=execution_id, trial_id=trial_id)
         for run in search_all_runs(client, found.experiment_id, filt):
-            set_tags(client, run.info.run_id, {RETIRED_TAG: reason})
+            set_tags(client, run.info.run_id, {RETIRED_TAG: reason, NOTE_TAG: f"superseded: {reason}"})
             if run.info.status == "RUNNING":
                 retry_locked(lambda: client.set_terminated(run.info.run_id, "KILLED"), "end superseded run")
             retry_locked(lambda: client.delete_run(run.info.run_id), "delete superseded run")

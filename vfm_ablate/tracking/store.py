@@ -15,6 +15,7 @@ import os
 import random
 import re
 import sqlite3
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -149,27 +150,53 @@ def _enable_wal(db: Path) -> None:
         _log.warning("%s: SQLite journal mode is %s, not WAL: readers may wait for writers", db, mode)
 
 
-REACH_TIMEOUT_S = 5.0  # the reachability check's limit: MLflow's own HTTP client retries for minutes
+WAIT_ENV = "VFM_ABLATE_TRACKING_WAIT_S"  # how long `run` / `report` wait for the tracking store to answer
+WAIT_S = 30.0  # the default: a server being started (a cluster job's head) answers within it; a typo fails in 30 s
+REACH_TIMEOUT_S = 5.0  # the first attempt's limit (MLflow's own HTTP client would retry for minutes) ...
+_MAX_ATTEMPT_S = 20.0  # ... doubled per attempt up to this: a busy server that answers slowly is still reached
+_MAX_PAUSE_S = 8.0  # back-off between attempts: 1, 2, 4, 8, 8, ... s
 _DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+_RETRY_HTTP = (502, 503, 504)  # a proxy in front of a server that is not up yet
 
 
-def check_tracking_store(tracking_uri: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
-    """Fail in seconds, naming the URI, when the tracking store cannot be reached, before anything starts:
-    a server must answer `/health` and accept this process's credentials; a database host must accept a
-    connection; a SQLite file's folder must exist or be creatable."""
+class _NotYet(Exception):
+    """One attempt found the store not (yet) answering; the message says how."""
+
+
+def tracking_wait_s() -> float:
+    """The wait limit: $VFM_ABLATE_TRACKING_WAIT_S (seconds, >= 0; cluster recipes raise it while their server
+    starts), else 30 s."""
+    raw = os.environ.get(WAIT_ENV)
+    if raw is None or not raw.strip():
+        return WAIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"${WAIT_ENV}={raw!r}: expected a number of seconds >= 0 (e.g. 300)")
+    return value
+
+
+def check_tracking_store(
+    tracking_uri: str, wait_s: float | None = None, say: Callable[[str], None] | None = None
+) -> None:
+    """Before anything starts, the tracking store must answer: a server `/health` (200) and its API with this
+    process's credentials; a database host a connection; a SQLite file's folder must exist or be creatable.
+
+    A server or database host that does not answer yet (refused, timed out, reset, HTTP 502-504) is tried again with
+    exponential back-off, each attempt with its own timeout, until `wait_s` (default: `tracking_wait_s()`) has passed;
+    `say` (default: stderr) tells what it waits for. A wrong answer (not MLflow, credentials refused) fails at once."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(tracking_uri)
     scheme = parts.scheme.lower().split("+", 1)[0]
     if scheme in ("http", "https"):
-        _check_server(tracking_uri.rstrip("/"), timeout_s)
+        base = tracking_uri.rstrip("/")
+        _until_answered(f"MLflow tracking server {base}", lambda t: _check_server(base, t), wait_s, say)
     elif scheme in _DB_PORTS and parts.hostname:
-        import socket
-
-        try:
-            socket.create_connection((parts.hostname, parts.port or _DB_PORTS[scheme]), timeout=timeout_s).close()
-        except OSError as err:
-            raise ConfigError(f"tracking store {tracking_uri}: database host not reachable ({err})") from None
+        address = (parts.hostname, parts.port or _DB_PORTS[scheme])
+        _until_answered(f"tracking store {tracking_uri}: database host", lambda t: _connect(address, t), wait_s, say)
     elif (db := sqlite_path(tracking_uri)) is not None:
         folder = next(p for p in [db, *db.parents] if p.exists())
         if folder == db and not db.is_file():
@@ -178,7 +205,46 @@ def check_tracking_store(tracking_uri: str, timeout_s: float = REACH_TIMEOUT_S) 
             raise ConfigError(f"tracking store {tracking_uri}: cannot create {db} ({folder} is not a writable folder)")
 
 
+def _until_answered(
+    what: str, attempt: Callable[[float], None], wait_s: float | None, say: Callable[[str], None] | None
+) -> None:
+    """Call `attempt(timeout_s)` until it returns, or raise a ConfigError naming `what` once `wait_s` has passed."""
+    wait_s = tracking_wait_s() if wait_s is None else wait_s
+    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    start = time.monotonic()
+    deadline = start + wait_s
+    timeout, pause, tries, said = REACH_TIMEOUT_S, 1.0, 0, ""
+    while True:
+        tries += 1
+        try:
+            attempt(max(1.0, min(timeout, deadline - time.monotonic())))
+            return
+        except _NotYet as err:
+            reason = str(err)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ConfigError(
+                f"{what} is not reachable within {wait_s:g} s ({reason}; {tries} attempt{'s' * (tries > 1)}); "
+                f"start it, pass another --tracking-uri, or wait longer (${WAIT_ENV}; see docs/tracking.md)"
+            )
+        if reason != said:  # the first miss, and whenever the reason changes
+            say(f"waiting for {what} ({reason}): trying again for up to {left:.0f} s more")
+            said = reason
+        time.sleep(min(pause, left))
+        pause, timeout = min(pause * 2, _MAX_PAUSE_S), min(timeout * 2, _MAX_ATTEMPT_S)
+
+
+def _connect(address: tuple[str, int], timeout_s: float) -> None:
+    import socket
+
+    try:
+        socket.create_connection(address, timeout=timeout_s).close()
+    except OSError as err:
+        raise _NotYet(str(err) or type(err).__name__) from None
+
+
 def _check_server(base: str, timeout_s: float) -> None:
+    """One attempt: `/health`, then one API call with this process's credentials (what every trial will send)."""
     import base64
     import http.client
     import ssl
@@ -193,23 +259,24 @@ def _check_server(base: str, timeout_s: float) -> None:
         except urllib.error.HTTPError as err:  # it answered
             return int(err.code)
 
+    headers = {}
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
     try:
         health = get("/health", {})
-        headers = {}
-        user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-        if user and password:
-            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
-            headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
-        status = get("/api/2.0/mlflow/experiments/search?max_results=1", headers)
-    except (OSError, ValueError, http.client.HTTPException) as err:  # refused, timed out, no route, not HTTP
+        status = get("/api/2.0/mlflow/experiments/search?max_results=1", headers) if health == 200 else None
+    except ValueError as err:  # not a URL urllib can use
+        raise ConfigError(f"MLflow tracking server {base}: {err}") from None
+    except (OSError, http.client.HTTPException) as err:  # refused, timed out, reset, no route, not HTTP
         reason = getattr(err, "reason", None) or err
         if isinstance(reason, ssl.SSLError):  # it answered; certificates are MLflow's business (MLFLOW_TRACKING_*)
             return
-        raise ConfigError(
-            f"MLflow tracking server {base} is not reachable within {timeout_s:g} s ({reason}); start it, or "
-            "pass another --tracking-uri (see docs/tracking.md)"
-        ) from None
+        raise _NotYet(str(reason) or type(reason).__name__) from None
+    if health in _RETRY_HTTP or status in _RETRY_HTTP:
+        raise _NotYet(f"HTTP {status if health == 200 else health}")
     if health != 200:  # MLflow answers 200 (also with basic-auth on); anything else is not an MLflow server
         raise ConfigError(
             f"{base} answered HTTP {health} at /health: not an MLflow tracking server (wrong host, port or proxy?)"
