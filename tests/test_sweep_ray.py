@@ -119,7 +119,8 @@ def test_search_sweep_samples_stops_and_tracks(
         assert children[t.trial_id].data.tags["vfm.stopped_by"] == at
         assert f"stopped {t.trial_id} by {at}" in printed  # the live view
     # phases reached the view, through the board: tune.report still came once per epoch (+ the final report)
-    assert re.search(r"phase  \w+  training epoch 1 · step 0/\d", printed)
+    # (the view takes each trial's latest phase once a second: a phase shorter than that may be passed over)
+    assert re.search(r"phase  \w{12}  (loading data|building model|training epoch \d|testing)", printed)
     from ray import tune
 
     for path in outcome.experiment_paths:

@@ -67,6 +67,15 @@ def _resize(s: TrialSpec) -> str:
     return r.policy
 
 
+def _test(s: TrialSpec) -> str:
+    """An explicit test list other than the default one (train + target datasets); NA otherwise: the train column
+    already says what a default test reads."""
+    data = s.data
+    if data.test is None or list(data.test) == [*data.train, *data.target]:
+        return NA
+    return "+".join(data.test)
+
+
 def _seed(s: TrialSpec) -> str:
     return str(s.seed) if s.seed == s.split_seed else f"{s.seed}/{s.split_seed}"
 
@@ -97,10 +106,10 @@ SETTINGS: tuple[Setting, ...] = (
         ui=(("params", "data.train"), ("params", "data.target")),
     ),
     Setting("sampling", ("data.sampling", "data.weights"), _sampling, ui=(("params", "data.sampling"),)),
-    Setting(  # the datasets tested (an explicit list equal to the default one is the same test)
+    Setting(  # the datasets tested, where a trial names them (the default, its train and target data, says nothing new)
         "test",
         ("data.test",),
-        lambda s: "+".join(s.data.test_datasets),
+        _test,
         lambda v: f"test {v}",
         (("params", "data.test"),),
     ),
