@@ -3,6 +3,7 @@ val / test items, plus the unlabelled target items of domain adaptation."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +45,7 @@ class TrialData:
     target: list[list[Item]]  # per data.target dataset, its training images without masks
     align: InputAlignment  # the input-level alignment every item went through
 
-    def own_images(self, spec: TrialSpec) -> dict[str, list[Item]]:
+    def own_images(self, spec: TrialSpec) -> TrainingImages:
         """Each train / target dataset's training images (train + validation, or the target's): what per-dataset
         statistics are estimated on; never a test image."""
         out: dict[str, list[Item]] = {}
@@ -52,7 +53,34 @@ class TrialData:
             out[name] = [*items, *(it for it in self.val if it.dataset == name)]
         for name, items in zip(spec.data.target, self.target):
             out[name] = list(items)
-        return out
+        return TrainingImages(out, self.loaded)
+
+
+class TrainingImages(Mapping[str, list[Item]]):
+    """Per dataset, images a statistic may be fitted on (feature standardisation, loss-level batches, the
+    diagnostics' probe): its training, validation or unlabelled images, never one of its test images. Functions
+    that fit statistics take this type, not a plain dict, and building it checks every image against its dataset's
+    test split (by source: file, stack page or generated slice)."""
+
+    def __init__(self, images: Mapping[str, list[Item]], loaded: Mapping[str, LoadedDataset]) -> None:
+        for name, items in images.items():
+            test = {s.source for s in loaded[name].test} if name in loaded else set()
+            leaked = [it.source for it in items if it.source in test or it.dataset != name]
+            if leaked:
+                raise DataError(
+                    f"statistics of dataset '{name}' would read {len(leaked)} image(s) of its test split or of another "
+                    f"dataset (e.g. {leaked[0]}): statistics are fitted on training images only"
+                )
+        self._images = {name: list(items) for name, items in images.items()}
+
+    def __getitem__(self, name: str) -> list[Item]:
+        return self._images[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._images)
+
+    def __len__(self) -> int:
+        return len(self._images)
 
 
 def normalisation(spec: TrialSpec, entry: BackboneEntry) -> tuple[tuple[float, ...], tuple[float, ...]]:

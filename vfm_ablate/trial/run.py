@@ -29,7 +29,7 @@ from .domain import diagnostic_items, domain_diagnostics, head_diagnostics
 from .evaluate import evaluate
 from .features import FeatureStore
 from .forward import AlignFeatures, Forward, batch_loss, dice_loss, validation_loss
-from .items import TrialData, load_trial_data
+from .items import TrainingImages, TrialData, load_trial_data
 from .outputs import write_outputs, write_overlays
 from .state import TrainState, load_training_state, save_training_state
 
@@ -77,10 +77,11 @@ def run_trial(
     entry = get_entry(spec.backbone, backbones)
 
     data = load_trial_data(spec, entry, datasets)
-    diag_items = diagnostic_items(spec, entry, data) if spec.diagnostics.enabled else {}
+    diag_items = diagnostic_items(spec, entry, data) if spec.diagnostics.enabled else None
     seed_everything(spec.seed)
     model = build_segmenter(spec, entry).to(device)
-    attach_alignment(model, spec, list(dict.fromkeys([*data.own_images(spec), *diag_items])))
+    diag_names = list(diag_items.measured) if diag_items is not None else []
+    attach_alignment(model, spec, list(dict.fromkeys([*data.own_images(spec), *diag_names])))
     optimiser = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=spec.optim.lr, weight_decay=spec.optim.weight_decay
     )
@@ -107,6 +108,7 @@ def run_trial(
     if spec.diagnostics.enabled:
         if spec.regime != "frozen":
             diag_metrics.update(domain_diagnostics(model, spec, entry, data.loaded, "adapted", out_dir))
+        assert diag_items is not None
         diag_metrics.update(head_diagnostics(fwd, spec, data, diag_items, out_dir))
 
     metrics = trial_metrics(model, state, fwd, device, acc.metrics(), diag_metrics, time.perf_counter() - started)
@@ -130,6 +132,7 @@ def fit(
     model = fwd.model
     own_images = data.own_images(spec)
     pools = [*data.train, *(data.target if spec.alignment.loss != "none" else [])]  # spec.batch_datasets() order
+    TrainingImages(dict(zip(spec.batch_datasets(), pools)), data.loaded)  # raises if a test image joined the batches
     sizes = [len(items) for items in pools]
     classifier = getattr(model.alignment, "classifier", None)
     align_loss = AlignmentLoss(spec, classifier) if spec.alignment.loss != "none" else None
