@@ -162,10 +162,17 @@ def _without_train_masks(entry: DatasetEntry, split_seed: int, pixels: _Pixels |
             test_idx = set(seeded_test_indices(len(listing.labelled), listing.test_count, split_seed))
             train_refs = [r for i, r in enumerate(listing.labelled) if i not in test_idx]
             test_refs = [r for i, r in enumerate(listing.labelled) if i in test_idx]
-        train = read_all([replace(r, mask=None, mask_page=None) for r in train_refs], rule)
-        return LoadedDataset(entry.name, train, read_all(test_refs, rule), read_all(listing.unlabelled, rule))
+        train = read_all([replace(r, mask=None, mask_page=None) for r in train_refs], rule, entry.colour)
+        test = read_all(test_refs, rule, entry.colour)
+        unlabelled = read_all(listing.unlabelled, rule, entry.colour)
+        # the intensity rule over the same images as a labelled load: the dataset maps to [0, 1] the same either way
+        ranges = value_ranges(entry, [*train, *test, *unlabelled])
+        train, test, unlabelled = (
+            [replace(s, value_range=ranges[str(s.image.dtype)]) for s in part] for part in (train, test, unlabelled)
+        )
+        return LoadedDataset(entry.name, train, test, unlabelled)
     labelled = load_dataset(entry, split_seed)  # already in memory (or generated): drop the training masks
-    train = [Slice(image=s.image, mask=None, source=s.source) for s in labelled.train]
+    train = [replace(s, mask=None) for s in labelled.train]  # (keeping its value range, channels, colour)
     return LoadedDataset(entry.name, train, list(labelled.test), list(labelled.unlabelled))
 
 
