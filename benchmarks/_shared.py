@@ -13,12 +13,15 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def require_shared_data() -> Path:
-    """Exit cleanly (status 0, a message) when the real data is not next to the repo."""
-    if not (SHARED_DATA / "vnc").is_dir() or not (SHARED_DATA / "lucchi_pp_subset").is_dir():
-        print(f"skipped: real data not found at {SHARED_DATA}")
-        sys.exit(0)
-    os.environ["VFM_ABLATE_DATA_ROOT"] = str(SHARED_DATA)
-    return SHARED_DATA
+    """The real data: next to the repo, else where $VFM_ABLATE_DATA_ROOT points (a checkout elsewhere, e.g. a git
+    worktree); exit cleanly (status 0, a message) when neither holds it."""
+    given = os.environ.get("VFM_ABLATE_DATA_ROOT")
+    for root in (SHARED_DATA, *([Path(given)] if given else [])):
+        if (root / "vnc").is_dir() and (root / "lucchi_pp_subset").is_dir():
+            os.environ["VFM_ABLATE_DATA_ROOT"] = str(root)
+            return root
+    print(f"skipped: real data not found at {SHARED_DATA}" + (f" nor at {given}" if given else ""))
+    sys.exit(0)
 
 
 @contextmanager

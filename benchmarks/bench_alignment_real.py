@@ -49,8 +49,8 @@ METHODS = {  # label -> alignment section (the methods of sweeps/domain_alignmen
     "coral": {"loss": "coral", "sample": "tokens"},
     "dann": {"loss": "dann", "schedule": "dann", "schedule_epochs": 3},
 }
-DIRECTIONS = {"VNC → Lucchi++": ("vnc", "lucchi_pp"), "Lucchi++ → VNC": ("lucchi_pp", "vnc")}
-NAMES = {"vnc": "VNC", "lucchi_pp": "Lucchi++"}
+DIRECTIONS = {"VNC → Lucchi++": ("vnc", "lucchi_pp_subset"), "Lucchi++ → VNC": ("lucchi_pp_subset", "vnc")}
+NAMES = {"vnc": "VNC", "lucchi_pp_subset": "Lucchi++"}
 
 
 def sweep_data(args: argparse.Namespace) -> dict:
@@ -62,12 +62,12 @@ def sweep_data(args: argparse.Namespace) -> dict:
             "device": "cpu",
             "data": {
                 "train": ["vnc"],
-                "test": ["lucchi_pp", "vnc"],
+                "test": ["lucchi_pp_subset", "vnc"],
                 "sampling": "balanced",
                 "resize": {"policy": "longest_edge", "target": args.target},
             },
             "optim": {"max_epochs": args.epochs, "patience": args.epochs, "lr": args.lr},
-            "diagnostics": {"enabled": True, "datasets": ["lucchi_pp", "vnc"]},
+            "diagnostics": {"enabled": True, "datasets": ["lucchi_pp_subset", "vnc"]},
             "feature_cache": "disk",
             "feature_cache_dir": str(args.out / "feature_cache"),
             "save_checkpoint": False,

@@ -47,19 +47,20 @@ def vfm(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
 
 def predict(sweep_path: Path, calibration: Path, tracking_uri: str) -> object:
     from vfm_ablate.calibration.records import load_calibration
-    from vfm_ablate.sweep.epochs import observed_epochs
-    from vfm_ablate.sweep.estimate import estimate_sweep
-    from vfm_ablate.sweep.packing import Node
+    from vfm_ablate.sweep.cost.epochs import observed_epochs
+    from vfm_ablate.sweep.cost.estimate import estimate_sweep
+    from vfm_ablate.sweep.cost.packing import Node
+    from vfm_ablate.sweep.cost.workload import sweep_workloads
     from vfm_ablate.sweep.plan import plan
     from vfm_ablate.sweep.spec import load_sweep
-    from vfm_ablate.sweep.workload import sweep_workloads
 
     sweep = load_sweep(sweep_path)
-    workloads = sweep_workloads(sweep, plan(sweep).trials)
+    the_plan = plan(sweep)
+    workloads = sweep_workloads(the_plan)
     cpus = sweep.run.num_cpus or os.cpu_count() or 1
     epochs = observed_epochs(tracking_uri, sweep.experiment_name)
     return estimate_sweep(
-        sweep, workloads, load_calibration(calibration), epochs, [Node(cpus=float(cpus), gpus=0)], f"{cpus} CPUs"
+        the_plan, workloads, load_calibration(calibration), epochs, [Node(cpus=float(cpus), gpus=0)], f"{cpus} CPUs"
     )
 
 

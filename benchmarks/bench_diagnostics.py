@@ -27,7 +27,8 @@ from vfm_ablate.data.entries import resolve_dataset
 from vfm_ablate.data.sources import load_dataset
 from vfm_ablate.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vfm_ablate.diagnostics.embeddings import dataset_embeddings
-from vfm_ablate.diagnostics.measures import RankDeficiencyWarning, frechet_distance, linear_mmd, linear_probe, pca_plot
+from vfm_ablate.diagnostics.measures import RankDeficiencyWarning, frechet_distance, linear_mmd, linear_probe
+from vfm_ablate.diagnostics.plots import pca_plot
 from vfm_ablate.models.backbones import build_backbone
 from vfm_ablate.models.registry import get_entry
 
@@ -48,7 +49,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    lucchi = load_dataset(resolve_dataset("lucchi_pp"), split_seed=0)
+    lucchi = load_dataset(resolve_dataset("lucchi_pp_subset"), split_seed=0)
     vnc = load_dataset(resolve_dataset("vnc"), split_seed=0)
     stack2 = load_dataset(resolve_dataset("vnc_stack2"), split_seed=0)
     sets = {"lucchi_pp": lucchi.test, "vnc": [*vnc.train, *vnc.test], "vnc_stack2": stack2.unlabelled}

@@ -78,7 +78,7 @@ def child_ray(n: int, epochs: int | None, work: Path, concurrent: int, tracking:
 
     imported = time.perf_counter()
     cpus = os.cpu_count() or 2
-    ray.init(num_cpus=max(cpus, concurrent), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(cpus, concurrent), include_dashboard=False, log_to_driver=False)
     ray_up = time.perf_counter()
     specs = _trial_dicts(n, epochs)
     sweep = parse_sweep(
@@ -95,7 +95,7 @@ def child_ray(n: int, epochs: int | None, work: Path, concurrent: int, tracking:
     assert [t.trial_id for t in plan(sweep).trials] == [TrialSpec.model_validate(s).trial_id() for s in specs]
     fit_start = time.perf_counter()
     wall_clock_fit_start = time.time()
-    outcome = run_sweep(sweep, storage_path=str(work / "ray_results"), workdir=work, out=open(os.devnull, "w"))
+    outcome = run_sweep(plan(sweep), storage_path=str(work / "ray_results"), workdir=work, out=open(os.devnull, "w"))
     fit_end = time.perf_counter()
     ray.shutdown()
     down = time.perf_counter()

@@ -92,9 +92,9 @@ def main() -> None:
         if args.skip_iou
         else [
             ("vnc", ["vnc"], {}),
-            ("lucchi_pp subset", ["lucchi_pp"], {}),
-            ("paired natural", ["lucchi_pp", "vnc"], {"sampling": "natural"}),
-            ("paired balanced", ["lucchi_pp", "vnc"], {"sampling": "balanced"}),
+            ("lucchi_pp subset", ["lucchi_pp_subset"], {}),
+            ("paired natural", ["lucchi_pp_subset", "vnc"], {"sampling": "natural"}),
+            ("paired balanced", ["lucchi_pp_subset", "vnc"], {"sampling": "balanced"}),
         ]
     ):
         t0 = time.perf_counter()
@@ -167,7 +167,7 @@ def print_iou_table(rows: list) -> None:
             return f"{m[key]:.3f}" if key in m else "-"
 
         print(
-            f"{name:<18} {f('iou_fg/lucchi_pp'):>10} {f('iou_fg/vnc'):>8} {f('macro_iou_fg'):>8} "
+            f"{name:<18} {f('iou_fg/lucchi_pp_subset'):>10} {f('iou_fg/vnc'):>8} {f('macro_iou_fg'):>8} "
             f"{f('pooled_iou_fg'):>8} {int(m['epochs_run']):>7} {int(m['best_epoch']):>5} {dt:>7.1f}"
         )
 

@@ -7,7 +7,8 @@ counts are the full study datasets (Lucchi++ 165 train / 165 test at 768x1024, V
 where only the shared subset is on disk. Run `vfm-ablate calibrate SWEEP.yaml` on the GPU, then
 `vfm-ablate run SWEEP.yaml --dry-run --calibration FILE --cluster cluster.yaml`, for measured figures.
 
-    python benchmarks/estimate_study_sweeps.py [--tflops 40] [--epochs 100] [--save-calibration FILE]
+    python benchmarks/estimate_study_sweeps.py [--tflops 40] [--epochs 100] [--sweeps NAME ...]
+        [--save-calibration FILE]
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from _shared import SHARED_DATA
 from vfm_ablate.calibration.calibrate import calibrate
 from vfm_ablate.calibration.records import CalibrationSettings, DeviceInfo, save_calibration
 from vfm_ablate.models.registry import get_entry
+from vfm_ablate.sweep.cost.epochs import EpochModel
+from vfm_ablate.sweep.cost.estimate import estimate_sweep
+from vfm_ablate.sweep.cost.packing import cluster_nodes
+from vfm_ablate.sweep.cost.workload import DatasetShape, config_keys, sweep_workloads
 from vfm_ablate.sweep.describe import duration
-from vfm_ablate.sweep.epochs import EpochModel
-from vfm_ablate.sweep.estimate import estimate_sweep
-from vfm_ablate.sweep.packing import cluster_nodes
 from vfm_ablate.sweep.plan import plan
 from vfm_ablate.sweep.spec import load_sweep
-from vfm_ablate.sweep.workload import DatasetShape, config_keys, sweep_workloads
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = [
@@ -39,6 +40,7 @@ STUDY = [
     "sampling",
     "domain_diagnostics",
     "domain_alignment",
+    "label_efficiency",
 ]
 FULL_STUDY_DATA = {
     "lucchi_pp": DatasetShape("lucchi_pp", 165, 165, 768, 1024),
@@ -52,10 +54,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100, help="assumed epochs to early stopping")
     parser.add_argument("--memory-gb", type=float, default=80.0)
     parser.add_argument("--save-calibration", type=Path, help="also write the FLOP-derived calibration file")
+    parser.add_argument("--sweeps", nargs="+", default=STUDY, choices=STUDY, help="which study sweep files")
     args = parser.parse_args()
     os.environ.setdefault("VFM_ABLATE_DATA_ROOT", str(SHARED_DATA))
-    sweeps = {name: load_sweep(REPO / "sweeps" / f"{name}.yaml") for name in STUDY}
-    workloads = {n: sweep_workloads(s, plan(s).trials, FULL_STUDY_DATA) for n, s in sweeps.items()}
+    sweeps = {name: load_sweep(REPO / "sweeps" / f"{name}.yaml") for name in args.sweeps}
+    plans = {n: plan(s) for n, s in sweeps.items()}
+    workloads = {n: sweep_workloads(p, FULL_STUDY_DATA) for n, p in plans.items()}
     keys = {k.label(): k for w in workloads.values() for k in config_keys(w)}
     entries = {k.backbone: get_entry(k.backbone) for k in keys.values()}
     cal = calibrate(
@@ -73,8 +77,8 @@ def main() -> None:
     gpus = sum(n.gpus for n in nodes)
     epochs = EpochModel(assumed=args.epochs)
     print(f"FLOP counts at {args.tflops:g} TFLOP/s, {args.epochs} epochs assumed, cluster.yaml: {gpus} x H100\n")
-    for name, sweep in sweeps.items():
-        est = estimate_sweep(sweep, workloads[name], cal, epochs, nodes, "cluster.yaml")
+    for name, the_plan in plans.items():
+        est = estimate_sweep(the_plan, workloads[name], cal, epochs, nodes, "cluster.yaml")
         by_backbone: dict[str, float] = {}
         for t in est.trials:
             by_backbone[t.trial.spec.backbone] = by_backbone.get(t.trial.spec.backbone, 0.0) + (t.seconds or 0) / 3600

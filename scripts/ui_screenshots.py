@@ -2,11 +2,13 @@
 
     python scripts/ui_screenshots.py                 # runs sweeps/demo.yaml in a temporary folder, then shoots
     python scripts/ui_screenshots.py --workdir DIR   # a folder where `vfm-ablate run sweeps/demo.yaml` already ran
+    python scripts/ui_screenshots.py --sweep sweeps/demo_alignment.yaml --prefix ui_alignment --no-charts
+    python scripts/ui_screenshots.py --sweep sweeps/demo_search.yaml --prefix ui_search --no-charts
 
 Starts a real `mlflow server` on 127.0.0.1 over the sweep's store, opens the address that `vfm-ablate run` prints
 (the execution's saved view) in headless Chromium (Debian package `chromium`), reads the runs table from the
-rendered page and writes docs/ui_trials_table.png and docs/ui_trials_charts.png. tests/test_ui_browser.py uses
-the same functions on a tiny sweep.
+rendered page and writes docs/<prefix>_table.png and docs/<prefix>_charts.png (default prefix ui_trials).
+tests/test_ui_browser.py uses the same functions on a tiny sweep.
 
 The browser is driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`): no port, no extra package.
 """
@@ -165,9 +167,17 @@ class Shot:
     screenshots: list[Path]
 
 
-def shoot(chromium: str, address: str, out_dir: Path | None, expected_rows: int, profile: Path) -> Shot:
+def shoot(
+    chromium: str,
+    address: str,
+    out_dir: Path | None,
+    expected_rows: int,
+    profile: Path,
+    prefix: str = "ui_trials",
+    charts: bool = True,
+) -> Shot:
     """Open `address` (the saved view `vfm-ablate run` prints), read the rendered runs table, and (with out_dir)
-    write the table and chart screenshots."""
+    write the table (and chart) screenshots."""
     browser = Chromium(chromium, profile)
     shots: list[Path] = []
     try:
@@ -184,60 +194,83 @@ def shoot(chromium: str, address: str, out_dir: Path | None, expected_rows: int,
         time.sleep(1.0)  # let the grid finish its layout (column widths) before reading and shooting
         table = browser.evaluate(READ_TABLE)
         if out_dir is not None:
-            shots.append(browser.screenshot(out_dir / "ui_trials_table.png"))
+            shots.append(browser.screenshot(out_dir / f"{prefix}_table.png"))
+        if out_dir is not None and charts:
             browser.open(address + "&compareRunsMode=CHART")
             browser.wait_for("document.querySelectorAll('canvas, svg.main-svg').length > 0")
             time.sleep(3.0)
-            shots.append(browser.screenshot(out_dir / "ui_trials_charts.png"))
+            shots.append(browser.screenshot(out_dir / f"{prefix}_charts.png"))
     finally:
         browser.close()
     return Shot(table, shots)
 
 
-def run_demo(workdir: Path) -> None:
+def run_demo(workdir: Path, sweep: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "vfm_ablate", "run", str(REPO / "sweeps" / "demo.yaml")]
+    cmd = [sys.executable, "-m", "vfm_ablate", "run", str(sweep)]
     subprocess.run(cmd, cwd=workdir, env=env, check=True)
 
 
-def view_address(workdir: Path, sweep_name: str, server_uri: str) -> tuple[str, str]:
+def view_address(
+    workdir: Path, sweep_name: str, server_uri: str, experiment_name: str | None = None
+) -> tuple[str, str]:
     """(experiment id, address of the execution's saved view) on `server_uri`, from the sweep's manifest."""
     from mlflow import MlflowClient
 
     from vfm_ablate.tracking.ui import experiment_address, view_key
 
     manifest = json.loads((workdir / "ray_results" / sweep_name / "sweep.json").read_text())
-    experiment = MlflowClient(server_uri).get_experiment_by_name(sweep_name)
+    experiment = MlflowClient(server_uri).get_experiment_by_name(experiment_name or sweep_name)
     key = view_key(manifest["execution_id"])
     return experiment.experiment_id, experiment_address(server_uri, experiment.experiment_id, key)
 
 
+def trial_runs(server_uri: str, experiment_id: str, execution_id: str) -> int:
+    """How many trial runs the execution's view lists (what the rendered table must show)."""
+    from mlflow import MlflowClient
+
+    from vfm_ablate.tracking.tags import ROLE_TRIAL, runs_filter
+
+    runs = MlflowClient(server_uri).search_runs([experiment_id], runs_filter(ROLE_TRIAL, execution_id=execution_id))
+    return len(runs)
+
+
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
-    from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
+    from vfm_ablate.tracking.server import start_mlflow_server, stop_mlflow_server
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, help="where the demo already ran (mlflow.db, ray_results/demo)")
+    parser.add_argument("--workdir", type=Path, help="where the sweep already ran (mlflow.db, ray_results/<name>)")
+    parser.add_argument("--sweep", type=Path, default=REPO / "sweeps" / "demo.yaml", help="default sweeps/demo.yaml")
+    parser.add_argument("--prefix", default="ui_trials", help="PNG names: <prefix>_table.png, <prefix>_charts.png")
+    parser.add_argument("--no-charts", action="store_true", help="the runs table only")
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="where the PNG files go (default docs/)")
     args = parser.parse_args(argv)
+    from vfm_ablate.sweep.spec import load_sweep
+
+    sweep = load_sweep(args.sweep)
     chromium = find_chromium()
     if chromium is None:
         print("no Chromium found: apt-get install -y chromium", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="vfm-ui-") as tmp:
-        workdir = args.workdir.resolve() if args.workdir else Path(tmp) / "demo"
+        workdir = args.workdir.resolve() if args.workdir else Path(tmp) / sweep.name
         if args.workdir is None:
             workdir.mkdir()
-            run_demo(workdir)
+            run_demo(workdir, args.sweep.resolve())
         server = start_mlflow_server(Path(tmp) / "server", backend_uri=f"sqlite:///{workdir / 'mlflow.db'}")
         try:
-            _, address = view_address(workdir, "demo", server.uri)
-            shot = shoot(chromium, address, args.out, 16, Path(tmp) / "profile")
+            experiment_id, address = view_address(workdir, sweep.name, server.uri, sweep.experiment_name)
+            manifest = json.loads((workdir / "ray_results" / sweep.name / "sweep.json").read_text())
+            rows = trial_runs(server.uri, experiment_id, manifest["execution_id"])
+            shot = shoot(
+                chromium, address, args.out, rows, Path(tmp) / "profile", args.prefix, charts=not args.no_charts
+            )
         finally:
             stop_mlflow_server(server)
     for row in shot.table:
-        print(f"{row.get(NAME_COLUMN, '?'):60s} {row.get(IOU_COLUMN, '?')}")
+        print(json.dumps({k: v.splitlines()[-1] if v else v for k, v in row.items()}, ensure_ascii=False))
     for path in shot.screenshots:
         print(f"wrote {path}")
     return 0

@@ -28,3 +28,10 @@ def _same_global_random_state() -> None:
     random.seed(GLOBAL_SEED)
     np.random.seed(GLOBAL_SEED)
     torch.manual_seed(GLOBAL_SEED)
+
+
+@pytest.fixture(autouse=True)
+def _no_outside_ray_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test joins a Ray cluster that happens to run on the machine: RAY_ADDRESS is cleared, and every
+    ray.init in tests and product code names its address ("local" for a Ray of its own)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)

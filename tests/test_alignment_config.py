@@ -135,7 +135,7 @@ def test_an_empty_target_list_changes_no_trial_id() -> None:
 
 def test_an_impossible_alignment_in_a_sweep_is_refused_before_ray_naming_the_trial() -> None:
     with pytest.raises(ConfigError) as err:
-        sweep({"train": ["synthetic_a"]}, {"alignment.loss": ["none", "mmd"]})
+        plan(sweep({"train": ["synthetic_a"]}, {"alignment.loss": ["none", "mmd"]}))
     msg = str(err.value)
     assert "alignment.loss 'mmd' aligns two domains" in msg and "alignment.loss=mmd" in msg
 
@@ -148,3 +148,17 @@ def test_unused_options_follow_their_method() -> None:
     dann = AlignmentSpec(loss="dann", schedule="dann", sample="tokens")
     assert set(dann.unused_options()) == {"reference", "clahe_clip_limit", "clahe_kernel", "mmd_bandwidth"}
     assert "schedule_epochs" in AlignmentSpec(loss="mmd").unused_options()
+
+
+def test_every_method_table_has_one_implementation_per_method_name() -> None:
+    """The facts table, the schema's choices and the implementation tables name the same methods, level by level."""
+    import typing
+
+    from vfm_ablate.alignment.intensity import INPUT_METHODS
+    from vfm_ablate.config import ALIGNMENT_METHODS
+    from vfm_ablate.trial.alignment import FEATURE_METHODS, LOSS_METHODS
+
+    implementations = {"input": INPUT_METHODS, "features": FEATURE_METHODS, "loss": LOSS_METHODS}
+    for level, facts in ALIGNMENT_METHODS.items():
+        choices = set(typing.get_args(AlignmentSpec.model_fields[level].annotation))
+        assert set(facts) == choices == set(implementations[level]), level

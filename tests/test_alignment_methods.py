@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vfm_ablate.alignment.intensity import (
-    InputAlignment,
+    ZScoring,
     clahe,
     intensity_statistics,
     match_histogram,
@@ -67,7 +67,7 @@ def test_zscoring_gives_each_dataset_mean_0_std_1_on_its_own_images() -> None:
         "bright": [_em_like(rng, (40, 40), 190, 30)],
     }
     stats = {name: intensity_statistics(images, name) for name, images in datasets.items()}
-    align = InputAlignment("zscore", statistics=stats)
+    align = ZScoring(stats)
     for name, images in datasets.items():
         tensors = [
             image_to_tensor(im, im.shape, *align.normalisation(name, im.dtype, (IMAGENET_MEAN, IMAGENET_STD)))

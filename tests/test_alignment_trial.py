@@ -129,9 +129,9 @@ def test_target_items_carry_no_mask_and_only_enter_batches_under_a_loss_level_me
     entry = get_entry(s.backbone)
     data = load_trial_data(s, entry, DATASETS)
     assert [len(t) for t in data.target] == [4] and all(it.mask is None for it in data.target[0])
-    assert all(s.mask is None for s in data.loaded["tgt"].train) and all(
-        s.mask is not None for s in data.loaded["tgt"].test
-    )
+    loaded = data.loaded["tgt"]
+    assert len(loaded.training) == 4 and all(s.mask is None for s in loaded.training) and not loaded.train
+    assert all(s.mask is not None for s in loaded.test)
     assert {it.dataset for it in data.test} == {"src", "tgt"}
     assert s.batch_datasets() == ["src"] and spec("frozen", {"loss": "mmd"}).batch_datasets() == ["src", "tgt"]
 

@@ -295,7 +295,9 @@ def run_checkpoint_missing(tmp: Path):
 
 @case
 def run_max_concurrent_zero(tmp: Path):
-    return ["run", sweep_file(tmp), "--max-concurrent-trials", "0"], ["--max-concurrent-trials must be at least 1"]
+    return ["run", sweep_file(tmp), "--max-concurrent-trials", "0"], [
+        "--max-concurrent-trials: must be at least 1, got 0"
+    ]
 
 
 @case

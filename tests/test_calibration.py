@@ -20,12 +20,12 @@ from vfm_ablate.calibration.records import (
 )
 from vfm_ablate.cli.main import main
 from vfm_ablate.errors import ConfigError
-from vfm_ablate.sweep.epochs import EpochModel, observed_epochs
-from vfm_ablate.sweep.estimate import estimate_sweep, measured_gpu_shares, measured_share, with_gpu_shares
-from vfm_ablate.sweep.packing import gpu_nodes
+from vfm_ablate.sweep.cost.epochs import EpochModel, observed_epochs
+from vfm_ablate.sweep.cost.estimate import estimate_sweep, measured_gpu_shares, measured_share, with_gpu_shares
+from vfm_ablate.sweep.cost.packing import gpu_nodes
+from vfm_ablate.sweep.cost.workload import config_keys, sweep_workloads
 from vfm_ablate.sweep.plan import plan
 from vfm_ablate.sweep.spec import parse_sweep
-from vfm_ablate.sweep.workload import config_keys, sweep_workloads
 
 DATA = {"layout": "synthetic", "domain": "a", "n_train": 10, "n_test": 4, "size": [32, 32]}
 
@@ -111,15 +111,16 @@ def test_calibrate_on_cpu_writes_a_file_that_the_dry_run_uses(
 
 def test_the_estimate_is_the_hand_computed_sum(tmp_path: Path) -> None:
     sweep = parse_sweep({**_sweep(tmp_path), "repeats": 2}, tmp_path / "costed.yaml")
-    trials = plan(sweep).trials
-    workloads = sweep_workloads(sweep, trials)
+    the_plan = plan(sweep)
+    trials = the_plan.trials
+    workloads = sweep_workloads(the_plan)
     keys = config_keys(workloads)
     assert {(k.regime, k.height, k.width, k.batch_size) for k in keys} == {
         ("frozen", 28, 28, 2),
         ("lora", 28, 28, 2),
     }
     cal = _calibration([_measurement("frozen", 0.2, 0.01, 0.05, 1000.0), _measurement("lora", 1.0, 0.1, None, 20000.0)])
-    est = estimate_sweep(sweep, workloads, cal, EpochModel(), gpu_nodes(1))
+    est = estimate_sweep(the_plan, workloads, cal, EpochModel(), gpu_nodes(1))
     frozen_1, frozen_2, lora_1, lora_2 = sorted(est.trials, key=lambda t: (t.trial.spec.regime, t.trial.spec.seed))
     # 10 train images: 1 validation, 9 trained in 5 batches (4 of 2 images, 1 of 1: half a measured step)
     assert lora_1.workload.step_groups == {(28, 28, 2): 4, (28, 28, 1): 1}
@@ -147,8 +148,9 @@ def test_sweep_gpu_settings_override_the_measured_share_and_missing_configuratio
     sweep = parse_sweep(
         _sweep(tmp_path, resources={"overrides": [{"regime": "lora", "gpu": 1}]}), tmp_path / "costed.yaml"
     )
-    workloads = sweep_workloads(sweep, plan(sweep).trials)
-    est = estimate_sweep(sweep, workloads, _calibration([_measurement("lora", 1.0, 0.1, None, 500.0)]), EpochModel())
+    the_plan = plan(sweep)
+    workloads = sweep_workloads(the_plan)
+    est = estimate_sweep(the_plan, workloads, _calibration([_measurement("lora", 1.0, 0.1, None, 500.0)]), EpochModel())
     frozen, lora = est.trials
     assert (lora.gpu, lora.share_source) == (1.0, "sweep")
     assert frozen.seconds is None and frozen.missing == ("tiny_vit_p14 frozen fp32 28x28 batch 2",)
@@ -205,9 +207,10 @@ def test_search_mode_counts_every_sample_and_runs_grid_points_one_after_another(
         },
         tmp_path / "costed.yaml",
     )
-    workloads = sweep_workloads(sweep, plan(sweep).trials)
+    the_plan = plan(sweep)
+    workloads = sweep_workloads(the_plan)
     est = estimate_sweep(
-        sweep, workloads, _calibration([_measurement("lora", 1.0, 0.1, None, 20000.0)]), EpochModel(), gpu_nodes(1)
+        the_plan, workloads, _calibration([_measurement("lora", 1.0, 0.1, None, 20000.0)]), EpochModel(), gpu_nodes(1)
     )
     assert [t.samples for t in est.trials] == [3, 3]
     one = est.trials[0].seconds
@@ -226,8 +229,11 @@ def test_frozen_features_are_charged_once_per_dataset_of_the_sweep(tmp_path: Pat
         },
         tmp_path / "costed.yaml",
     )
-    workloads = sweep_workloads(sweep, plan(sweep).trials)
-    est = estimate_sweep(sweep, workloads, _calibration([_measurement("frozen", 0.2, 0.01, 0.05, None)]), EpochModel())
+    the_plan = plan(sweep)
+    workloads = sweep_workloads(the_plan)
+    est = estimate_sweep(
+        the_plan, workloads, _calibration([_measurement("frozen", 0.2, 0.01, 0.05, None)]), EpochModel()
+    )
     only_a, paired = est.trials
     assert only_a.extraction_s == pytest.approx(14 * 0.05)
     assert paired.extraction_s == pytest.approx(8 * 0.05)  # sa is in the store already; only sb is new
@@ -263,7 +269,7 @@ def test_target_images_of_a_loss_level_alignment_are_trained_on_and_extracted(tm
         },
         tmp_path / "costed.yaml",
     )
-    by_method = {w.trial.spec.alignment.loss: w for w in sweep_workloads(sweep, plan(sweep).trials)}
+    by_method = {w.trial.spec.alignment.loss: w for w in sweep_workloads(plan(sweep))}
     none, mmd = by_method["none"], by_method["mmd"]
     # none: the target's training images are dropped (nothing reads them): 9 source images in 5 batches; only
     # sb's 2 test images are extracted
@@ -272,3 +278,28 @@ def test_target_images_of_a_loss_level_alignment_are_trained_on_and_extracted(tm
     # mmd: balanced "1+1" batches over 9 source and 6 target images; sb's 6 training images extracted too
     assert sum(n * k for (_, _, n), k in mmd.step_groups.items()) == 2 * 9
     assert mmd.target_images == {"sb": 6} and mmd.extracted_images["sb"] == 6 + 2
+
+
+def test_a_configuration_is_measured_with_the_trials_own_lora_settings() -> None:
+    """Calibration builds the network from the trial's LoRA section (rank, alpha, dropout, targets): peft's scaling
+    in the measured model is the trial's alpha / rank, and MLP targets count as another configuration."""
+    from vfm_ablate.calibration.records import ConfigKey
+    from vfm_ablate.config import TrialSpec
+    from vfm_ablate.models.registry import get_entry
+    from vfm_ablate.models.segmenter import build_segmenter
+
+    lora = {"rank": 4, "alpha": 12.0, "dropout": 0.1, "targets": "attention+mlp"}
+    spec = TrialSpec.model_validate(
+        {"backbone": "tiny_vit_p14", "regime": "lora", "lora": lora, "data": {"train": ["x"]}}
+    )
+    key = ConfigKey.of(spec, 28, 28, 2)
+    measured = key.trial_spec("cpu")
+    assert measured.lora == spec.lora and measured.weights == "random" and measured.optim.batch_size == 2
+    model = build_segmenter(measured, get_entry("tiny_vit_p14"), device="meta")
+    scalings = [m.scaling["default"] for m in model.modules() if hasattr(m, "scaling") and "default" in m.scaling]
+    assert scalings and all(s == 12.0 / 4 for s in scalings)
+    assert any(t.endswith("mlp.fc1") for t in model.lora_targets)
+    attention_only = ConfigKey.of(
+        spec.model_copy(update={"lora": spec.lora.model_copy(update={"targets": "attention"})}), 28, 28, 2
+    )
+    assert attention_only.label() != key.label()

@@ -41,7 +41,7 @@ def _plain_label(path: Path) -> np.ndarray:
 
 
 def test_every_lucchi_pair_matches_the_reference() -> None:
-    ds = load_dataset(resolve_dataset("lucchi_pp"), split_seed=0)
+    ds = load_dataset(resolve_dataset("lucchi_pp_subset"), split_seed=0)
     for split, slices in (("Train", ds.train), ("Test", ds.test)):
         ref = _reference_pairs(split)
         assert len(slices) == len(ref) == 17
@@ -65,7 +65,7 @@ def test_vnc_one_bit_masks_have_foreground_like_their_neighbours() -> None:
 
 
 def test_lucchi_rgba_test_masks_are_not_all_foreground() -> None:
-    ds = load_dataset(resolve_dataset("lucchi_pp"), split_seed=0)
+    ds = load_dataset(resolve_dataset("lucchi_pp_subset"), split_seed=0)
     for s in ds.test:
         assert 0.04 <= float(s.mask.mean()) <= 0.10, s.source
 
@@ -86,7 +86,7 @@ def test_vnc_split_is_17_3_seeded_and_stack2_unlabelled() -> None:
 
 def test_data_check_flags_nothing_and_names_the_encodings() -> None:
     vnc = check_dataset(resolve_dataset("vnc"))
-    lucchi = check_dataset(resolve_dataset("lucchi_pp"))
+    lucchi = check_dataset(resolve_dataset("lucchi_pp_subset"))
     stack2 = check_dataset(resolve_dataset("vnc_stack2"))
     for report in (vnc, lucchi, stack2):
         assert report.ok, report.problems

@@ -10,6 +10,7 @@ import tifffile
 from PIL import Image
 
 from vfm_ablate.data.entries import DatasetEntry, builtin_datasets, resolve_dataset
+from vfm_ablate.data.layouts import list_slices
 from vfm_ablate.data.sources import clear_cache, load_dataset
 from vfm_ablate.data.synthetic import write_folder
 from vfm_ablate.errors import ConfigError, DataError
@@ -225,10 +226,16 @@ def test_builtins_follow_the_data_root(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("VFM_ABLATE_DATA_ROOT", str(tmp_path))
     (tmp_path / "lucchi_pp_subset").mkdir()
     b = builtin_datasets()
-    assert set(b) >= {"lucchi_pp", "vnc", "vnc_stack2", "synthetic_a", "synthetic_b"}
-    assert b["lucchi_pp"].path == str(tmp_path / "lucchi_pp_subset")
-    (tmp_path / "lucchi_pp").mkdir()
-    assert resolve_dataset("lucchi_pp").path == str(tmp_path / "lucchi_pp")
+    assert set(b) >= {"lucchi_pp", "lucchi_pp_subset", "vnc", "vnc_stack2", "synthetic_a", "synthetic_b"}
+    # the full dataset's name never reads the subset (its results would carry the full dataset's name)
+    assert b["lucchi_pp"].path == str(tmp_path / "lucchi_pp")
+    assert b["lucchi_pp_subset"].path == str(tmp_path / "lucchi_pp_subset")
+    problems = list_slices(b["lucchi_pp"]).problems
+    assert problems == [
+        f"{tmp_path / 'lucchi_pp'}: dataset 'lucchi_pp' folder not found (built-in datasets live under "
+        f"$VFM_ABLATE_DATA_ROOT, currently '{tmp_path}'; {tmp_path / 'lucchi_pp_subset'} beside it is a subset, the "
+        "dataset 'lucchi_pp_subset': name that one to train on the subset)"
+    ]
     assert b["vnc"].path == str(tmp_path / "vnc") and b["vnc"].test_count == 3
 
 

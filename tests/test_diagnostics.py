@@ -11,13 +11,13 @@ from scipy import linalg
 from vfm_ablate.diagnostics.measures import (
     FrechetResult,
     RankDeficiencyWarning,
-    domain_metrics,
     frechet_distance,
     frechet_distance_from_moments,
     linear_mmd,
     linear_probe,
-    pca_plot,
 )
+from vfm_ablate.diagnostics.metrics import domain_metrics
+from vfm_ablate.diagnostics.plots import pca_plot
 from vfm_ablate.errors import DataError
 
 

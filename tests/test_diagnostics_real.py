@@ -42,7 +42,7 @@ def test_cross_domain_mismatch_dwarfs_the_vnc_stack_to_stack_one(shared_data, tm
             "--backbone",
             "efficientnet_lite0",
             "--datasets",
-            "lucchi_pp",
+            "lucchi_pp_subset",
             "vnc",
             "--split",
             "all",
@@ -59,7 +59,7 @@ def test_cross_domain_mismatch_dwarfs_the_vnc_stack_to_stack_one(shared_data, tm
     assert args.func(args) == 0
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["datasets"] == {
-        "lucchi_pp": {"n": 34, "split": "all"},
+        "lucchi_pp_subset": {"n": 34, "split": "all"},
         "vnc": {"n": 20, "split": "all"},
         "vnc_stack2": {"n": 20, "split": "unlabelled"},
     }
@@ -68,13 +68,13 @@ def test_cross_domain_mismatch_dwarfs_the_vnc_stack_to_stack_one(shared_data, tm
     m = stage["metrics"]
     # FIB-SEM mouse hippocampus vs ssTEM fly VNC: far apart; two stacks of the same VNC tissue: close
     for vnc in ("vnc", "vnc_stack2"):
-        assert m[f"fd/lucchi_pp_vs_{vnc}"] > 5 * m["fd/vnc_vs_vnc_stack2"] > 0
-        assert m[f"mmd/lucchi_pp_vs_{vnc}"] > 5 * m["mmd/vnc_vs_vnc_stack2"]
-        assert m[f"mmd_pvalue/lucchi_pp_vs_{vnc}"] == pytest.approx(1 / 201)  # beyond every permutation
+        assert m[f"fd/lucchi_pp_subset_vs_{vnc}"] > 5 * m["fd/vnc_vs_vnc_stack2"] > 0
+        assert m[f"mmd/lucchi_pp_subset_vs_{vnc}"] > 5 * m["mmd/vnc_vs_vnc_stack2"]
+        assert m[f"mmd_pvalue/lucchi_pp_subset_vs_{vnc}"] == pytest.approx(1 / 201)  # beyond every permutation
     assert m["probe_auc"] > 0.95
     assert m["fd_effective_rank/vnc_vs_vnc_stack2"] == 19.0  # 20 slices in D=112: rank n - 1, and a warning
     assert len(stage["fd_warnings"]) == 3 and all("D=112" in w for w in stage["fd_warnings"])
     emb = np.load(tmp_path / "embeddings_frozen.npz")
-    assert emb["lucchi_pp"].shape == (34, 112) and np.isfinite(emb["vnc_stack2"]).all()
+    assert emb["lucchi_pp_subset"].shape == (34, 112) and np.isfinite(emb["vnc_stack2"]).all()
     assert (tmp_path / "pca_frozen.png").stat().st_size > 10_000
-    assert "lucchi_pp (all, n=34)" in capsys.readouterr().out
+    assert "lucchi_pp_subset (all, n=34)" in capsys.readouterr().out

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import save
@@ -88,6 +89,7 @@ def vfm(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=tmp_path, env=full, capture_output=True, text=True, timeout=400)
 
 
+@pytest.mark.slow
 def test_offline_with_weights_missing_the_run_stops_before_ray_with_the_fetch_command(tmp_path: Path) -> None:
     sweep = write_sweep(tmp_path / "hub.yaml")
     done = vfm(tmp_path, "-m", "vfm_ablate", "run", str(sweep), "--storage-path", "results", HF_HUB_OFFLINE="1")
@@ -126,6 +128,7 @@ def test_a_backbone_built_offline_without_its_weights_names_the_fetch_command(tm
     assert "run `vfm-ablate fetch dinov2_vits14_reg` on a connected one" in done.stdout
 
 
+@pytest.mark.slow
 def test_fetch_fills_the_cache_timm_and_open_clip_load_offline_and_a_rerun_is_a_no_op(
     local_server: LocalServer, tmp_path: Path
 ) -> None:
@@ -183,6 +186,7 @@ for name, prefix in (("hub_vit", ""), ("hub_clip", "visual.")):
     assert "hub_vit loaded" in out and "hub_clip loaded" in out
 
 
+@pytest.mark.slow
 def test_a_repo_without_safetensors_falls_back_to_the_pickled_file_as_timm_does(
     local_server: LocalServer, tmp_path: Path
 ) -> None:

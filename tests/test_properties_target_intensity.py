@@ -37,11 +37,11 @@ def test_a_target_dataset_keeps_its_intensity_range(twelve_bit: DatasetEntry, la
     clear_cache()
     if labelled_first:
         labelled = load_dataset(twelve_bit, 0)
-    target = load_dataset(twelve_bit, 0, train_masks=False)
+    target = load_dataset(twelve_bit, 0, labelled=0)  # an unlabelled target
     if not labelled_first:
         labelled = load_dataset(twelve_bit, 0)
     ranges = {s.value_range for part in (labelled.train, labelled.test) for s in part}
     assert len(ranges) == 1 and next(iter(ranges))[1] < 4000  # the observed range, not 65535
-    assert all(s.mask is None for s in target.train)
-    assert {s.value_range for part in (target.train, target.test) for s in part} == ranges
+    assert target.training and all(s.mask is None for s in target.training)
+    assert {s.value_range for part in (target.training, target.test) for s in part} == ranges
     clear_cache()

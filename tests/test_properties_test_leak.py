@@ -27,7 +27,7 @@ from vfm_ablate.models.registry import get_entry
 from vfm_ablate.trial import run_trial
 from vfm_ablate.trial.alignment import estimate_feature_statistics
 from vfm_ablate.trial.forward import Forward
-from vfm_ablate.trial.items import TrainingImages, load_trial_data
+from vfm_ablate.trial.items import TrainingItems, load_trial_data
 from vfm_ablate.validation import validate
 
 # train dataset, unlabelled target, and a labelled dataset only the diagnostics read
@@ -59,7 +59,7 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Datas
     return out
 
 
-def _spec(regime: str, alignment: dict[str, Any], diagnostics: bool = True) -> TrialSpec:
+def _spec(regime: str, alignment: dict[str, Any], diagnostics: bool = True, labelled: dict | None = None) -> TrialSpec:
     return validate(
         TrialSpec,
         {
@@ -73,6 +73,7 @@ def _spec(regime: str, alignment: dict[str, Any], diagnostics: bool = True) -> T
                 "sampling": "balanced",
                 "resize": {"policy": "native"},
                 "val_fraction": 0.2,
+                "labelled": labelled or {},
             },
             "optim": {"max_epochs": 1, "batch_size": 4, "lr": 1e-3},
             "alignment": alignment,
@@ -127,14 +128,23 @@ METHODS = {
     ),
     "lora histogram(source)+coral": ("lora", {"input": "histogram", "loss": "coral", "sample": "tokens"}, False),
     "frozen clahe+standardise": ("frozen", {"input": "clahe", "features": "standardise"}, False),
+    # data.labelled: src's training images beyond the 3 labelled ones are unlabelled training images, in the
+    # batches and the statistics (still no test image)
+    "frozen zscore+standardise+coral, src labelled 3": (
+        "frozen",
+        {"input": "zscore", "features": "standardise", "loss": "coral", "sample": "tokens"},
+        False,
+        {"src": 3},
+    ),
 }
 
 
-@pytest.mark.parametrize(("regime", "alignment", "diagnostics"), METHODS.values(), ids=METHODS.keys())
+@pytest.mark.parametrize("method", METHODS.values(), ids=METHODS.keys())
 def test_poisoned_test_images_change_nothing_a_trial_fits(
-    tmp_path: Path, twins: dict, monkeypatch: pytest.MonkeyPatch, regime: str, alignment: dict, diagnostics: bool
+    tmp_path: Path, twins: dict, monkeypatch: pytest.MonkeyPatch, method: tuple
 ) -> None:
-    spec = _spec(regime, alignment, diagnostics)
+    regime, alignment, diagnostics, *labelled = method
+    spec = _spec(regime, alignment, diagnostics, *labelled)
     clean = _run(tmp_path, spec, twins["clean"], monkeypatch, "clean")
     poisoned = _run(tmp_path, spec, twins["poisoned"], monkeypatch, "poisoned")
 
@@ -161,14 +171,29 @@ def test_statistics_refuse_test_images_and_plain_dicts(twins: dict) -> None:
     assert set(own) == {"src", "tgt"} and all(own[name] for name in own)
     test_src = [it for it in data.test if it.dataset == "src"]
     with pytest.raises(DataError, match="test split"):
-        TrainingImages({"src": [*own["src"], test_src[0]]}, data.loaded)
+        TrainingItems({"src": [*own["src"], test_src[0]]}, data.loaded)
     with pytest.raises(DataError, match="another dataset"):
-        TrainingImages({"src": own["tgt"]}, data.loaded)
+        TrainingItems({"src": own["tgt"]}, data.loaded)
     torch.manual_seed(0)
     from vfm_ablate.models.segmenter import build_segmenter
     from vfm_ablate.trial.alignment import attach_alignment
 
     model = build_segmenter(spec, get_entry("tiny_vit_p14"))
     attach_alignment(model, spec, list(own))
-    with pytest.raises(TypeError, match="TrainingImages"):
+    with pytest.raises(TypeError, match="TrainingItems"):
         estimate_feature_statistics(Forward(model, torch.device("cpu"), spec, get_entry("tiny_vit_p14")), dict(own))
+
+
+def test_unlabelled_training_images_beyond_data_labelled_are_training_images(twins: dict) -> None:
+    """data.labelled: src's training images without a mask are in its statistics (and the loss-level batches), and
+    they are training images: the guard accepts them, while a test image is still refused."""
+    spec = _spec("frozen", {"features": "standardise", "loss": "mmd"}, labelled={"src": 2})
+    data = load_trial_data(spec, get_entry("tiny_vit_p14"), twins["clean"])
+    own = data.own_images(spec)
+    (remainder,) = data.remainder
+    assert len(remainder) == len(data.loaded["src"].training) - 2 > 0
+    assert {it.source for it in remainder} <= {it.source for it in own["src"]}
+    assert not {it.source for it in own["src"]} & {s.source for s in data.loaded["src"].test}
+    test_src = [it for it in data.test if it.dataset == "src"]
+    with pytest.raises(DataError, match="test split"):
+        TrainingItems({"src": [*remainder, test_src[0]]}, data.loaded)

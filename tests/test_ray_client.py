@@ -74,6 +74,7 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
 
 def test_a_sweep_runs_through_ray_client(ray_head: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from vfm_ablate.sweep.driver import run_sweep
+    from vfm_ablate.sweep.plan import plan
     from vfm_ablate.sweep.spec import parse_sweep
 
     sweep = parse_sweep(
@@ -88,7 +89,7 @@ def test_a_sweep_runs_through_ray_client(ray_head: str, tmp_path: Path, monkeypa
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("RAY_AUTH_MODE", "")  # unset as for a new user: the driver turns token mode on for the client
     outcome = run_sweep(
-        sweep, address=ray_head, storage_path=str(tmp_path / "results"), tracking_uri=uri, workdir=tmp_path
+        plan(sweep), address=ray_head, storage_path=str(tmp_path / "results"), tracking_uri=uri, workdir=tmp_path
     )
     assert not ray.is_initialized()  # disconnected: the client session was the driver's own
     assert [t.status for t in outcome.trials] == ["FINISHED"]

@@ -154,7 +154,7 @@ def _alignment_from(row: pd.Series) -> dict:
 
 
 def test_identical_settings_give_zero_width_intervals_and_single_pairs_none() -> None:
-    base = {"run_id": "", "status": "FINISHED", "start_time": 0, "params.regime": "frozen", "params.data.train": "vnc"}
+    base = {"run_id": "", "status": "FINISHED", "start_time": 0, "params.backbone": "b", "params.data.train": "vnc"}
     rows = []
     for seed in (0, 1, 2):
         for rank, value in (("8", 0.5), ("16", 0.6)):
@@ -267,6 +267,7 @@ def test_the_target_joins_the_method_label_only_where_one_method_has_several_tar
 
     runs = pd.DataFrame(
         {
+            "params.backbone": ["x"] * 4,
             "params.data.train": ["a", "a", "a", "b"],
             "params.data.target": ["", "t1", "t2", "t1"],
             "params.alignment.loss": ["none", "mmd", "mmd", "mmd"],

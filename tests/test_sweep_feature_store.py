@@ -76,6 +76,7 @@ def test_frozen_sweep_extracts_each_distinct_image_once_across_two_ray_workers(
     from vfm_ablate.models.backbones import build_backbone
     from vfm_ablate.models.registry import get_entry
     from vfm_ablate.sweep.driver import run_sweep
+    from vfm_ablate.sweep.plan import plan
     from vfm_ablate.sweep.spec import parse_sweep
     from vfm_ablate.sweep.store import TrialStore
 
@@ -97,9 +98,9 @@ def test_frozen_sweep_extracts_each_distinct_image_once_across_two_ray_workers(
         },
         tmp_path / "shared_features.yaml",
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        outcome = run_sweep(sweep, storage_path=str(tmp_path / "results"), workdir=tmp_path)
+        outcome = run_sweep(plan(sweep), storage_path=str(tmp_path / "results"), workdir=tmp_path)
     finally:
         ray.shutdown()
     printed = capsys.readouterr().out

@@ -21,7 +21,7 @@ from vfm_ablate.data.synthetic import write_folder
 from vfm_ablate.digests import file_digests
 from vfm_ablate.errors import ConfigError
 from vfm_ablate.models.registry import BackboneEntry
-from vfm_ablate.sweep.identity import changed_entries, input_identities
+from vfm_ablate.sweep.resume.identity import changed_entries, input_identities
 from vfm_ablate.sweep.store import TrialStore
 
 TINY_FACTS = {"name": "mine", **SWEEP_TINY_FACTS}
@@ -129,6 +129,7 @@ def test_resume_refuses_changed_entries_and_reruns_only_their_trials(tmp_path: P
     from mlflow.entities import ViewType
 
     from vfm_ablate.sweep.driver import run_sweep
+    from vfm_ablate.sweep.plan import plan
     from vfm_ablate.sweep.spec import parse_sweep
 
     em_folder(tmp_path / "em")
@@ -151,9 +152,9 @@ def test_resume_refuses_changed_entries_and_reruns_only_their_trials(tmp_path: P
     }
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     kwargs = {"storage_path": str(tmp_path / "results"), "tracking_uri": uri, "workdir": tmp_path}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        first = run_sweep(parse_sweep(data, tmp_path / "ident.yaml"), **kwargs)
+        first = run_sweep(plan(parse_sweep(data, tmp_path / "ident.yaml")), **kwargs)
         assert [t.status for t in first.trials] == ["FINISHED", "FINISHED"]
         mine, other = (t.trial_id for t in first.trials)
         store = TrialStore(first.store_root)
@@ -162,14 +163,14 @@ def test_resume_refuses_changed_entries_and_reruns_only_their_trials(tmp_path: P
         data["backbones"]["mine"]["model_kwargs"]["depth"] = 3  # the same name, another network
         changed = parse_sweep(data, tmp_path / "ident.yaml")
         with pytest.raises(ConfigError) as refused:
-            run_sweep(changed, resume=True, **kwargs)
+            run_sweep(plan(changed), resume=True, **kwargs)
         message = str(refused.value)
         assert f"1 trial(s) in {first.store_root} were trained" in message and mine in message
         assert "backbone 'mine': model_kwargs" in message and "'depth': 2" in message and "'depth': 3" in message
         assert "--rerun-changed" in message
         assert store.result(mine) is not None and len(store.attempts(mine)) == 1  # refused: nothing touched
 
-        again = run_sweep(changed, resume=True, rerun_changed=True, **kwargs)
+        again = run_sweep(plan(changed), resume=True, rerun_changed=True, **kwargs)
         assert [t.status for t in again.trials] == ["FINISHED", "FINISHED"]
         assert store.result(other) == other_record  # unchanged: not trained again
         assert len(store.attempts(other)) == 1
@@ -195,6 +196,6 @@ def test_resume_refuses_changed_entries_and_reruns_only_their_trials(tmp_path: P
         pixels = np.asarray(Image.open(image)).copy()
         Image.fromarray(255 - pixels).save(image)
         with pytest.raises(ConfigError, match=r"(?s)2 trial\(s\).*dataset .sa.: its files differ"):
-            run_sweep(changed, resume=True, **kwargs)
+            run_sweep(plan(changed), resume=True, **kwargs)
     finally:
         ray.shutdown()

@@ -22,6 +22,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from tests.sweep_helpers import TINY_DATA, tiny_base, write_unreadable_dataset  # noqa: E402
 from vfm_ablate.sweep.driver import run_sweep  # noqa: E402
+from vfm_ablate.sweep.plan import plan  # noqa: E402
 from vfm_ablate.sweep.spec import parse_sweep  # noqa: E402
 from vfm_ablate.sweep.store import TrialStore  # noqa: E402
 
@@ -71,7 +72,7 @@ def test_trials_spread_over_gpu_workers_and_a_failure_does_not_stop_the_sweep(
         },
         tmp_path / "multinode.yaml",
     )
-    outcome = run_sweep(sweep, storage_path=str(tmp_path / "results"), workdir=tmp_path)
+    outcome = run_sweep(plan(sweep), storage_path=str(tmp_path / "results"), workdir=tmp_path)
 
     statuses = {t.trial_id: t.status for t in outcome.trials}
     [failed] = [t for t in outcome.trials if t.status == "FAILED"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vfm_ablate.errors import ConfigError
-from vfm_ablate.sweep.packing import Job, Node, cluster_nodes, gpu_nodes, simulate
+from vfm_ablate.sweep.cost.packing import Job, Node, cluster_nodes, gpu_nodes, simulate
 
 H = 3600.0
 

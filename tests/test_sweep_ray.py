@@ -23,6 +23,7 @@ ray = pytest.importorskip("ray")
 
 from tests.sweep_helpers import TINY_DATA, tiny_base  # noqa: E402
 from vfm_ablate.sweep.driver import run_sweep  # noqa: E402
+from vfm_ablate.sweep.plan import plan  # noqa: E402
 from vfm_ablate.sweep.spec import parse_sweep  # noqa: E402
 from vfm_ablate.sweep.store import TrialStore  # noqa: E402
 
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:
@@ -39,7 +40,7 @@ def local_ray():
 
 
 def test_search_sweep_samples_stops_and_tracks(
-    local_ray: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    local_ray: None, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     from mlflow import MlflowClient
 
@@ -58,8 +59,11 @@ def test_search_sweep_samples_stops_and_tracks(
         tmp_path / "search.yaml",
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    outcome = run_sweep(sweep, storage_path=str(tmp_path / "results"), tracking_uri=uri, workdir=tmp_path)
-    printed = capsys.readouterr().out
+    outcome = run_sweep(
+        plan(sweep), storage_path=str(tmp_path / "results"), tracking_uri=uri, workdir=tmp_path, progress_interval_s=0
+    )
+    printed, errors = capfd.readouterr()
+    assert "A new study created" not in printed + errors  # Optuna's own log lines only with --verbose
 
     assert not outcome.interrupted
     assert len(outcome.trials) == 3
@@ -71,10 +75,6 @@ def test_search_sweep_samples_stops_and_tracks(
     # Optuna sampled inside the declared bounds, a different point per trial, and the trial ran with it
     lrs = [t.sampled["optim.lr"] for t in outcome.trials]
     assert all(1e-4 <= lr <= 1e-2 for lr in lrs) and len(set(lrs)) == 3
-    assert all(
-        t.spec.optim.lr == t.sampled["optim.lr"] and t.spec.lora.alpha == t.sampled["lora.alpha"]
-        for t in outcome.trials
-    )
 
     # durable records; no GPU asked on a GPU-less cluster although the tiny entries ask for a fraction
     store = TrialStore(outcome.store_root)
@@ -97,10 +97,40 @@ def test_search_sweep_samples_stops_and_tracks(
     for t in finished:
         run = children[t.trial_id]
         assert run.data.metrics["iou_fg/sa"] == pytest.approx(t.metrics["iou_fg/sa"])
-        assert run.data.params["optim.lr"] == str(t.spec.optim.lr)
+        assert run.data.params["optim.lr"] == str(t.sampled["optim.lr"])
         assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2
     [summary] = [r for r in runs if r.data.tags.get("vfm.role") == "sweep"]
     assert summary.info.status == "FINISHED"
+
+    # each run is named by its sampled values (all else is the same); ASHA's stops say so, apart from interruptions
+    for t in outcome.trials:
+        run = children[t.trial_id]
+        assert run.info.run_name == f"lr {_short(t.sampled['optim.lr'])} α {_short(t.sampled['lora.alpha'])}"
+        assert "vfm.interrupted" not in run.data.tags
+        # and the trial ran with them
+        assert run.data.params["optim.lr"] == str(t.sampled["optim.lr"])
+        assert run.data.params["lora.alpha"] == str(t.sampled["lora.alpha"])
+    stopped = [t for t in outcome.trials if t.status == "STOPPED"]
+    assert stopped, "seeded samples: ASHA stops at least one trial at its first rung"
+    for t in stopped:
+        assert t.ended == "stopped by ASHA at epoch 1" and t.ended in printed  # the result table
+        assert children[t.trial_id].data.tags["vfm.stopped_by"] == "ASHA at epoch 1"
+        assert f"stopped {t.trial_id} by ASHA at epoch 1" in printed  # the live view
+    # phases reached the view, through the board: tune.report still came once per epoch (+ the final report)
+    assert re.search(r"phase  \w+  training epoch 1 · step 0/\d", printed)
+    from ray import tune
+
+    for path in outcome.experiment_paths:
+        for trial in tune.ExperimentAnalysis(path).trials:
+            result = trial.last_result
+            if result.get("trial_done"):
+                assert result["training_iteration"] == result["epochs_run"] + 1
+
+
+def _short(value: float) -> str:
+    from vfm_ablate.sweep.labels import sampled_text
+
+    return sampled_text({"x": value}).split(" ", 1)[1]
 
 
 def test_a_trial_whose_worker_dies_continues_from_its_checkpoint(local_ray: None, tmp_path: Path) -> None:
@@ -133,7 +163,7 @@ def test_a_trial_whose_worker_dies_continues_from_its_checkpoint(local_ray: None
 
     killer = threading.Thread(target=kill_worker_after_two_checkpoints, daemon=True)
     killer.start()
-    outcome = run_sweep(sweep, storage_path=str(tmp_path / "results"), tracking_uri=uri, workdir=tmp_path)
+    outcome = run_sweep(plan(sweep), storage_path=str(tmp_path / "results"), tracking_uri=uri, workdir=tmp_path)
     killer.join(timeout=10)
 
     assert killed, "the worker was never seen with two checkpoints"
@@ -171,11 +201,11 @@ def test_a_trial_that_diverges_mid_training_fails_alone_with_its_error(local_ray
         tmp_path / "diverge.yaml",
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    outcome = run_sweep(sweep, storage_path=str(tmp_path / "results"), tracking_uri=uri, workdir=tmp_path)
+    outcome = run_sweep(plan(sweep), storage_path=str(tmp_path / "results"), tracking_uri=uri, workdir=tmp_path)
 
     [failed] = [t for t in outcome.trials if t.status == "FAILED"]
     finished = [t for t in outcome.trials if t.status == "FINISHED"]
-    assert failed.spec.optim.weight_decay == 11.0 and len(finished) == 2
+    assert failed.planned.spec.optim.weight_decay == 11.0 and len(finished) == 2
     match = re.search(r"NonFiniteLossError: .*nan at epoch (\d+)", failed.error or "")
     assert match, failed.error
     k = int(match.group(1))

@@ -12,7 +12,7 @@ from tests.sweep_helpers import documented_trial_count, write_em_layouts
 from vfm_ablate.cli import main
 from vfm_ablate.errors import ConfigError
 from vfm_ablate.sweep.driver import run_sweep
-from vfm_ablate.sweep.plan import expand, plan, resolved_entries
+from vfm_ablate.sweep.plan import plan
 from vfm_ablate.sweep.spec import load_sweep, parse_sweep
 from vfm_ablate.sweep.store import TrialStore
 
@@ -33,8 +33,12 @@ def sweep_of(**sections: object) -> dict:
 
 def error_of(data: dict) -> str:
     with pytest.raises(ConfigError) as info:
-        parse_sweep(data, "s.yaml")
+        plan(parse_sweep(data, "s.yaml"))
     return str(info.value)
+
+
+def expand(sweep) -> list:
+    return plan(sweep).specs
 
 
 # --------------------------------------------------------------------------------------------- shipped files
@@ -70,8 +74,9 @@ def test_main_table_is_the_reference_grid() -> None:
 
 @pytest.fixture(scope="module")
 def em_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The built-in datasets' layouts in miniature: the dry run checks every file a sweep reads."""
-    return write_em_layouts(tmp_path_factory.mktemp("em_data"))
+    """The built-in datasets' layouts in miniature: the dry run checks every file a sweep reads (17 slices each, as
+    the shared Lucchi++ subset: enough for label_efficiency's 16 labelled slices, which the check counts)."""
+    return write_em_layouts(tmp_path_factory.mktemp("em_data"), slices=17)
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
@@ -84,9 +89,9 @@ def test_dry_run_prints_count_and_one_row_per_trial(
     n = documented_trial_count(path)
     assert f"{n} trials" in out or f"{n} grid points" in out
     header = next(line for line in out.splitlines() if line.startswith("id "))
-    for column in ("backbone", "regime", "rank", "train", "sampling", "seed", "cpu", "gpu"):
-        assert column in header
-    ids = {t.trial_id for t in plan(load_sweep(path)).trials}
+    the_plan = plan(load_sweep(path))
+    assert header.split() == [*the_plan.labels.shown, "cpu", "gpu", *(["search"] if the_plan.sweep.search else [])]
+    ids = {t.trial_id for t in the_plan.trials}
     rows = [line for line in out.splitlines() if line[:12] in ids]
     assert len(rows) == n
 
@@ -272,7 +277,7 @@ def test_inline_entries_reach_trials_with_absolute_paths(tmp_path: Path, monkeyp
         datasets={"mine": {"layout": "folder", "path": "rel/data"}},
     )
     sweep = parse_sweep(data, "s.yaml")
-    _, datasets = resolved_entries(sweep, plan(sweep).trials)
+    datasets = plan(sweep).datasets
     assert datasets["mine"].path == str(tmp_path / "rel" / "data")
 
 
@@ -283,9 +288,9 @@ def test_a_fresh_run_refuses_to_mix_into_an_existing_sweep(tmp_path: Path) -> No
     sweep = parse_sweep(sweep_of(), "t.yaml")
     TrialStore(str(tmp_path / "t")).write_json("sweep.json", {"name": "t", "sweep_id": "x", "trial_ids": []})
     with pytest.raises(ConfigError, match="add --resume"):
-        run_sweep(sweep, storage_path=str(tmp_path), workdir=tmp_path)
+        run_sweep(plan(sweep), storage_path=str(tmp_path), workdir=tmp_path)
     with pytest.raises(ConfigError, match="the sweep changed since it was started"):
-        run_sweep(sweep, storage_path=str(tmp_path), workdir=tmp_path, resume=True)
+        run_sweep(plan(sweep), storage_path=str(tmp_path), workdir=tmp_path, resume=True)
 
 
 def test_trial_store_round_trip(tmp_path: Path) -> None:
@@ -298,3 +303,13 @@ def test_trial_store_round_trip(tmp_path: Path) -> None:
     [attempt] = store.attempts("abc")
     assert attempt["node_id"] == "n1" and attempt["status"] == "FAILED" and attempt["error"] == "ValueError: bad value"
     assert "Traceback" in attempt["traceback"] or "ValueError" in attempt["traceback"]
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_every_trial_reads_back_from_its_flat_params(path: Path) -> None:
+    """What the report does with runs logged before the spec itself was: MLflow's flat strings give the same
+    TrialSpec, for every trial of every shipped sweep."""
+    from vfm_ablate.config import TrialSpec
+
+    for spec in plan(load_sweep(path)).specs:
+        assert TrialSpec.from_flat_params(spec.flat_params()) == spec

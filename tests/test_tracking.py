@@ -155,6 +155,10 @@ def test_resumed_launch_reopens_the_execution_runs_without_duplicates(mlflow_ser
     launch1.finish("KILLED")
     client = MlflowClient(uri)
     assert client.get_run(run_id).info.status == "KILLED"
+    # how it ended, which KILLED cannot say: tags on the execution's run of that trial (and on no other run)
+    launch1.tag_trials({trial_id: {"vfm.interrupted": "at epoch 3"}, "0123456789ab": {"vfm.interrupted": "x"}})
+    assert client.get_run(run_id).data.tags["vfm.interrupted"] == "at epoch 3"
+    assert "vfm.interrupted" not in client.get_run(sweep_run).data.tags
     assert client.get_run(sweep_run).info.status == "KILLED"
 
     launch2 = SweepTracker(uri, "exp-resume", "grid", "sweepR", "execR")

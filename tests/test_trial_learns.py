@@ -19,6 +19,8 @@ from vfm_ablate.config import TrialSpec
 from vfm_ablate.trial import TrialResult, run_trial
 from vfm_ablate.validation import validate
 
+pytestmark = pytest.mark.slow  # trains trials to a verdict: the full suite, not the inner loop
+
 SIZE = (62, 76)  # native; the network sees 56 x 70 (patch-14 multiples, policy native)
 NETWORK_SIZE = (56, 70)
 MARGIN = 0.3  # "by a wide margin": IoU_fg above the better trivial predictor

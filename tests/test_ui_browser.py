@@ -18,6 +18,7 @@ ray = pytest.importorskip("ray")
 
 from scripts.ui_screenshots import IOU_COLUMN, NAME_COLUMN, find_chromium, shoot  # noqa: E402
 from vfm_ablate.sweep.driver import run_sweep  # noqa: E402
+from vfm_ablate.sweep.plan import plan  # noqa: E402
 from vfm_ablate.sweep.spec import parse_sweep  # noqa: E402
 
 CHROMIUM = find_chromium()
@@ -40,9 +41,9 @@ def test_every_trial_and_its_iou_is_on_the_rendered_page(tmp_path: Path, capsys:
         tmp_path / "ui.yaml",
     )
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        outcome = run_sweep(sweep, storage_path=str(tmp_path / "results"), tracking_uri=store, workdir=tmp_path)
+        outcome = run_sweep(plan(sweep), storage_path=str(tmp_path / "results"), tracking_uri=store, workdir=tmp_path)
     finally:
         ray.shutdown()
     printed = capsys.readouterr().out
@@ -69,3 +70,9 @@ def test_every_trial_and_its_iou_is_on_the_rendered_page(tmp_path: Path, capsys:
         assert shown[run.info.run_name][IOU_COLUMN] == (repr(iou) if iou else "0")  # JavaScript's number text
     ious = [float(row[IOU_COLUMN]) for row in shot.table]
     assert ious == sorted(ious, reverse=True)  # the view sorts by IoU, best first
+    # the names and columns are what varies (regime, seed): `lora · seed 1`; the backbone, the same for all, is neither
+    for run in runs:
+        row = shown[run.info.run_name]
+        assert run.info.run_name == f"{run.data.params['regime']} · seed {run.data.params['seed']}"
+        assert row["params.`regime`"] == run.data.params["regime"] and row["params.`seed`"] == run.data.params["seed"]
+        assert "params.`backbone`" not in row

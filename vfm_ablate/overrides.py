@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError
+from .yaml_text import parse_yaml
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -27,5 +26,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. optim.lr=1e-4")
         key, raw = item.split("=", 1)
-        set_dotted(data, key.strip(), yaml.safe_load(raw))
+        if not all(part.strip() for part in key.split(".")):
+            raise ConfigError(f"override '{item}': '{key}' is not a dotted key; expected KEY=VALUE, e.g. optim.lr=1e-4")
+        set_dotted(data, key.strip(), parse_yaml(raw, f"override '{item}'"))
     return data

@@ -10,14 +10,37 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ConfigError
+from .yaml_text import parse_yaml
 
 M = TypeVar("M", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
-    """Base for every config object: unknown keys are errors, objects are immutable after validation."""
+    """Base for every config object: unknown keys are errors, objects are immutable after validation, and numbers
+    are finite (YAML's `.inf` / `.nan` would pass every bound and fail minutes later, inside a trial)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
+
+
+# names that become MLflow metric keys (`iou_fg/<dataset>`), run names, folder and file names: MLflow takes letters,
+# digits and _ - . / : and space in a key of at most 250 characters, and refuses '..' in it; a name here is one path
+# part, short enough for every key built from two of them
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_NAME_LENGTH = 64
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot name a dataset or backbone (None: it can)."""
+    if not isinstance(name, str) or not name:
+        return f"expected a non-empty name, got {name!r}"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"{len(name)} characters; at most {MAX_NAME_LENGTH} (it becomes part of MLflow metric names)"
+    if not NAME_PATTERN.match(name) or ".." in name:
+        return (
+            "use letters, digits and _ . - only, starting with a letter or digit, without '..' (it becomes part of "
+            "MLflow metric names, run names and file names)"
+        )
+    return None
 
 
 def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -98,9 +121,8 @@ def suggest(value: str, choices: list[str] | set[str], what: str, source: str = 
 
 
 def load_yaml(path: str | Path) -> Any:
-    """A YAML file's data; a missing file, a folder, unreadable or non-UTF-8 bytes and bad YAML are ConfigErrors."""
-    import yaml
-
+    """A YAML file's data; a missing file, a folder, unreadable or non-UTF-8 bytes, bad YAML and a key given twice are
+    ConfigErrors."""
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{p}: is a directory, expected a YAML file")
@@ -117,7 +139,4 @@ def load_yaml(path: str | Path) -> Any:
             f"{p}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
             "expected a YAML file saved as UTF-8"
         ) from None
-    try:
-        return yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    return parse_yaml(text, str(p), empty={})

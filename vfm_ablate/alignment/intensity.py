@@ -13,12 +13,16 @@ reads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..config import AlignmentSpec
 from ..errors import DataError
+
+MeanStd = tuple[Sequence[float], Sequence[float]]  # per-channel normalisation
+Range = tuple[float, float] | None  # a dataset's raw value range (None: the dtype's)
 
 
 def _full_scale(dtype: np.dtype) -> float:
@@ -72,48 +76,49 @@ def clahe(image: np.ndarray, clip_limit: float, kernel_size: int | None) -> np.n
     return np.clip(np.rint(out * top), 0, top).astype(a.dtype)
 
 
-@dataclass(frozen=True)
 class InputAlignment:
-    """One trial's input-level method with what it was estimated from: the pixels the network sees per image, and
-    the normalisation that replaces ImageNet's (z-scoring)."""
-
-    method: str = "none"  # none | histogram | zscore | clahe
-    reference: np.ndarray | None = None  # histogram: pooled reference pixels (1 x N)
-    reference_range: tuple[float, float] | None = None  # histogram: the reference dataset's raw value range
-    statistics: dict[str, tuple[float, float]] = field(default_factory=dict)  # zscore: dataset -> (mean, std) raw
-    clip_limit: float = 0.01
-    kernel_size: int | None = None
+    """One trial's input-level method with what it was estimated from: the pixels the network sees per image, the
+    raw range that maps them to [0, 1], and the normalisation. The base class is `none`: pixels, range and
+    normalisation as they were."""
 
     def pixels(self, image: np.ndarray) -> np.ndarray:
-        """The image after the method (histogram / CLAHE); z-scoring and none leave the pixels as they are."""
-        if self.method == "histogram":
-            assert self.reference is not None
-            return match_histogram(image, self.reference)
-        if self.method == "clahe":
-            return clahe(image, self.clip_limit, self.kernel_size)
         return image
 
-    def value_range(self, own: tuple[float, float] | None) -> tuple[float, float] | None:
-        """The raw range that maps the aligned pixels to [0, 1] (`image_to_tensor`): matched pixels follow the
-        reference dataset's distribution, so its intensity rule's range; CLAHE stretches each image over its bit
-        depth (scikit-image rescales per image), so the dtype's range; z-scoring and none keep the dataset's own."""
-        if self.method == "histogram":
-            return self.reference_range
-        if self.method == "clahe":
-            return None
+    def value_range(self, own: Range) -> Range:
+        """The raw range that maps the aligned pixels to [0, 1] (`image_to_tensor`): the dataset's own."""
         return own
 
-    def normalisation(
-        self,
-        dataset: str,
-        dtype: np.dtype,
-        default: tuple[Sequence[float], Sequence[float]],
-        value_range: tuple[float, float] | None = None,
-    ) -> tuple[Sequence[float], Sequence[float]]:
-        """(mean, std) per channel in the [0, 1] units `image_to_tensor` produces from `value_range` (default the
-        dtype's): the dataset's own under z-scoring."""
-        if self.method != "zscore":
-            return default
+    def normalisation(self, dataset: str, dtype: np.dtype, default: MeanStd, value_range: Range = None) -> MeanStd:
+        """(mean, std) per channel in the [0, 1] units `image_to_tensor` produces from `value_range`."""
+        return default
+
+    def with_statistics(self, dataset: str, images: Sequence[np.ndarray]) -> InputAlignment:
+        """The same alignment knowing `dataset` too (a diagnostics-only dataset, from its own images)."""
+        return self
+
+
+@dataclass(frozen=True)
+class HistogramMatching(InputAlignment):
+    """Every image's intensity CDF mapped onto a reference dataset's pooled training pixels; the matched pixels
+    follow the reference's distribution, so the reference dataset's intensity range maps them to [0, 1]."""
+
+    reference: np.ndarray  # pooled reference pixels (1 x N)
+    reference_range: tuple[float, float] | None  # the reference dataset's raw value range
+
+    def pixels(self, image: np.ndarray) -> np.ndarray:
+        return match_histogram(image, self.reference)
+
+    def value_range(self, own: Range) -> Range:
+        return self.reference_range
+
+
+@dataclass(frozen=True)
+class ZScoring(InputAlignment):
+    """Each dataset normalised with the mean / std of its own training pixels instead of ImageNet's."""
+
+    statistics: dict[str, tuple[float, float]] = field(default_factory=dict)  # dataset -> (mean, std), raw units
+
+    def normalisation(self, dataset: str, dtype: np.dtype, default: MeanStd, value_range: Range = None) -> MeanStd:
         if dataset not in self.statistics:
             raise DataError(f"z-scoring: no intensity statistics for dataset '{dataset}'")
         mean, std = self.statistics[dataset]
@@ -121,8 +126,58 @@ class InputAlignment:
         return ((mean - low) / (high - low),) * 3, (std / (high - low),) * 3
 
     def with_statistics(self, dataset: str, images: Sequence[np.ndarray]) -> InputAlignment:
-        """The same alignment knowing `dataset`'s statistics too (a diagnostics-only dataset: its own images)."""
-        if self.method != "zscore" or dataset in self.statistics:
+        if dataset in self.statistics:
             return self
         stats = {**self.statistics, dataset: intensity_statistics(images, f"dataset '{dataset}'")}
         return replace(self, statistics=stats)
+
+
+@dataclass(frozen=True)
+class Clahe(InputAlignment):
+    """Contrast-limited adaptive histogram equalisation per image; scikit-image rescales each image over its bit
+    depth, so the dtype's range maps the result to [0, 1]."""
+
+    clip_limit: float = 0.01
+    kernel_size: int | None = None
+
+    def pixels(self, image: np.ndarray) -> np.ndarray:
+        return clahe(image, self.clip_limit, self.kernel_size)
+
+    def value_range(self, own: Range) -> Range:
+        return None
+
+
+@dataclass(frozen=True)
+class TrainingImages:
+    """What an input-level method is estimated from: training images only, never a test image (the type holds
+    nothing else). `images` per train / target dataset; `reference` names the histogram reference dataset."""
+
+    images: dict[str, list[np.ndarray]]
+    value_ranges: dict[str, tuple[float, float] | None]
+    reference: str | None = None
+
+
+def _histogram(settings: AlignmentSpec, training: TrainingImages) -> InputAlignment:
+    ref = training.reference
+    assert ref is not None  # TrialSpec guarantees a reference dataset for histogram matching
+    pixels = reference_pixels(training.images[ref], f"alignment.reference '{ref}'")
+    return HistogramMatching(reference=pixels, reference_range=training.value_ranges[ref])
+
+
+def _zscore(settings: AlignmentSpec, training: TrainingImages) -> InputAlignment:
+    images = training.images
+    return ZScoring({name: intensity_statistics(ims, f"dataset '{name}' (z-scoring)") for name, ims in images.items()})
+
+
+# alignment.input -> the estimated method (keys: config.ALIGNMENT_METHODS["input"])
+INPUT_METHODS: dict[str, Callable[[AlignmentSpec, TrainingImages], InputAlignment]] = {
+    "none": lambda settings, training: InputAlignment(),
+    "histogram": _histogram,
+    "zscore": _zscore,
+    "clahe": lambda settings, training: Clahe(settings.clahe_clip_limit, settings.clahe_kernel),
+}
+
+
+def estimate_input_alignment(settings: AlignmentSpec, training: TrainingImages) -> InputAlignment:
+    """The trial's input-level method, estimated on its training images."""
+    return INPUT_METHODS[settings.input](settings, training)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -94,12 +95,21 @@ class DomainClassifier(nn.Module):
         return self.net(features)
 
 
+def _dann_ramp(weight: float, p: float) -> float:
+    return weight * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
+
+
+# alignment.schedule -> lambda at training progress p in [0, 1]
+SCHEDULES: dict[str, Callable[[float, float], float]] = {
+    "constant": lambda weight, p: weight,
+    "dann": _dann_ramp,
+}
+
+
 def scheduled_weight(weight: float, schedule: str, epochs_done: float, schedule_epochs: int) -> float:
     """lambda at a point of training (`epochs_done` counts fractions of epochs): constant, or DANN's ramp
     lambda * (2 / (1 + exp(-10 p)) - 1) with p = min(1, epochs_done / schedule_epochs)."""
-    if schedule == "constant":
-        return float(weight)
-    if schedule == "dann":
-        p = min(1.0, max(0.0, epochs_done / schedule_epochs))
-        return float(weight) * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
-    raise DataError(f"unknown alignment schedule '{schedule}'")
+    if schedule not in SCHEDULES:
+        raise DataError(f"unknown alignment schedule '{schedule}' (known: {', '.join(SCHEDULES)})")
+    p = min(1.0, max(0.0, epochs_done / schedule_epochs))
+    return float(SCHEDULES[schedule](float(weight), p))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..config import TrialSpec
 from ..models.registry import BackboneEntry
 from ..models.segmenter import build_segmenter
 from ..trial.forward import dice_loss
@@ -20,15 +19,7 @@ from .records import ConfigKey, Measurement, Spread
 
 def count_flops(key: ConfigKey, entry: BackboneEntry) -> dict[str, float]:
     """FLOPs of one training step (batch), one evaluation (image) and one extraction (image; frozen)."""
-    spec = TrialSpec.model_validate(
-        {
-            "backbone": key.backbone,
-            "regime": key.regime,
-            "weights": "random",
-            "lora": {"rank": key.lora_rank or 16, "alpha": 2.0 * (key.lora_rank or 16)},
-            "data": {"train": ["calibration"]},
-        }
-    )
+    spec = key.trial_spec("cpu")
     model = build_segmenter(spec, entry, device="meta")
     size = (key.height, key.width)
     batch = torch.empty(key.batch_size, 3, *size, device="meta")

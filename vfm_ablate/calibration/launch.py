@@ -14,7 +14,7 @@ _RAY = """
 import logging, time
 t = time.perf_counter()
 import ray
-ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
 ray.get(ray.remote(lambda: None).remote())
 ray.shutdown()
 print(time.perf_counter() - t)

@@ -4,7 +4,8 @@ Random-init weights (throughput does not depend on weight values), synthetic ima
 The training step is `trial.forward.batch_loss` + backward + AdamW, exactly as `trial.run.fit` runs it; frozen
 configurations step the head on cached features (the feature cache filled during warm-up), as a frozen trial
 does after its first epoch. Warm-up steps are run and not timed; every timed step is kept, so the spread over
-repeats is reported. On CUDA every timed region ends with a synchronisation.
+repeats is reported. On CUDA every timed region ends with a synchronisation. The network is built on the
+measured device (random init there), as `models.segmenter.build_segmenter(device=...)` builds it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrialSpec
 from ..data.entries import DatasetEntry
 from ..data.sources import clear_cache, load_dataset
 from ..data.transforms import image_to_tensor, mask_to_tensor
@@ -55,25 +55,14 @@ def measure(
 ) -> Measurement:
     """Setup, training step, evaluation and (frozen) extraction times and peak memory of one configuration."""
     dev = resolve_device(device)
-    spec = TrialSpec.model_validate(
-        {
-            "backbone": key.backbone,
-            "regime": key.regime,
-            "weights": "random",
-            "precision": key.precision,
-            "device": dev.type,
-            "lora": {"rank": key.lora_rank or 16, "alpha": 2.0 * (key.lora_rank or 16)},
-            "data": {"train": ["calibration"]},
-            "optim": {"batch_size": key.batch_size},
-        }
-    )
+    spec = key.trial_spec(dev.type)
     torch.manual_seed(0)
     baseline = process_rss_peak_mb()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
     start = time.perf_counter()
-    model = build_segmenter(spec, entry).to(dev)
+    model = build_segmenter(spec, entry, device=dev).to(dev)  # built where it runs: no CPU copy of a 1 B model
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.optim.lr)
     fwd = Forward(model, dev, spec, entry)
     _sync(dev)

@@ -13,11 +13,16 @@ from typing import Literal
 
 from pydantic import Field
 
+from ..config import DataSpec, LoraSpec, OptimSpec, TrialSpec
 from ..errors import ConfigError
 from ..validation import StrictModel, validate
 
 FORMAT_VERSION = 1
+_LORA = {"lora_rank", "lora"}  # LoRA settings barely change the cost: a measurement of another rank stands in
 Source = Literal["measured", "flops"]  # timed on this device, or FLOP counts at an assumed throughput
+# a fresh process per configuration (its own peak RSS on a CPU), or per backbone entry (imports and CUDA start paid
+# once per backbone; CUDA peaks are reset per configuration, a CPU's peak RSS is then not measured)
+Isolation = Literal["configuration", "backbone"]
 
 
 class Spread(StrictModel):
@@ -75,9 +80,43 @@ class ConfigKey(StrictModel):
     width: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lora_rank: int | None = None  # measured with this rank (lora only); other ranks cost about the same
+    lora: LoraSpec | None = None  # the trial's own LoRA settings (targets change the cost); None: not lora
+
+    @classmethod
+    def of(cls, spec: TrialSpec, height: int, width: int, batch_size: int) -> ConfigKey:
+        """The configuration of one of a trial's training steps: its own backbone, regime, precision and LoRA."""
+        lora = spec.lora if spec.lora_applies else None
+        return cls(
+            backbone=spec.backbone,
+            regime=spec.regime,
+            precision=spec.precision,
+            height=height,
+            width=width,
+            batch_size=batch_size,
+            lora_rank=lora.rank if lora is not None else None,
+            lora=lora,
+        )
+
+    def trial_spec(self, device: str = "auto") -> TrialSpec:
+        """The trial this configuration measures: random-init weights, synthetic images of its size (the data
+        name is a placeholder: measurements feed the network directly)."""
+        lora = self.lora or (LoraSpec(rank=self.lora_rank) if self.lora_rank is not None else LoraSpec())
+        return TrialSpec(
+            backbone=self.backbone,
+            regime=self.regime,
+            weights="random",
+            precision=self.precision,
+            device=device,
+            lora=lora,
+            data=DataSpec(train=["calibration"]),
+            optim=OptimSpec(batch_size=self.batch_size),
+        )
 
     def label(self) -> str:
         rank = f" r{self.lora_rank}" if self.lora_rank is not None else ""
+        if self.lora is not None and self.lora.targets != "attention":
+            targets = self.lora.targets
+            rank += f" {targets if isinstance(targets, str) else '+'.join(targets)}"
         size = f"{self.height}x{self.width}"
         return f"{self.backbone} {self.regime}{rank} {self.precision} {size} batch {self.batch_size}"
 
@@ -124,6 +163,7 @@ class CalibrationSettings(StrictModel):
     repeats: int = Field(ge=1)
     threads: int | None = None  # torch CPU threads per measured process (a CPU trial's cpu ask)
     concurrent: int = Field(1, ge=1)  # copies of each configuration measured at once (trials sharing the device)
+    isolate: Isolation = "configuration"  # what one fresh measuring process covers
     assumed_tflops: float | None = None  # flops source: sustained throughput the seconds are derived from
     sweep: str | None = None  # the sweep file whose configurations were measured
 
@@ -146,16 +186,17 @@ class Calibration(StrictModel):
     notes: list[str] = []  # configurations that could not be measured, and why
 
     def find(self, key: ConfigKey) -> Measurement | None:
-        """The measurement of this configuration: the same LoRA rank if measured, else another rank's."""
-        want = key.model_dump(exclude={"lora_rank"})
-        same = [m for m in self.measurements if m.key.model_dump(exclude={"lora_rank"}) == want]
-        exact = [m for m in same if m.key.lora_rank == key.lora_rank]
-        return (exact or same or [None])[0]
+        """The measurement of this configuration: the same LoRA settings if measured, else another rank's."""
+        want = key.model_dump(exclude=_LORA)
+        same = [m for m in self.measurements if m.key.model_dump(exclude=_LORA) == want]
+        exact = [m for m in same if (m.key.lora_rank, m.key.lora) == (key.lora_rank, key.lora)]
+        rank = [m for m in same if m.key.lora_rank == key.lora_rank]
+        return (exact or rank or same or [None])[0]
 
     def nearest_batch(self, key: ConfigKey) -> Measurement | None:
         """The same configuration at the closest measured batch size (the caller scales per image)."""
-        want = key.model_dump(exclude={"lora_rank", "batch_size"})
-        same = [m for m in self.measurements if m.key.model_dump(exclude={"lora_rank", "batch_size"}) == want]
+        want = key.model_dump(exclude={*_LORA, "batch_size"})
+        same = [m for m in self.measurements if m.key.model_dump(exclude={*_LORA, "batch_size"}) == want]
         return min(same, key=lambda m: abs(m.key.batch_size - key.batch_size), default=None)
 
     def dataset(self, name: str, height: int, width: int) -> DatasetCost | None:
@@ -179,8 +220,10 @@ def load_calibration(path: str | Path) -> Calibration:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such calibration file (write one with `vfm-ablate calibrate`)") from None
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not a JSON calibration file ({err})") from None
+    except OSError as err:  # a folder, no permission
+        raise ConfigError(f"{path}: cannot read the calibration file ({err.strerror or err})") from None
     if isinstance(data, dict) and data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
         raise ConfigError(
             f"{path}: calibration format {data.get('format_version')} (this vfm-ablate reads {FORMAT_VERSION}); "

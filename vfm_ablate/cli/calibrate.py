@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .arguments import COUNT, integer, number
+
 if TYPE_CHECKING:
     from ..sweep.spec import SweepSpec
 
@@ -22,25 +24,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("sweep", type=Path, help="sweep file whose backbones and input sizes to measure")
     p.add_argument("-o", "--out", type=Path, help="calibration file to write (default: calibration-<sweep>.json)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (default 2)")
-    p.add_argument("--repeats", type=int, default=10, help="timed repeats per quantity (default 10; median used)")
-    p.add_argument("--threads", type=int, help="torch CPU threads per measurement (default: the sweep's cpu per trial)")
+    p.add_argument("--warmup", type=integer(0), default=2, help="untimed steps before timing (default 2)")
+    p.add_argument("--repeats", type=COUNT, default=10, help="timed repeats per quantity (default 10; median used)")
+    p.add_argument(
+        "--threads", type=COUNT, help="torch CPU threads per measurement (default: the sweep's cpu per trial)"
+    )
     p.add_argument(
         "--concurrent",
-        type=int,
+        type=COUNT,
         help="copies of each configuration measured at once, as trials share the device (default: on a CPU, the "
         "trials the sweep runs at once on this machine; on a GPU 1)",
     )
+    p.add_argument(
+        "--isolate",
+        choices=["configuration", "backbone"],
+        default="configuration",
+        help="what one fresh measuring process covers (default: one configuration, its own peak memory); "
+        "'backbone': all of a backbone's configurations, imports and CUDA start paid once (CUDA peaks are reset per "
+        "configuration; on a CPU no peak memory is then reported); one copy at a time",
+    )
     p.add_argument("--backbone", nargs="+", help="only these backbone entries of the sweep")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration (default 1800)")
+    p.add_argument(
+        "--timeout", type=number(0, above=True), default=1800, help="seconds allowed per configuration (default 1800)"
+    )
     p.add_argument(
         "--flops",
-        type=float,
+        type=number(0, above=True),
         metavar="TFLOPS",
         help="no timing: derive seconds from FLOP counts at this sustained TFLOP/s (for a GPU not at hand)",
     )
     p.add_argument("--device-name", default="GPU (FLOP estimate)", help="with --flops: the device it stands for")
-    p.add_argument("--device-memory-gb", type=float, help="with --flops: that device's memory")
+    p.add_argument("--device-memory-gb", type=number(0, above=True), help="with --flops: that device's memory")
     p.add_argument(
         "--no-ray", action="store_true", help="do not time a launch's start-up (CLI, MLflow store, Ray), seconds each"
     )
@@ -48,20 +62,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..calibration.calibrate import calibrate
+    from ..calibration.calibrate import CalibrationInterrupted, calibrate
     from ..calibration.records import CalibrationSettings, DeviceInfo, save_calibration
-    from ..data.entries import resolve_dataset
     from ..errors import ConfigError
-    from ..models.registry import get_entry
-    from ..sweep.plan import plan
-    from ..sweep.spec import load_sweep
-    from ..sweep.workload import config_keys, sweep_workloads
+    from ..sweep.cost.workload import config_keys, sweep_workloads
+    from ..sweep.plan import load_plan
+    from .folders import check_output_file
 
-    if args.warmup < 0 or args.repeats < 1:
-        raise ConfigError(f"--warmup must be >= 0 and --repeats >= 1, got {args.warmup} and {args.repeats}")
-    sweep = load_sweep(args.sweep)
-    the_plan = plan(sweep)
-    workloads = sweep_workloads(sweep, the_plan.trials)
+    the_plan = load_plan(args.sweep)
+    sweep = the_plan.sweep
+    out = args.out or Path(f"calibration-{sweep.name}.json")
+    check_output_file(out, "-o/--out")  # before minutes of measuring, not after
+    workloads = sweep_workloads(the_plan)
     keys = config_keys(workloads)
     if args.backbone:
         known = {k.backbone for k in keys}
@@ -71,14 +83,19 @@ def _run(args: argparse.Namespace) -> int:
                 f"--backbone {', '.join(unknown)}: not in {args.sweep} (it uses {', '.join(sorted(known))})"
             )
         keys = [k for k in keys if k.backbone in args.backbone]
-    entries = {k.backbone: get_entry(k.backbone, sweep.backbones) for k in keys}
+    entries = {k.backbone: the_plan.backbones[k.backbone] for k in keys}
     sizes: dict[str, set[tuple[int, int]]] = {}
     for w in workloads:
         for name, size in w.sizes.items():
             sizes.setdefault(name, set()).add(size)
-    datasets = {name: (resolve_dataset(name, sweep.datasets), sorted(s)) for name, s in sizes.items()}
+    datasets = {name: (the_plan.datasets[name], sorted(s)) for name, s in sizes.items()}
     threads = args.threads or max(1, int(sweep.resources.cpu))
-    concurrent = args.concurrent or _trials_at_once(sweep, args.device)
+    if args.isolate == "backbone" and (args.concurrent or 1) != 1:
+        raise ConfigError(
+            f"--isolate backbone measures one copy at a time; --concurrent {args.concurrent} needs "
+            "--isolate configuration"
+        )
+    concurrent = args.concurrent or (1 if args.isolate == "backbone" else _trials_at_once(sweep, args.device))
     if concurrent < 1:
         raise ConfigError(f"--concurrent must be at least 1, got {concurrent}")
     settings = CalibrationSettings(
@@ -86,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         threads=threads,
         concurrent=concurrent,
+        isolate=args.isolate,
         assumed_tflops=args.flops,
         sweep=str(args.sweep),
     )
@@ -100,15 +118,21 @@ def _run(args: argparse.Namespace) -> int:
             else f"on {args.device}, {threads} thread(s), {concurrent} at once"
         )
     )
-    calibration = calibrate(
-        keys,
-        entries,
-        settings,
-        device=args.device,
-        datasets=datasets,
-        timeout_s=args.timeout,
-        info=info,
-    )
+    out = args.out or Path(f"calibration-{sweep.name}.json")
+    try:
+        calibration = calibrate(
+            keys,
+            entries,
+            settings,
+            device=args.device,
+            datasets=datasets,
+            timeout_s=args.timeout,
+            info=info,
+        )
+    except CalibrationInterrupted as stop:  # Ctrl-C keeps what was measured
+        save_calibration(stop.calibration, out)
+        print(f"interrupted: wrote {out} with the {len(stop.calibration.measurements)} configurations measured so far")
+        return 130
     if args.flops is None and not args.no_ray:
         from ..calibration.launch import launch_costs
 
@@ -120,7 +144,6 @@ def _run(args: argparse.Namespace) -> int:
             "once per launch: "
             + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in launch.items())
         )
-    out = args.out or Path(f"calibration-{sweep.name}.json")
     save_calibration(calibration, out)
     print(
         f"wrote {out}: {len(calibration.measurements)} configurations"

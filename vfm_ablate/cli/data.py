@@ -10,17 +10,18 @@ from ..data.check import check_dataset, detect_entry
 from ..data.entries import LAYOUT_OPTIONS, DatasetEntry, builtin_datasets, resolve_dataset
 from ..data.synthetic import DOMAINS, write_folder
 from ..errors import ConfigError, DataError
+from .arguments import SEED
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:
-    import yaml
+    from ..yaml_text import parse_yaml
 
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. --set image_dir=raw), got '{pair}'")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_yaml(value, f"--set {pair}")
     return out
 
 
@@ -59,6 +60,17 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from ..data.entries import MAX_SYNTHETIC_SIDE, MAX_SYNTHETIC_SLICES, MIN_SYNTHETIC_SIDE
+    from .folders import check_output_folder
+
+    if not 2 <= args.n_train <= MAX_SYNTHETIC_SLICES or not 1 <= args.n_test <= MAX_SYNTHETIC_SLICES:
+        raise ConfigError(
+            f"--n-train must be 2..{MAX_SYNTHETIC_SLICES} (one training image is held out for validation) and "
+            f"--n-test 1..{MAX_SYNTHETIC_SLICES}, got {args.n_train} and {args.n_test}"
+        )
+    if not all(MIN_SYNTHETIC_SIDE <= side <= MAX_SYNTHETIC_SIDE for side in args.size):
+        raise ConfigError(f"--size must be {MIN_SYNTHETIC_SIDE}..{MAX_SYNTHETIC_SIDE} a side, got {args.size}")
+    check_output_folder(Path(args.out_dir), "OUT_DIR")
     entry = write_folder(
         args.out_dir, args.domain, args.n_train, args.n_test, tuple(args.size), args.seed, overwrite=args.overwrite
     )
@@ -98,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="a dataset entry option for PATH, e.g. --set mask_dir=labels --set 'mask_labels=[191]'",
     )
-    check.add_argument("--split-seed", type=int, default=0, help="split seed for seeded test splits (default 0)")
+    check.add_argument("--split-seed", type=SEED, default=0, help="split seed for seeded test splits (default 0)")
     check.set_defaults(func=_check)
 
     synth = sub.add_parser("synth", help="write a synthetic EM-like dataset in the folder layout")
@@ -107,6 +119,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--n-train", type=int, default=8)
     synth.add_argument("--n-test", type=int, default=4)
     synth.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"))
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=SEED, default=0)
     synth.add_argument("--overwrite", action="store_true", help="replace an existing train/ and test/ in OUT_DIR")
     synth.set_defaults(func=_synth)

@@ -12,7 +12,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..config import MAX_INPUT_SIDE
 from ..trial.files import CONFIG_FILE
+from .arguments import COUNT, SEED, integer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,26 +63,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--resize-target",
-        type=int,
+        type=integer(1, MAX_INPUT_SIDE),
         help="longest-edge target (default: the study's for the patch size, or the trial's)",
     )
     p.add_argument(
         "--pca-dim",
-        type=int,
+        type=COUNT,
         help="compute FD on a joint PCA with this many components (with --checkpoint: the trial's)",
     )
     p.add_argument(
         "--probe-cv",
-        type=int,
+        type=integer(2),
         help="k-fold cross-validated probe on the measured images (instead of fitting it on the training split, or "
         "on 70%% of the images of a dataset without one)",
     )
-    p.add_argument("--permutations", type=int, default=1000, help="MMD permutation-test permutations (0: no p-value)")
     p.add_argument(
-        "--seed", type=int, help="probe split and permutation seed (default 0; with --checkpoint: the trial's)"
+        "--permutations",
+        type=integer(0, 100_000),
+        default=1000,
+        help="MMD permutation-test permutations (0: no p-value)",
     )
-    p.add_argument("--split-seed", type=int, help="dataset test-split seed (default 0; with --checkpoint: the trial's)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--seed", type=SEED, help="probe split and permutation seed (default 0; with --checkpoint: the trial's)"
+    )
+    p.add_argument(
+        "--split-seed", type=SEED, help="dataset test-split seed (default 0; with --checkpoint: the trial's)"
+    )
+    p.add_argument("--batch-size", type=COUNT, default=4)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument(
         "--entries", type=Path, help="YAML with inline `backbones:` / `datasets:` entries (as in sweep files)"
@@ -93,9 +102,10 @@ def _run(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..diagnostics.standalone import format_report, run_diagnose, select_slices
     from ..sweep.inputs import check_inputs
-    from .folders import removed_if_left_empty
+    from .folders import check_output_folder, removed_if_left_empty
 
     setup = _resolve(args)
+    check_output_folder(args.out, "--out")
     backbones, datasets = _entries_file(args.entries)
     if setup.checkpoint is not None:  # the trial's own entry, as its config.yaml recorded it
         backbones = {setup.entry.name: setup.entry}

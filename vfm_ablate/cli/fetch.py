@@ -11,16 +11,19 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..data.entries import DATA_ROOT_ENV, data_root
 from ..errors import ConfigError, VfmAblateError
 from ..fetch.datasets import install_source
-from ..fetch.readiness import Readiness
 from ..fetch.sources import DATASET_SOURCES, DatasetSource, get_source, source_of
 from ..fetch.weights import HubUnreachable, cached_file, fetch_weights, hub_cache_dir, weight_source
 from ..models.registry import BackboneEntry, get_entry, list_entries
 from ..text_tables import format_table
 from ..validation import suggest
+
+if TYPE_CHECKING:
+    from ..sweep.plan import SweepPlan
 
 
 @dataclass
@@ -29,7 +32,7 @@ class Wanted:
 
     sources: dict[str, DatasetSource]
     backbones: dict[str, BackboneEntry]
-    sweeps: list[str]
+    sweeps: list[SweepPlan]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,8 +71,11 @@ def _fetch(args: argparse.Namespace) -> int:
         rows.append(_fetch_backbone(entry, failures, unreachable))
     if rows:
         print(format_table(rows))
-    for sweep in wanted.sweeps:
-        readiness = _readiness_after(sweep)
+    from ..sweep.inputs import sweep_readiness
+
+    for the_plan in wanted.sweeps:
+        sweep = the_plan.sweep.source
+        readiness = sweep_readiness(the_plan)  # the disk as it is now, after fetching
         print(readiness.format())
         kinds = {"dataset"} if args.datasets_only else {"weights"} if args.weights_only else {"dataset", "weights"}
         for i in readiness.missing:
@@ -102,21 +108,18 @@ def _resolve(targets: list[str]) -> Wanted:
 
 
 def _add_sweep(wanted: Wanted, path: Path) -> None:
-    from ..sweep.plan import plan, resolved_entries
-    from ..sweep.spec import load_sweep
+    from ..sweep.plan import load_plan
 
-    sweep = load_sweep(path)
-    trials = plan(sweep).trials
-    backbones, datasets = resolved_entries(sweep, trials)
-    for t in trials:
-        if t.spec.weights == "pretrained":
-            wanted.backbones.setdefault(t.spec.backbone, backbones[t.spec.backbone])
-        for name in t.spec.dataset_names():
-            source, entry = source_of(name), datasets[name]
+    the_plan = load_plan(path)
+    for s in the_plan.specs:
+        if s.weights == "pretrained":
+            wanted.backbones.setdefault(s.backbone, the_plan.backbones[s.backbone])
+        for name in s.dataset_names():
+            source, entry = source_of(name), the_plan.datasets[name]
             where = entry.root() if entry.path is not None else None
             if source is not None and where == (data_root() / source.folder).expanduser().resolve():
                 wanted.sources[source.name] = source
-    wanted.sweeps.append(str(path))
+    wanted.sweeps.append(the_plan)
 
 
 def _fetch_dataset(source: DatasetSource, check: bool, failures: list[str]) -> dict[str, str]:
@@ -163,12 +166,3 @@ def _fetch_backbone(entry: BackboneEntry, failures: list[str], unreachable: list
     if source.kind == "checkpoint":
         result = "local file (checked)"
     return {**row, "result": f"{result} ({size:,.1f} MiB)", "where": str(path)}
-
-
-def _readiness_after(sweep_file: str) -> Readiness:
-    from ..sweep.plan import plan
-    from ..sweep.readiness import sweep_readiness
-    from ..sweep.spec import load_sweep
-
-    sweep = load_sweep(sweep_file)
-    return sweep_readiness(sweep, plan(sweep).trials)

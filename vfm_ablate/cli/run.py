@@ -6,10 +6,11 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .arguments import COUNT, number
+
 if TYPE_CHECKING:
-    from ..sweep.estimate import SweepEstimate
+    from ..sweep.cost.estimate import SweepEstimate
     from ..sweep.plan import SweepPlan
-    from ..sweep.spec import SweepSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,12 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="join a running Ray cluster: 'auto' (on a cluster node) or 'ray://HOST:10001'")
     p.add_argument("--storage-path", help="results/checkpoint location: a folder, shared filesystem path or URI")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's tracking.uri, else ./mlflow.db)")
-    p.add_argument("--max-concurrent-trials", type=int, help="cap on trials running at once")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored with --address)")
+    p.add_argument("--max-concurrent-trials", type=COUNT, help="cap on trials running at once")
+    p.add_argument("--num-cpus", type=COUNT, help="CPUs of the local Ray instance (not with --address)")
     p.add_argument("--verbose", action="store_true", help="show Ray's and the trials' own log output")
     p.add_argument(
         "--progress-interval",
-        type=float,
+        type=number(0),
         metavar="SECONDS",
         help="without a terminal (logs, Slurm): at most one epoch line per running trial every SECONDS "
         "(default: the sweep's run.progress_interval_s, 30)",
@@ -51,38 +52,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="calibration file from `vfm-ablate calibrate`: with --dry-run hours, GPU shares and makespan; "
         "without, trials ask for the GPU share their measured memory calls for",
     )
-    cost.add_argument("--gpus", type=int, help="makespan on N single-GPU nodes")
-    cost.add_argument("--cluster", type=Path, help="makespan on a Ray cluster-launcher file's largest size")
-    cost.add_argument("--epochs", type=int, help="epochs per trial where MLflow has no finished trial (default 100)")
+    shape = cost.add_mutually_exclusive_group()
+    shape.add_argument("--gpus", type=COUNT, help="makespan on N single-GPU nodes")
+    shape.add_argument("--cluster", type=Path, help="makespan on a Ray cluster-launcher file's largest size")
+    cost.add_argument("--epochs", type=COUNT, help="epochs per trial where MLflow has no finished trial (default 100)")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..sweep.describe import describe_estimate, describe_plan
-    from ..sweep.plan import plan
-    from ..sweep.spec import load_sweep
+    from ..sweep.plan import load_plan
 
-    sweep = load_sweep(args.sweep)
-    if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
-        raise ConfigError(f"--max-concurrent-trials must be at least 1, got {args.max_concurrent_trials}")
+    estimate_only = [flag for flag in ("gpus", "cluster", "epochs") if getattr(args, flag) is not None]
+    if estimate_only and not (args.dry_run and args.calibration is not None):
+        raise ConfigError(
+            f"--{estimate_only[0]} shapes the cost estimate of `--dry-run --calibration FILE` and nothing else; add "
+            "both (without them it would be ignored)"
+        )
+    if args.num_cpus is not None and args.address is not None:
+        raise ConfigError("--num-cpus sizes the local Ray this command starts; with --address the cluster has its own")
     if args.rerun_changed and not args.resume:
         raise ConfigError("--rerun-changed goes with --resume (a fresh sweep has nothing to re-run)")
+    if args.retry_failed and not args.resume:
+        raise ConfigError("--retry-failed goes with --resume (a fresh sweep has no failed trials to retry)")
+    for flag, value in (("--address", args.address), ("--storage-path", args.storage_path)):
+        if value is not None and not value.strip():  # else the default would be used without a word
+            raise ConfigError(f"{flag} is empty; give a value, or leave the option out for its default")
+    if args.tracking_uri is not None:
+        from ..tracking.store import check_tracking_uri
+
+        check_tracking_uri(args.tracking_uri, "--tracking-uri")
+    the_plan = load_plan(args.sweep)  # the one expansion of this command; everything below reads it
     if args.dry_run:
+        from ..sweep.capacity import local_node, local_note
         from ..sweep.inputs import check_inputs
 
-        the_plan = plan(sweep)
-        print(describe_plan(sweep, the_plan))
-        specs = [t.spec for t in the_plan.trials]
-        print(check_inputs(specs, sweep.backbones, sweep.datasets, sweep.source).describe(with_downloads=False))
+        print(describe_plan(the_plan))
+        if args.address is None:  # what `run` here (no --address) would refuse, said now
+            sweep = the_plan.sweep
+            here = local_node(args.num_cpus or sweep.run.num_cpus, sweep.run.num_gpus)
+            if (note := local_note(the_plan.trials, here)) is not None:
+                print(note)
+        inputs = check_inputs(the_plan.specs, the_plan.backbones, the_plan.datasets, the_plan.sweep.source)
+        print(inputs.describe(with_downloads=False))
         if args.calibration is not None:
-            print(describe_estimate(_estimate(args, sweep, the_plan), str(args.calibration)))
+            print(describe_estimate(_estimate(args, the_plan), str(args.calibration)))
         return 0
     gpu_shares = None
     if args.calibration is not None:  # trials ask for the GPU share their measured memory calls for
-        from ..sweep.estimate import measured_gpu_shares
+        from ..sweep.cost.estimate import measured_gpu_shares
 
-        gpu_shares = measured_gpu_shares(_estimate(args, sweep, plan(sweep)))
+        gpu_shares = measured_gpu_shares(_estimate(args, the_plan))
         print(f"GPU shares from measured memory ({args.calibration}): {len(gpu_shares)} trials")
     if args.resume and args.max_concurrent_trials is not None:
         print("note: a resumed sweep keeps the max_concurrent_trials it was started with")
@@ -90,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..sweep.driver import run_sweep
 
     outcome = run_sweep(
-        sweep,
+        the_plan,
         address=args.address,
         resume=args.resume,
         storage_path=args.storage_path,
@@ -108,22 +129,20 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if outcome.count("FAILED") == 0 else 1
 
 
-def _estimate(args: argparse.Namespace, sweep: SweepSpec, the_plan: SweepPlan) -> SweepEstimate:
+def _estimate(args: argparse.Namespace, the_plan: SweepPlan) -> SweepEstimate:
     """The sweep's cost from a calibration file, epochs from MLflow, on the cluster shape the flags give."""
     import os
 
     from ..calibration.records import load_calibration
-    from ..errors import ConfigError
-    from ..sweep.epochs import DEFAULT_ASSUMED_EPOCHS, observed_epochs
-    from ..sweep.estimate import estimate_sweep
-    from ..sweep.packing import Node, cluster_nodes, gpu_nodes
-    from ..sweep.workload import sweep_workloads
+    from ..sweep.cost.epochs import DEFAULT_ASSUMED_EPOCHS, observed_epochs
+    from ..sweep.cost.estimate import estimate_sweep
+    from ..sweep.cost.packing import Node, cluster_nodes, gpu_nodes
+    from ..sweep.cost.workload import sweep_workloads
     from ..tracking.store import resolve_tracking_uri
 
-    if args.epochs is not None and args.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    sweep = the_plan.sweep
     calibration = load_calibration(args.calibration)
-    workloads = sweep_workloads(sweep, the_plan.trials)
+    workloads = sweep_workloads(the_plan)
     assumed = args.epochs or DEFAULT_ASSUMED_EPOCHS
     uri = resolve_tracking_uri(args.tracking_uri, sweep.tracking.uri, Path.cwd())
     epochs = observed_epochs(uri, sweep.experiment_name, assumed)
@@ -141,4 +160,4 @@ def _estimate(args: argparse.Namespace, sweep: SweepSpec, the_plan: SweepPlan) -
         gpus = sweep.run.num_gpus if sweep.run.num_gpus is not None else torch.cuda.device_count()
         nodes = [Node(cpus=float(cpus), gpus=gpus)]
         cluster = f"this machine's local Ray ({cpus} CPUs, {gpus} GPUs; --gpus N / --cluster FILE for a cluster)"
-    return estimate_sweep(sweep, workloads, calibration, epochs, nodes, cluster, args.max_concurrent_trials)
+    return estimate_sweep(the_plan, workloads, calibration, epochs, nodes, cluster, args.max_concurrent_trials)

@@ -25,6 +25,18 @@ from .layouts import IMAGE_SUFFIXES, list_slices, seeded_test_indices
 from .masks import TIFF_SUFFIXES
 
 LARGE_FOREGROUND = 0.5  # a mask covering more than this is probably inverted or mis-decoded
+# an image with a side below this is smaller than one patch of the study's ViTs (14 or 16 px): no backbone embeds it
+MIN_IMAGE_SIDE = 16
+# training holds one slice of each train dataset out for validation (data/sampling.split_validation)
+MIN_TRAIN_SLICES = 2
+
+
+def too_few_to_train(name: str, train_slices: int) -> str:
+    """The problem of a labelled dataset with fewer training slices than training needs."""
+    return (
+        f"dataset '{name}' has {train_slices} training slice(s) once its test split is taken; training on it needs "
+        f"at least {MIN_TRAIN_SLICES} (one is held out for validation)"
+    )
 
 
 @dataclass(frozen=True)
@@ -173,6 +185,8 @@ def check_dataset(entry: DatasetEntry, split_seed: int = 0) -> CheckReport:
         )
     )
     report = CheckReport(entry.name, entry.layout, entry.path, note, problems=list(listing.problems))
+    if listing.labelled and 0 < listing.train_count < MIN_TRAIN_SLICES:
+        report.problems.append(too_few_to_train(entry.name, listing.train_count))
     if entry.layout == "synthetic":
         _check_synthetic(entry, report)
         return report
@@ -197,6 +211,11 @@ def check_dataset(entry: DatasetEntry, split_seed: int = 0) -> CheckReport:
             report.problems.append(str(err))
             continue
         stats.add(s.image, ref.source)
+        if min(s.image.shape) < MIN_IMAGE_SIDE:
+            report.problems.append(
+                f"{ref.source}: image is {s.image.shape[0]}x{s.image.shape[1]}, smaller than one patch of the study's "
+                f"backbones ({MIN_IMAGE_SIDE} px a side at least)"
+            )
         fg = None if s.mask is None else float(s.mask.mean())
         report.slices.append(
             SliceFinding(

@@ -43,6 +43,7 @@ from ..errors import ConfigError
 from ..validation import StrictModel, suggest
 from .intensity import IntensitySpec
 from .masks import DEFAULT_THRESHOLD, MaskRule
+from .synthetic_domains import DOMAINS
 
 Layout = Literal["lucchi_pp", "vnc", "folder", "tiff_stack", "synthetic", "unlabelled"]
 
@@ -51,6 +52,9 @@ DEFAULT_DATA_ROOT = "data"
 # VNC: the usual benchmark split is 17 training / 3 test slices
 VNC_TEST_COUNT = 3
 DEFAULT_TEST_FRACTION = 0.2
+# synthetic domains are generated in memory for demos and tests: bounds that keep that to seconds
+MIN_SYNTHETIC_SIDE, MAX_SYNTHETIC_SIDE = 16, 4096
+MAX_SYNTHETIC_SLICES = 10_000
 
 _MASK_OPTIONS = {"mask_threshold", "mask_labels"}
 _IMAGE_OPTIONS = {"colour", "intensity"}  # how raw pixels are read: every layout with files
@@ -103,10 +107,10 @@ class DatasetEntry(StrictModel):
     colour: Literal["error", "luminance"] = "error"
     intensity: IntensitySpec = IntensitySpec()  # raw values -> [0, 1]: see intensity.py for the rules
     domain: str | None = None
-    n_train: int = Field(8, ge=1)
-    n_test: int = Field(4, ge=1)
+    n_train: int = Field(8, ge=1, le=MAX_SYNTHETIC_SLICES)
+    n_test: int = Field(4, ge=1, le=MAX_SYNTHETIC_SLICES)
     size: tuple[int, int] = (128, 128)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy's SeedSequence takes non-negative seeds
 
     @model_validator(mode="after")
     def _options_fit_layout(self) -> DatasetEntry:
@@ -133,12 +137,13 @@ class DatasetEntry(StrictModel):
         if self.layout == "unlabelled" and self.image_dir is not None and self.image_stack is not None:
             raise ValueError("layout 'unlabelled' takes either 'image_dir' or 'image_stack', not both")
         if self.layout == "synthetic":
-            from .synthetic import DOMAINS  # local: synthetic builds Slices from sources, which imports this
-
             if self.domain not in DOMAINS:
                 raise ValueError(suggest(str(self.domain), set(DOMAINS), "synthetic domain"))
-            if any(s < 16 for s in self.size):
-                raise ValueError(f"synthetic 'size' must be at least 16x16, got {list(self.size)}")
+            if not all(MIN_SYNTHETIC_SIDE <= s <= MAX_SYNTHETIC_SIDE for s in self.size):
+                raise ValueError(
+                    f"synthetic 'size' must be between {MIN_SYNTHETIC_SIDE}x{MIN_SYNTHETIC_SIDE} and "
+                    f"{MAX_SYNTHETIC_SIDE}x{MAX_SYNTHETIC_SIDE}, got {list(self.size)}"
+                )
         return self
 
     @property
@@ -157,19 +162,18 @@ def data_root() -> Path:
     return Path(os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)).expanduser()
 
 
-def _lucchi_folder(root: Path) -> Path:
-    # the full dataset is usually unpacked as lucchi_pp; the shared test copy is lucchi_pp_subset
-    for name in ("lucchi_pp", "lucchi_pp_subset"):
-        if (root / name).is_dir():
-            return root / name
-    return root / "lucchi_pp"
+# a built-in entry reads its own folder under the data root, never another one: results are named after the entry,
+# so a `lucchi_pp` that fell back to the 17/17-slice subset would put the subset's numbers under the full dataset's
+# name. The subset (every 10th slice, kept for tests) is a dataset of its own name.
+SUBSET_OF = {"lucchi_pp_subset": "lucchi_pp"}
 
 
 def builtin_datasets() -> dict[str, DatasetEntry]:
     """The study's datasets (paths under data_root(), read at call time) and two synthetic domains."""
     root = data_root()
     entries = [
-        DatasetEntry(name="lucchi_pp", layout="lucchi_pp", path=str(_lucchi_folder(root))),
+        DatasetEntry(name="lucchi_pp", layout="lucchi_pp", path=str(root / "lucchi_pp")),
+        DatasetEntry(name="lucchi_pp_subset", layout="lucchi_pp", path=str(root / "lucchi_pp_subset")),
         DatasetEntry(name="vnc", layout="vnc", path=str(root / "vnc"), test_count=VNC_TEST_COUNT),
         DatasetEntry(name="vnc_stack2", layout="unlabelled", path=str(root / "vnc"), image_dir="stack2/raw"),
         DatasetEntry(name="synthetic_a", layout="synthetic", domain="a", seed=0),

@@ -113,6 +113,26 @@ def read_image_info(
     return _to_grey(arr, source, colour)
 
 
+def native_size(ref: SliceRef) -> tuple[int, int] | None:
+    """(height, width) of a listed slice from its file's header, pixels unread (None: unreadable, which reading
+    reports with the file named)."""
+    try:
+        if ref.image_page is not None or ref.image.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(ref.image) as tif:
+                shape, axes = tuple(tif.series[0].shape), tif.series[0].axes
+            spatial = shape[-3:-1] if axes.endswith("S") else shape[-2:]
+            return int(spatial[0]), int(spatial[1])
+        from PIL import Image
+
+        with Image.open(ref.image) as im:
+            width, height = im.size
+        return int(height), int(width)
+    except Exception:  # reading reports it, naming the file
+        return None
+
+
 def _read_stack(path: Path) -> np.ndarray:
     """Whole TIFF stack as (pages, H, W[, S])."""
     import tifffile

@@ -23,6 +23,7 @@ from .entries import (
     DATA_ROOT_ENV,
     DEFAULT_DATA_ROOT,
     DEFAULT_TEST_FRACTION,
+    SUBSET_OF,
     VNC_TEST_COUNT,
     DatasetEntry,
     builtin_datasets,
@@ -62,6 +63,11 @@ class Listing:
     test_count: int = 0  # seeded split: number of test slices
     problems: list[str] = field(default_factory=list)  # each names a file; any problem means broken
     ignored: list[str] = field(default_factory=list)  # files that are not images (reported, harmless)
+
+    @property
+    def train_count(self) -> int:
+        """Labelled slices left for training once the test split is taken."""
+        return len(self.labelled) if self.test is not None else len(self.labelled) - self.test_count
 
 
 def _natural_key(name: str) -> list[object]:
@@ -190,8 +196,15 @@ def list_slices(entry: DatasetEntry) -> Listing:
         if entry.name in builtin_datasets():
             where = (
                 f" (built-in datasets live under ${DATA_ROOT_ENV}, currently "
-                f"'{os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)}')"
+                f"'{os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)}'"
             )
+            subsets = [n for n, full in SUBSET_OF.items() if full == entry.name and (root.parent / n).is_dir()]
+            if subsets:
+                where += (
+                    f"; {root.parent / subsets[0]} beside it is a subset, the dataset '{subsets[0]}': name that one "
+                    "to train on the subset"
+                )
+            where += ")"
         out.problems.append(f"{root}: dataset '{entry.name}' folder not found{where}")
         return out
     if entry.layout == "lucchi_pp":
@@ -235,6 +248,17 @@ def list_slices(entry: DatasetEntry) -> Listing:
                 "test slices plus at least one training slice"
             )
     return out
+
+
+def training_count(entry: DatasetEntry) -> int | None:
+    """How many labelled training slices the entry has (after its test split), from the listing alone; None when
+    the listing has problems (those are reported by whoever checks the listing)."""
+    if entry.layout == "synthetic":
+        return entry.n_train
+    listing = list_slices(entry)
+    if listing.problems:
+        return None
+    return len(listing.labelled) - (listing.test_count if listing.test is None else 0)
 
 
 def seeded_test_indices(n: int, test_count: int, split_seed: int) -> list[int]:

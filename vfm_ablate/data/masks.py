@@ -34,6 +34,14 @@ The foreground rule (``MaskRule``), applied in this order:
 A mask whose raw data has at least two distinct values (ignoring a constant
 alpha) but no foreground pixel after the rule is reported as an error: the rule
 does not fit that file, and training on an empty mask would be silent garbage.
+
+So is a file in which **regions** of more than one value (or colour) lie beside
+the background (e.g. 0, 128 and 255 in large patches: a multi-label map with
+membrane = 128 and mitochondria = 255; or red and green classes on black). A
+mask has one foreground value; anti-aliasing leaves other values only on thin
+edges, one or two pixels wide. A second value that fills regions is a label of
+its own, and no threshold can know whether it is foreground. The dataset's
+``mask_labels`` says which values are (the label rule above).
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ from ..validation import StrictModel
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
 DEFAULT_THRESHOLD = 127  # foreground: value > 127 on the 0-255 scale, i.e. at least half intensity
+# a value strictly between a grey mask's lowest and highest whose pixels have this many 4-neighbourhoods of their own
+# value is a region (a label), not anti-aliasing (a thin edge: such pixels touch other values)
+LABEL_REGION_PIXELS = 16
 
 
 class MaskRule(StrictModel):
@@ -133,6 +144,54 @@ def _normalise(array: np.ndarray, rule: MaskRule) -> tuple[np.ndarray, str, bool
     raise ValueError(f"expected an HxW or HxWxC (C in 2, 3, 4) mask array, got shape {a.shape}")
 
 
+def _region_codes(raw: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """One integer per pixel that tells its value (grey) or colour (RGB, alpha composited where it varies) apart,
+    and whether it is a colour; None for float masks."""
+    a = np.asarray(raw)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if not np.issubdtype(a.dtype, np.integer):
+        return None
+    if a.ndim == 2:
+        return a.astype(np.int64), False
+    if a.ndim == 3 and a.shape[-1] in (3, 4) and a.dtype == np.uint8:
+        colour = a[..., :3].astype(np.int64)
+        if a.shape[-1] == 4 and a[..., 3].min() != a[..., 3].max():
+            colour = colour * a[..., 3:4].astype(np.int64) // 255
+        return (colour[..., 0] << 16) | (colour[..., 1] << 8) | colour[..., 2], True
+    return None
+
+
+def label_regions(raw: np.ndarray) -> tuple[list[tuple[str, int]], str, bool]:
+    """([(value, pixels inside its regions), ...], the darkest region value, whether a colour mask) when more than
+    one value besides the darkest fills regions (`LABEL_REGION_PIXELS` or more pixels whose 4 neighbours all share
+    their value): a label map, grey (0 / 128 / 255) or colour (one colour per class). No values for a mask: one
+    foreground value beside the background, whatever thin anti-aliased edges of other values it has."""
+    found = _region_codes(raw)
+    if found is None:
+        return [], "", False
+    codes, colour = found
+    if codes.ndim != 2 or min(codes.shape) < 3:
+        return [], "", colour
+    inner = codes[1:-1, 1:-1]
+    inside = (inner == codes[:-2, 1:-1]) & (inner == codes[2:, 1:-1])
+    inside &= (inner == codes[1:-1, :-2]) & (inner == codes[1:-1, 2:])
+    values, counts = np.unique(inner[inside], return_counts=True)
+    regions = [(int(v), int(n)) for v, n in zip(values, counts) if n >= LABEL_REGION_PIXELS]
+    if len(regions) < 3:
+        return [], "", colour
+
+    def brightness(code: int) -> int:
+        return (code >> 16 & 255) + (code >> 8 & 255) + (code & 255) if colour else code
+
+    def name(code: int) -> str:
+        return str((code >> 16 & 255, code >> 8 & 255, code & 255)) if colour else str(code)
+
+    darkest = min(regions, key=lambda vn: brightness(vn[0]))
+    others = sorted((vn for vn in regions if vn != darkest), key=lambda vn: -vn[1])
+    return [(name(v), n) for v, n in others], name(darkest[0]), colour
+
+
 def normalise_mask(array: np.ndarray, rule: MaskRule | None = None) -> np.ndarray:
     """Raw mask array (HxW grey/bool, or HxWxC grey+alpha/RGB/RGBA) -> bool HxW foreground."""
     return _normalise(array, rule or DEFAULT_RULE)[0]
@@ -185,6 +244,21 @@ def mask_from_raw(
         encoding = "palette " + encoding.split(" ", 1)[1]
     elif fixed_name is not None:
         encoding = fixed_name
+    if rule.labels is None:
+        regions, darkest, colour = label_regions(raw)
+        if regions:
+            values = ", ".join(f"{v} ({n:,} pixels inside regions)" for v, n in regions[:6])
+            fix = (
+                "save it with one channel (grey or a palette PNG) and name the foreground values with the dataset's "
+                "mask_labels"
+                if colour
+                else f"name the foreground values with the dataset's mask_labels, e.g. mask_labels: [{regions[0][0]}]"
+            )
+            raise DataError(
+                f"{source}: looks like a label map, not a mask: regions of {len(regions)} values ({values}) beside "
+                f"the background {darkest}, where a mask has one (anti-aliasing leaves only thin edges of other "
+                f"values); read as a mask, a threshold would decide on its own which of them are foreground: {fix}"
+            )
     if varies and not mask.any():
         shown = np.unique(raw)[:8].tolist()
         how = f"raw value in {rule.labels}" if rule.labels is not None else f"0-255 scaled value > {rule.threshold}"

@@ -1,4 +1,11 @@
-"""Validation hold-out and the order in which training items form batches (single or paired datasets).
+"""Which training images carry labels (`data.labelled`), the validation hold-out, and the order in which training
+items form batches (single or paired datasets).
+
+Labelled draw: of a dataset's n training images (after its test split), the labelled ones are
+``sorted(numpy.random.default_rng([split_seed, 4]).permutation(n)[:k])``: the first k of one permutation per split
+seed, so the draws are nested (for one split seed the k = 2 set contains the k = 1 set, and so on); k is a count,
+or a fraction f of n as max(1, round(f * n)). The validation hold-out is then drawn from the k labelled images
+(`hold_out`).
 
 Regimes (``epoch_batches``), batches are lists of (dataset index, item index):
 
@@ -23,9 +30,42 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..config import balanced_share
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 VALIDATION_STREAM = 2  # rng stream tag of the validation hold-out (the seeded test split uses 1)
+LABELLED_STREAM = 4  # rng stream tag of the labelled draw (3: alignment's token subsampling)
+
+
+def labelled_count(labelled: int | float | str | None, n: int, dataset: str = "dataset") -> int:
+    """How many of `n` training images carry labels under a `data.labelled` value (None / 'all': every one)."""
+    if labelled is None or labelled == "all":
+        return n
+    if isinstance(labelled, float):
+        return min(n, max(1, math.floor(labelled * n + 0.5)))
+    if not isinstance(labelled, int) or labelled < 0:
+        raise ConfigError(f"data.labelled of '{dataset}': expected a count, a fraction or 'all', got {labelled!r}")
+    if labelled > n:
+        raise DataError(
+            f"data.labelled asks for {labelled} labelled training images of '{dataset}', which has {n} (after its "
+            "test split)"
+        )
+    return labelled
+
+
+def labelled_draw(n: int, labelled: int | float | str | None, split_seed: int, dataset: str = "dataset") -> list[int]:
+    """The indices (sorted) of the training images that carry labels: the first k of one seeded permutation of n,
+    so for one split seed every draw contains the smaller ones."""
+    k = labelled_count(labelled, n, dataset)
+    perm = np.random.default_rng([split_seed, LABELLED_STREAM]).permutation(n)
+    return sorted(int(i) for i in perm[:k])
+
+
+def hold_out(n: int, fraction: float, split_seed: int) -> tuple[list[int], list[int]]:
+    """The validation hold-out of a dataset's n labelled training images: `split_validation` from 2 images on; a
+    single labelled image trains (nothing held out), none gives nothing."""
+    if n < 2:
+        return list(range(n)), []
+    return split_validation(n, fraction, split_seed)
 
 
 def split_validation(n: int, fraction: float, split_seed: int) -> tuple[list[int], list[int]]:

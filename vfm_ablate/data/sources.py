@@ -16,33 +16,52 @@ whole dataset (data/intensity.py); colour images are refused unless the entry co
 Loaded datasets are cached in-process (pixels per entry, splits per split seed)
 and their arrays are read-only, because many trials reuse them.
 
-An unlabelled target of domain adaptation is loaded with ``train_masks=False``: its training slices come without
-masks, which are then never read from disk (only the test split's masks are), so no target label can reach
-training.
+Which training slices carry labels: all of them by default; `labelled=k` (a trial's `data.labelled`) keeps the
+masks of a nested seeded draw of k (`sampling.labelled_draw`) and gives the rest none; `labelled=0` is an
+unlabelled target of domain adaptation. A training slice outside the draw has no mask and its mask file is never
+read from disk (only the labelled ones' and the test split's are), so no such label can reach training; when this
+process already holds the entry's pixels with every mask (another trial read it fully labelled), the masks are
+dropped here instead.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from ..errors import DataError
 from .entries import DatasetEntry
 from .images import Slice, read_all
 from .intensity import IntensityStats
-from .layouts import Listing, list_slices, seeded_test_indices
+from .layouts import Listing, SliceRef, list_slices, seeded_test_indices
+from .sampling import labelled_draw
 
 __all__ = ["LoadedDataset", "Slice", "clear_cache", "load_dataset"]
 
 
 @dataclass(frozen=True, eq=False)
 class LoadedDataset:
-    """A dataset's slices after the split; `unlabelled` is for diagnostics only."""
+    """A dataset's slices after the split. `training`: every training slice in listing order, those at `labelled`
+    with their mask, the others without (never read); `unlabelled`: the entry's own unlabelled slices (diagnostics).
+    """
 
     name: str
-    train: list[Slice]
+    training: list[Slice]
+    labelled: tuple[int, ...]
     test: list[Slice]
     unlabelled: list[Slice]
+
+    @property
+    def train(self) -> list[Slice]:
+        """The labelled training slices (every training slice unless a labelled draw was asked for)."""
+        return [self.training[i] for i in self.labelled]
+
+    @property
+    def remainder(self) -> list[Slice]:
+        """The training slices outside the labelled draw: images only."""
+        keep = set(self.labelled)
+        return [s for i, s in enumerate(self.training) if i not in keep]
 
 
 @dataclass(frozen=True)
@@ -54,7 +73,7 @@ class _Pixels:
 
 
 _PIXELS: dict[str, _Pixels] = {}
-_DATASETS: dict[tuple[str, int, bool], LoadedDataset] = {}
+_DATASETS: dict[tuple[str, int, tuple[str, object]], LoadedDataset] = {}
 _LOCK = threading.Lock()
 
 
@@ -93,21 +112,21 @@ def _read_pixels(entry: DatasetEntry) -> _Pixels:
     if entry.layout == "synthetic":
         return _synthetic(entry)
     listing = _listing(entry)
-    rule = entry.mask_rule
-    labelled = read_all(listing.labelled, rule, entry.colour)
-    test = read_all(listing.test, rule, entry.colour) if listing.test is not None else None
-    unlabelled = read_all(listing.unlabelled, rule, entry.colour)
-    ranges = value_ranges(entry, [*labelled, *(test or []), *unlabelled])
-
-    def scaled(slices: list[Slice]) -> list[Slice]:
-        return [replace(s, value_range=ranges[str(s.image.dtype)]) for s in slices]
-
+    labelled, test, unlabelled = _read_scaled(entry, [listing.labelled, listing.test or [], listing.unlabelled])
     return _Pixels(
-        labelled=scaled(labelled),
-        test=scaled(test) if test is not None else None,
-        unlabelled=scaled(unlabelled),
+        labelled=labelled,
+        test=test if listing.test is not None else None,
+        unlabelled=unlabelled,
         test_count=listing.test_count,
     )
+
+
+def _read_scaled(entry: DatasetEntry, groups: list[list[SliceRef]]) -> list[list[Slice]]:
+    """Read groups of slices (a ref without a mask is read without one), each scaled by the value range of the
+    entry's intensity rule over all of them (every image of the dataset)."""
+    read = [read_all(refs, entry.mask_rule, entry.colour) for refs in groups]
+    ranges = value_ranges(entry, [s for group in read for s in group])
+    return [[replace(s, value_range=ranges[str(s.image.dtype)]) for s in group] for group in read]
 
 
 def value_ranges(entry: DatasetEntry, slices: list[Slice]) -> dict[str, tuple[float, float]]:
@@ -121,59 +140,60 @@ def value_ranges(entry: DatasetEntry, slices: list[Slice]) -> dict[str, tuple[fl
     return stats.value_ranges(entry.intensity)
 
 
-def load_dataset(entry: DatasetEntry, split_seed: int, *, train_masks: bool = True) -> LoadedDataset:
+def load_dataset(
+    entry: DatasetEntry, split_seed: int, *, labelled: int | float | str | None = None
+) -> LoadedDataset:
     """An entry's slices split into train/test (+ unlabelled); deterministic per split_seed, cached in-process.
 
-    `train_masks=False` (an unlabelled target): the same split, but the training slices carry no mask and their
-    mask files are not read (unless this process already read them for a labelled use of the entry: then they are
-    dropped here)."""
+    `labelled` (None / 'all': every training slice): how many training slices keep their mask, a count or a
+    fraction (`data.labelled`), drawn nested by the split seed; 0 for an unlabelled target. The others carry no
+    mask, and their mask files are not read (unless this process already read them for a fully labelled use of
+    the entry: then they are dropped here)."""
     key = _entry_key(entry)
+    dataset_key = (key, split_seed, (type(labelled).__name__, labelled))  # 1 and 1.0 are different settings
     with _LOCK:
-        cached = _DATASETS.get((key, split_seed, train_masks))
+        cached = _DATASETS.get(dataset_key)
         pixels = _PIXELS.get(key)
     if cached is not None:
         return cached
-    if not train_masks:
-        dataset = _without_train_masks(entry, split_seed, pixels)
-        with _LOCK:
-            return _DATASETS.setdefault((key, split_seed, False), dataset)
-    if pixels is None:
-        pixels = _read_pixels(entry)
-        with _LOCK:
-            pixels = _PIXELS.setdefault(key, pixels)
-    if pixels.test is not None:
-        train, test = list(pixels.labelled), list(pixels.test)
+    if pixels is None and labelled not in (None, "all") and entry.layout != "synthetic":
+        dataset = _read_partly_labelled(entry, split_seed, labelled)
     else:
-        test_idx = set(seeded_test_indices(len(pixels.labelled), pixels.test_count, split_seed))
-        train = [s for i, s in enumerate(pixels.labelled) if i not in test_idx]
-        test = [s for i, s in enumerate(pixels.labelled) if i in test_idx]
-    dataset = LoadedDataset(name=entry.name, train=train, test=test, unlabelled=list(pixels.unlabelled))
+        if pixels is None:
+            pixels = _read_pixels(entry)
+            with _LOCK:
+                pixels = _PIXELS.setdefault(key, pixels)
+        train, test = _split(pixels.labelled, pixels.test, pixels.test_count, split_seed)
+        keep = labelled_draw(len(train), labelled, split_seed, entry.name)
+        chosen = set(keep)
+        training = [s if i in chosen else replace(s, mask=None) for i, s in enumerate(train)]
+        dataset = LoadedDataset(entry.name, training, tuple(keep), test, list(pixels.unlabelled))
     with _LOCK:
-        return _DATASETS.setdefault((key, split_seed, True), dataset)
+        return _DATASETS.setdefault(dataset_key, dataset)
 
 
-def _without_train_masks(entry: DatasetEntry, split_seed: int, pixels: _Pixels | None) -> LoadedDataset:
-    if pixels is None and entry.layout != "synthetic":
-        listing = _listing(entry)
-        rule = entry.mask_rule
-        if listing.test is not None:
-            train_refs, test_refs = listing.labelled, listing.test
-        else:
-            test_idx = set(seeded_test_indices(len(listing.labelled), listing.test_count, split_seed))
-            train_refs = [r for i, r in enumerate(listing.labelled) if i not in test_idx]
-            test_refs = [r for i, r in enumerate(listing.labelled) if i in test_idx]
-        train = read_all([replace(r, mask=None, mask_page=None) for r in train_refs], rule, entry.colour)
-        test = read_all(test_refs, rule, entry.colour)
-        unlabelled = read_all(listing.unlabelled, rule, entry.colour)
-        # the intensity rule over the same images as a labelled load: the dataset maps to [0, 1] the same either way
-        ranges = value_ranges(entry, [*train, *test, *unlabelled])
-        train, test, unlabelled = (
-            [replace(s, value_range=ranges[str(s.image.dtype)]) for s in part] for part in (train, test, unlabelled)
-        )
-        return LoadedDataset(entry.name, train, test, unlabelled)
-    labelled = load_dataset(entry, split_seed)  # already in memory (or generated): drop the training masks
-    train = [replace(s, mask=None) for s in labelled.train]  # (keeping its value range, channels, colour)
-    return LoadedDataset(entry.name, train, list(labelled.test), list(labelled.unlabelled))
+T = TypeVar("T")
+
+
+def _split(labelled: list[T], test: list[T] | None, test_count: int, split_seed: int) -> tuple[list[T], list[T]]:
+    """(train, test): the predefined test split, or the seeded one drawn from the labelled slices."""
+    if test is not None:
+        return list(labelled), list(test)
+    test_idx = set(seeded_test_indices(len(labelled), test_count, split_seed))
+    train = [s for i, s in enumerate(labelled) if i not in test_idx]
+    return train, [s for i, s in enumerate(labelled) if i in test_idx]
+
+
+def _read_partly_labelled(entry: DatasetEntry, split_seed: int, labelled: int | float | str) -> LoadedDataset:
+    """Read from disk with only the drawn training slices' masks (and the test split's): the others' mask files are
+    never opened."""
+    listing = _listing(entry)
+    train_refs, test_refs = _split(listing.labelled, listing.test, listing.test_count, split_seed)
+    keep = labelled_draw(len(train_refs), labelled, split_seed, entry.name)
+    chosen = set(keep)
+    refs = [r if i in chosen else replace(r, mask=None, mask_page=None) for i, r in enumerate(train_refs)]
+    training, test, unlabelled = _read_scaled(entry, [refs, test_refs, listing.unlabelled])
+    return LoadedDataset(entry.name, training, tuple(keep), test, unlabelled)
 
 
 def clear_cache() -> None:

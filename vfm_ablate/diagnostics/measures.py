@@ -1,16 +1,15 @@
-"""Domain-mismatch math on image embeddings: Fréchet distance, linear probe, linear-kernel MMD, PCA plot.
+"""Domain-mismatch maths on image embeddings: Fréchet distance, linear probe, linear-kernel MMD.
 
 Everything here works on plain ``n x D`` arrays (one row per image), so the same code serves the
-standalone ``vfm-ablate diagnose`` command and the in-trial diagnostics (frozen and adapted backbone).
+standalone ``vfm-ablate diagnose`` command and the in-trial diagnostics (frozen and adapted backbone). The plot
+is in diagnostics/plots.py, the measures as flat metric names in diagnostics/metrics.py.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -77,7 +76,7 @@ def _same_dim(x: np.ndarray, y: np.ndarray, xs: str, ys: str) -> None:
         raise DataError(f"{xs} has {x.shape[1]} features but {ys} has {y.shape[1]}; embeddings must share D")
 
 
-def _check_embeddings(embeddings: dict[str, np.ndarray], min_rows: int = 2) -> dict[str, np.ndarray]:
+def check_embeddings(embeddings: dict[str, np.ndarray], min_rows: int = 2) -> dict[str, np.ndarray]:
     if len(embeddings) < 2:
         raise DataError(f"domain diagnostics need at least two datasets, got {sorted(embeddings)}")
     out = {name: _as_matrix(v, f"embeddings['{name}']", min_rows) for name, v in embeddings.items()}
@@ -202,7 +201,7 @@ def linear_probe(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    data = _check_embeddings(embeddings)
+    data = check_embeddings(embeddings)
     names = list(data)
     x = np.concatenate([data[n] for n in names], axis=0)
     y = np.concatenate([np.full(len(data[n]), i) for i, n in enumerate(names)])
@@ -211,7 +210,7 @@ def linear_probe(
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=seed))
 
     if fit is not None:
-        fitted = _check_embeddings(fit)
+        fitted = check_embeddings(fit)
         if list(fitted) != names:
             raise DataError(f"linear_probe: fit rows of {list(fitted)} but scored rows of {names}: other datasets")
         x_fit = np.concatenate([fitted[n] for n in names], axis=0)
@@ -325,106 +324,3 @@ def _mmd2_from_sums(sx, total, sqx, sq_total, m: int, n: int):
     yy = (np.einsum("...d,...d->...", sy, sy) - sqy) / (n * (n - 1))
     xy = np.einsum("...d,...d->...", sx, sy) / (m * n)
     return xx + yy - 2.0 * xy
-
-
-# ---------------------------------------------------------------------------------------------- PCA
-
-
-def pca_plot(embeddings: dict[str, np.ndarray], path: str | Path, title: str) -> tuple[float, float]:
-    """Joint 2-D PCA of all datasets saved as a PNG scatter coloured by dataset; returns the explained-variance
-    ratios."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from sklearn.decomposition import PCA
-
-    data = _check_embeddings(embeddings, min_rows=1)
-    names = list(data)
-    joint = np.concatenate([data[n] for n in names], axis=0)
-    if min(joint.shape) < 2:
-        raise DataError(f"pca_plot: a 2-D PCA needs >= 2 images and >= 2 features, got joint shape {joint.shape}")
-    pca = PCA(n_components=2, svd_solver="full").fit(joint)
-    ratio = (float(pca.explained_variance_ratio_[0]), float(pca.explained_variance_ratio_[1]))
-
-    fig = Figure(figsize=(6, 5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
-    for i, name in enumerate(names):
-        pts = pca.transform(data[name])
-        ax.scatter(
-            pts[:, 0],
-            pts[:, 1],
-            s=22,
-            alpha=0.8,
-            marker=markers[i % len(markers)],
-            color=f"C{i % 10}",
-            label=f"{name} (n={len(pts)})",
-        )
-    ax.set_xlabel(f"PC1 ({100 * ratio[0]:.1f}% of variance)")
-    ax.set_ylabel(f"PC2 ({100 * ratio[1]:.1f}% of variance)")
-    ax.set_title(title)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return ratio
-
-
-# ----------------------------------------------------------------------------------------- together
-
-
-_METRIC_SAFE = re.compile(r"[^\w.\-]")
-
-
-def _metric_token(name: str) -> str:
-    """Dataset name as an MLflow-safe metric-name part (MLflow allows only [/\\w.\\- :])."""
-    return _METRIC_SAFE.sub("_", name)
-
-
-def pair_key(a: str, b: str) -> str:
-    """Name part for one pair of datasets, e.g. 'lucchi_pp_vs_vnc' ('~' is not allowed in MLflow names)."""
-    return f"{_metric_token(a)}_vs_{_metric_token(b)}"
-
-
-def domain_metrics(
-    embeddings: dict[str, np.ndarray],
-    seed: int,
-    *,
-    pca_dim: int | None = None,
-    probe_test_size: float = 0.3,
-    probe_cv: int | None = None,
-    mmd_permutations: int = 1000,
-    probe_fit: dict[str, np.ndarray] | None = None,
-    probe_score: dict[str, np.ndarray] | None = None,
-) -> dict[str, float]:
-    """All diagnostics as flat MLflow metric names.
-
-    Two datasets: fd, fd_effective_rank, probe_acc, probe_auc, mmd, mmd_pvalue.
-    More: fd/<a>_vs_<b>, fd_effective_rank/<a>_vs_<b>, mmd/<a>_vs_<b>, mmd_pvalue/<a>_vs_<b> for every pair,
-    plus one probe over all datasets (probe_acc, probe_auc: one-vs-rest macro AUC). With `probe_fit`, the probe is
-    fitted on those rows and scored on `probe_score` (default: `embeddings`) instead of holding out part of them.
-    """
-    data = _check_embeddings(embeddings)
-    names = list(data)
-    tokens = [_metric_token(n) for n in names]
-    if len(set(tokens)) != len(tokens):
-        raise DataError(f"dataset names {names} collide once made MLflow-safe ({tokens})")
-    out: dict[str, float] = {}
-    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
-    for a, b in pairs:
-        suffix = "" if len(pairs) == 1 else f"/{pair_key(a, b)}"
-        fd = frechet_distance(data[a], data[b], pca_dim=pca_dim)
-        mmd = linear_mmd(data[a], data[b], permutations=mmd_permutations, seed=seed)
-        out[f"fd{suffix}"] = fd.value
-        out[f"fd_effective_rank{suffix}"] = float(fd.effective_rank)
-        out[f"mmd{suffix}"] = mmd.mmd2
-        if mmd.p_value is not None:
-            out[f"mmd_pvalue{suffix}"] = mmd.p_value
-    if probe_fit is not None:
-        probe = linear_probe(probe_score if probe_score is not None else data, seed=seed, fit=probe_fit)
-    else:
-        probe = linear_probe(data, seed=seed, test_size=probe_test_size, cv=probe_cv)
-    out["probe_acc"] = probe.accuracy
-    out["probe_auc"] = probe.roc_auc
-    return out

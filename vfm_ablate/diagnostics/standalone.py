@@ -27,7 +27,9 @@ from ..models.registry import BackboneEntry
 from ..models.segmenter import build_segmenter
 from ..text_tables import format_table
 from .embeddings import dataset_embeddings
-from .measures import RankDeficiencyWarning, domain_metrics, pca_plot, probe_rows
+from .measures import RankDeficiencyWarning, probe_rows
+from .metrics import domain_metrics
+from .plots import pca_plot
 
 
 @dataclass(frozen=True)

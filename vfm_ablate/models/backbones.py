@@ -182,14 +182,7 @@ def build_backbone(entry: BackboneEntry, pretrained: bool, *, device: str | torc
             f"backbone '{entry.name}' declares no pretrained source: set 'pretrained_tag' (hub) or "
             f"'checkpoint' (local file) in its entry, or use weights: random"
         )
-    ctx = torch.device(device) if device is not None else contextlib.nullcontext()
-    with ctx:
-        if entry.library == "open_clip":
-            backbone: Backbone = OpenClipViTBackbone(entry, _create_open_clip(entry, from_hub))
-        elif entry.kind == "cnn":
-            backbone = TimmCNNBackbone(entry, _create_timm(entry, from_hub))
-        else:
-            backbone = TimmViTBackbone(entry, _create_timm(entry, from_hub))
+    backbone = _wrapped(entry, from_hub, device)
     _verify_facts(backbone)
     if from_hub:
         backbone.load_report = {
@@ -202,6 +195,22 @@ def build_backbone(entry: BackboneEntry, pretrained: bool, *, device: str | torc
         backbone.load_report = load_checkpoint(backbone.net, entry, resolve_checkpoint_path(entry))
     backbone.finalise()
     return backbone
+
+
+def unverified_backbone(entry: BackboneEntry, device: str | torch.device = "meta") -> Backbone:
+    """The entry's network (random init) behind its Backbone interface, its stated facts not held to it: what
+    models/infer reads the facts from."""
+    return _wrapped(entry, False, device)
+
+
+def _wrapped(entry: BackboneEntry, from_hub: bool, device: str | torch.device | None) -> Backbone:
+    ctx = torch.device(device) if device is not None else contextlib.nullcontext()
+    with ctx:
+        if entry.library == "open_clip":
+            return OpenClipViTBackbone(entry, _create_open_clip(entry, from_hub))
+        if entry.kind == "cnn":
+            return TimmCNNBackbone(entry, _create_timm(entry, from_hub))
+        return TimmViTBackbone(entry, _create_timm(entry, from_hub))
 
 
 def backbone_parameter_count(entry: BackboneEntry) -> int:

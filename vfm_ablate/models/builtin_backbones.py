@@ -7,7 +7,7 @@ training step, `gpu_memory_gb` the adapted peak. They steer Ray's packing only; 
 
 from __future__ import annotations
 
-from .registry import BackboneEntry, register
+from .entry import BackboneEntry
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 OPENAI_CLIP = {"mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711)}
@@ -151,35 +151,26 @@ def _tiny() -> list[BackboneEntry]:
     # Random-init miniatures of the real architectures (same code paths, seconds on a CPU) for tests; layer scale
     # starts at 1 (not DINO's 1e-5) so that the blocks, and LoRA inside them, matter without pretrained weights
     small = {"gpu_fraction_frozen": 0.05, "gpu_fraction_adapted": 0.05, "gpu_memory_gb": 0.5}
+
+    def tiny_vit(name: str, model_id: str, patch: int, dim: int, heads: int, img: int) -> BackboneEntry:
+        return BackboneEntry(
+            name=name,
+            family="tiny",
+            scale="tiny",
+            library="timm",
+            model_id=model_id,
+            patch_size=patch,
+            embed_dim=dim,
+            num_prefix_tokens=5,
+            lora_targets=TIMM_ATTENTION,
+            lora_mlp_targets=TIMM_MLP,
+            model_kwargs={"embed_dim": dim, "depth": 2, "num_heads": heads, "img_size": img, "init_values": 1.0},
+            **small,
+        )
+
     return [
-        BackboneEntry(
-            name="tiny_vit_p14",
-            family="tiny",
-            scale="tiny",
-            library="timm",
-            model_id="vit_small_patch14_reg4_dinov2",
-            patch_size=14,
-            embed_dim=48,
-            num_prefix_tokens=5,
-            lora_targets=TIMM_ATTENTION,
-            lora_mlp_targets=TIMM_MLP,
-            model_kwargs={"embed_dim": 48, "depth": 2, "num_heads": 3, "img_size": 56, "init_values": 1.0},
-            **small,
-        ),
-        BackboneEntry(
-            name="tiny_vit_p16",
-            family="tiny",
-            scale="tiny",
-            library="timm",
-            model_id="vit_small_patch16_dinov3",
-            patch_size=16,
-            embed_dim=64,
-            num_prefix_tokens=5,
-            lora_targets=TIMM_ATTENTION,
-            lora_mlp_targets=TIMM_MLP,
-            model_kwargs={"embed_dim": 64, "depth": 2, "num_heads": 2, "img_size": 64, "init_values": 1.0},
-            **small,
-        ),
+        tiny_vit("tiny_vit_p14", "vit_small_patch14_reg4_dinov2", patch=14, dim=48, heads=3, img=56),
+        tiny_vit("tiny_vit_p16", "vit_small_patch16_dinov3", patch=16, dim=64, heads=2, img=64),
         BackboneEntry(
             name="tiny_openclip",
             family="tiny",
@@ -202,6 +193,3 @@ def _tiny() -> list[BackboneEntry]:
 
 
 BUILTIN_ENTRIES: list[BackboneEntry] = [*_dinov2(), *_dinov3(), *_openclip(), *_cnn(), *_tiny()]
-
-for _entry in BUILTIN_ENTRIES:
-    register(_entry)

@@ -115,6 +115,6 @@ def build_segmenter(spec: TrialSpec, entry: BackboneEntry, *, device: str | torc
     """
     backbone = build_backbone(entry, pretrained=spec.weights == "pretrained", device=device)
     with torch.device(device) if device is not None else contextlib.nullcontext():
-        targets = apply_lora(backbone, entry, spec.lora) if spec.regime == "lora" else []
+        targets = apply_lora(backbone, entry, spec.lora) if spec.lora_applies else []
         head = SegmentationHead(entry.embed_dim, num_classes=2)
     return Segmenter(backbone, head, spec.regime, targets)

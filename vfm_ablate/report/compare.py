@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import alignment_label, inapplicable_settings
 from ..errors import VfmAblateError
-from ..text_tables import markdown_table
+from ..metric_names import IOU, MACRO_IOU, POOLED_IOU
 from ..validation import suggest
-from .tables import NON_CONDITION_PARAMS, NON_CONDITION_PREFIXES, REPEAT_PARAMS, alignment_of
+from .runs import run_specs
+from .tables import NON_CONDITION_PARAMS, NON_CONDITION_PREFIXES, REPEAT_PARAMS, covered, unset_value
 
 METHOD = "method"  # the derived axis: the alignment method's label
 NOISE = "within seed noise"
@@ -56,7 +56,7 @@ def compare_settings(
     (b − a), its bootstrap interval and the verdict. `group` holds the other settings the pairs share (those that
     vary in the compared runs, and the `label` settings even when they do not); a group's own columns are
     `params.<key>`."""
-    finished = _finished(runs)
+    finished = finished_runs(runs)
     col = f"params.{axis}"
     if axis == METHOD and col not in finished:
         finished = with_method(finished)
@@ -64,16 +64,16 @@ def compare_settings(
         known = [c[len("params.") :] for c in finished if c.startswith("params.")]
         raise VfmAblateError(suggest(axis, known, "setting to compare"))
     if axis != METHOD:  # a frozen run's lora.rank (a default it never used) is no value of the axis
-        applies = [not _covered(axis, _inapplicable(_params(row))) for _, row in finished.iterrows()]
+        applies = [not covered(axis, spec.inapplicable_settings()) for spec in finished["spec"]]
         finished = finished[applies]
-    values = finished[col].fillna("").astype(str)
+    values = finished[col].fillna(unset_value(axis)).astype(str)
     side_a, side_b = finished[values == a], finished[values == b]
     for value, side in ((a, side_a), (b, side_b)):
         if side.empty:
             seen = ", ".join(sorted(set(values)))
             raise VfmAblateError(f"no finished run has {axis} = {value!r} (values found: {seen})")
     metrics = metrics or default_metrics(pd.concat([side_a, side_b]))
-    condition = _varying_conditions(pd.concat([side_a, side_b]), axis, label)
+    condition = varying_conditions(pd.concat([side_a, side_b]), axis, label)
     pairs = _matched_pairs(side_a, side_b, condition)
     rows = []
     for label, matched in pairs.items():
@@ -81,7 +81,7 @@ def compare_settings(
         for metric in metrics:
             mcol = f"metrics.{metric}"
             got = [(ra[mcol], rb[mcol]) for ra, rb in matched if mcol in ra and mcol in rb]
-            got = [(float(x), float(y)) for x, y in got if _finite(x) and _finite(y)]
+            got = [(float(x), float(y)) for x, y in got if is_finite(x) and is_finite(y)]
             if not got:
                 continue
             va, vb = np.array([x for x, _ in got]), np.array([y for _, y in got])
@@ -121,7 +121,7 @@ def transfer_table(
 ) -> pd.DataFrame:
     """Every alignment method against `baseline` (`none`): compare_settings over the `method` axis for each method,
     with the IoU of every test dataset and the feature-gap diagnostics."""
-    finished = with_method(_finished(runs))
+    finished = with_method(finished_runs(runs))
     methods = sorted(set(finished[f"params.{METHOD}"]) - {baseline})
     if baseline not in set(finished[f"params.{METHOD}"]):
         raise VfmAblateError(f"no finished run uses alignment method '{baseline}' to compare against")
@@ -146,7 +146,7 @@ def transfer_table(
 def with_method(runs: pd.DataFrame) -> pd.DataFrame:
     """`runs` with `params.method`: the alignment method of each run as one label (`none` without alignment)."""
     out = runs.copy()
-    out[f"params.{METHOD}"] = [alignment_label(alignment_of(_params(row))) for _, row in out.iterrows()]
+    out[f"params.{METHOD}"] = [spec.alignment.label() for spec in run_specs(out)]
     return out
 
 
@@ -154,7 +154,7 @@ def default_metrics(runs: pd.DataFrame) -> list[str]:
     """Every test IoU (`iou_fg/<dataset>`, macro, pooled) and feature-gap diagnostic (FD, MMD, probe accuracy) that
     the runs logged."""
     found = [c[len("metrics.") :] for c in runs.columns if c.startswith("metrics.") and runs[c].notna().any()]
-    iou = sorted(m for m in found if m.startswith("iou_fg/") or m in ("macro_iou_fg", "pooled_iou_fg"))
+    iou = sorted(m for m in found if m.startswith(f"{IOU}/") or m in (MACRO_IOU, POOLED_IOU))
     diag = sorted(m for m in found if m.startswith("diag/") and m.split("/")[2] in DIAG_MEASURES)
     return iou + diag
 
@@ -192,69 +192,10 @@ def verdict(low: float, high: float) -> str:
     return NOISE if low <= 0.0 <= high else BEYOND
 
 
-def to_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
-    """The comparison as a Markdown table: group, metric, both sides (mean ± std over the pairs), Δ [95 % CI]."""
-    if frame.empty:
-        return "(no comparisons)"
-    a, b = str(frame["a"].iloc[0]), str(frame["b"].iloc[0])
-    rows = []
-    for _, r in frame.iterrows():
-        rows.append(
-            {
-                "group": r["group"],
-                "metric": r["metric"],
-                "n": int(r["n"]),
-                str(a): _pm(r["mean_a"], r["std_a"], digits),
-                str(b): _pm(r["mean_b"], r["std_b"], digits),
-                f"Δ ({b} − {a}) [95 % CI]": _delta(r, digits),
-                "verdict": r["verdict"],
-            }
-        )
-    return f"{frame['axis'].iloc[0]}: {b} vs {a}\n\n" + markdown_table(rows)
-
-
-def transfer_rows(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """The transfer table for display: per method and setting, each test dataset's IoU as `train → test`, then the
-    diagnostics, baseline and method side by side with Δ [95 % CI]."""
-    rows = []
-    for _, r in frame.iterrows():
-        group = {k[len("params.") :]: v for k, v in r.items() if k.startswith("params.") and isinstance(v, str)}
-        train = group.pop("data.train", "")
-        target = group.pop("data.target", "")
-        group.pop("data.test", None)  # "measured" names the test dataset
-        source = "+".join(d for d in train.split(",") if d)
-        if target:
-            source += " (target " + "+".join(d for d in target.split(",") if d) + ")"
-        metric = str(r["metric"])
-        measured = f"{source} → {metric.split('/', 1)[1]}" if metric.startswith("iou_fg/") else f"{source}: {metric}"
-        rows.append(
-            {
-                "method": r["b"],
-                **{k: group.pop(k, "") for k in ("backbone", "regime")},
-                "measured": measured,
-                "other settings": ", ".join(f"{k}={v}" for k, v in group.items()),
-                "n": int(r["n"]),
-                str(r["a"]): _pm(r["mean_a"], r["std_a"], digits),
-                "method value": _pm(r["mean_b"], r["std_b"], digits),
-                "Δ [95 % CI]": _delta(r, digits),
-                "verdict": r["verdict"],
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def transfer_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
-    """`transfer_rows` as a Markdown table."""
-    if frame.empty:
-        return "(no comparisons)"
-    shown = transfer_rows(frame, digits)
-    return markdown_table(shown.to_dict("records"), [str(c) for c in shown.columns])
-
-
 def alignment_methods(runs: pd.DataFrame) -> list[str]:
     """The alignment methods the finished runs used (labels, `none` included)."""
     try:
-        finished = _finished(runs)
+        finished = finished_runs(runs)
     except VfmAblateError:  # nothing finished
         return []
     return sorted(set(with_method(finished)[f"params.{METHOD}"]))
@@ -263,8 +204,9 @@ def alignment_methods(runs: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------------------------- matching
 
 
-def _finished(runs: pd.DataFrame) -> pd.DataFrame:
-    """FINISHED runs, one per trial id (the latest), with data.test made explicit (train + target when unset)."""
+def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """FINISHED runs, one per trial id (the latest), with their TrialSpec (`spec`) and data.test made explicit (its
+    test datasets: train + target when unset)."""
     if runs.empty:
         raise VfmAblateError("no trial runs to compare (is this the right experiment / tracking URI?)")
     done = runs[runs["status"] == "FINISHED"].sort_values("start_time", kind="stable")
@@ -272,16 +214,13 @@ def _finished(runs: pd.DataFrame) -> pd.DataFrame:
     done = pd.concat([done[has_id].drop_duplicates("trial_id", keep="last"), done[~has_id]]).copy()
     if done.empty:
         raise VfmAblateError(f"none of the {len(runs)} trial runs finished: nothing to compare")
+    done["spec"] = run_specs(done)
     if "params.data.test" in done:
-        train = done.get("params.data.train", pd.Series("", index=done.index)).fillna("").astype(str)
-        target = done.get("params.data.target", pd.Series("", index=done.index)).fillna("").astype(str)
-        default = [",".join(d for d in f"{t},{g}".split(",") if d) for t, g in zip(train, target)]
-        test = done["params.data.test"].fillna("").astype(str)
-        done["params.data.test"] = test.where(test != "", pd.Series(default, index=done.index))
+        done["params.data.test"] = [",".join(spec.data.test_datasets) for spec in done["spec"]]
     return done
 
 
-def _varying_conditions(runs: pd.DataFrame, axis: str, label: tuple[str, ...] = ()) -> list[str]:
+def varying_conditions(runs: pd.DataFrame, axis: str, label: tuple[str, ...] = ()) -> list[str]:
     """The settings besides the axis and the seeds that take more than one value among the compared runs (and the
     `label` ones)."""
     out = []
@@ -305,16 +244,16 @@ def _matched_pairs(
     grouped by the values of the varying settings (taken from the side where each applies)."""
     by_seed: dict[tuple[str, str], list[tuple[pd.Series, list[str]]]] = defaultdict(list)
     for _, rb in side_b.iterrows():
-        by_seed[_seeds(rb)].append((rb, _inapplicable(_params(rb))))
+        by_seed[_seeds(rb)].append((rb, rb["spec"].inapplicable_settings()))
     groups: dict[tuple[tuple[str, str], ...], list[tuple[pd.Series, pd.Series]]] = defaultdict(list)
     seen: dict[tuple[tuple[str, str], ...], set[tuple[str, str]]] = defaultdict(set)
     for _, ra in side_a.iterrows():
-        skip_a = _inapplicable(_params(ra))
+        skip_a = ra["spec"].inapplicable_settings()
         for rb, skip_b in by_seed.get(_seeds(ra), []):
             label = []
             for key in condition:
-                on_a, on_b = not _covered(key, skip_a), not _covered(key, skip_b)
-                va, vb = _value(ra, key), _value(rb, key)
+                on_a, on_b = not covered(key, skip_a), not covered(key, skip_b)
+                va, vb = param_value(ra, key), param_value(rb, key)
                 if on_a and on_b and va != vb:
                     break
                 if on_a or on_b:
@@ -332,29 +271,16 @@ def _matched_pairs(
 
 
 def _seeds(row: pd.Series) -> tuple[str, str]:
-    return _value(row, "seed"), _value(row, "split_seed")
+    return param_value(row, "seed"), param_value(row, "split_seed")
 
 
-def _value(row: pd.Series, key: str) -> str:
-    v = row.get(f"params.{key}", "")
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+def param_value(row: pd.Series, key: str) -> str:
+    v = row.get(f"params.{key}", None)
+    return unset_value(key) if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
-def _params(row: pd.Series) -> dict[str, str]:
-    return {k[len("params.") :]: _value(row, k[len("params.") :]) for k in row.index if k.startswith("params.")}
 
-
-def _inapplicable(params: dict[str, str]) -> list[str]:
-    split = [d for d in params.get("data.train", "").split(",") if d]
-    target = [d for d in params.get("data.target", "").split(",") if d]
-    return inapplicable_settings(params.get("regime", "frozen"), alignment_of(params), split, target)
-
-
-def _covered(key: str, settings: list[str]) -> bool:
-    return any(key == s or key.startswith(s + ".") for s in settings)
-
-
-def _finite(x: Any) -> bool:
+def is_finite(x: Any) -> bool:
     try:
         return math.isfinite(float(x))
     except (TypeError, ValueError):
@@ -363,14 +289,3 @@ def _finite(x: Any) -> bool:
 
 def _std(values: np.ndarray) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else math.nan
-
-
-def _pm(mean: float, std: float, digits: int) -> str:
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if math.isfinite(std) else "")
-
-
-def _delta(r: pd.Series, digits: int) -> str:
-    text = f"{r['delta']:+.{digits}f}"
-    if math.isfinite(r["ci_low"]):
-        text += f" [{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}]"
-    return text

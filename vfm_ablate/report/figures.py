@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import VfmAblateError
+from .curve import Curve
 from .study import backbone_labels, paired_vs_single
 from .tables import SummaryTable, scale_rank
 
@@ -184,6 +185,68 @@ def paired_vs_single_chart(table: SummaryTable, path: str | Path) -> Path | None
         ax.set_title(f"train {paired} vs each dataset alone", fontsize=9)
         ax.legend(fontsize=7, title="test data · regime", title_fontsize=7)
         ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def curve_chart(curve: Curve, path: str | Path) -> Path:
+    """IoU against the number of labelled images of `curve.dataset`: one panel per test dataset (its own first),
+    one line per setting, error bars = the 95 % bootstrap interval of the mean over repeats (none from one repeat).
+    x is symmetric-log (0 = zero-shot, then 1, 2, 4, ... evenly), the all-labelled point marked `all (n)`."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullLocator
+    from matplotlib.transforms import offset_copy
+
+    points = curve.points
+    if points.empty:
+        raise VfmAblateError(f"label-efficiency curve of '{curve.dataset}': no finished run has a value")
+    known = points.loc[points["x"].notna(), "x"]
+    unknown_all = 2.0 * max(float(known.max()) if not known.empty else 1.0, 1.0)  # 'all' of runs that logged no n
+    points = points.assign(_x=points["x"].fillna(unknown_all))
+    lines = list(dict.fromkeys(points["line"]))
+    colours = _colours(len(lines))
+    metrics = curve.metrics
+    fig, axes = _grid(len(metrics))
+    for ax, metric in zip(axes, metrics):
+        panel = points[points["metric"] == metric]
+        ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)
+        for i, line in enumerate(lines):
+            part = panel[panel["line"] == line].sort_values("_x")
+            if part.empty:
+                continue
+            # lines side by side at each x (a few points apart), so their intervals do not hide each other
+            dodge = offset_copy(ax.transData, fig=fig, x=4.0 * (i - (len(lines) - 1) / 2), y=0.0, units="points")
+            ax.plot(
+                part["_x"], part["mean"], marker="o", color=colours[i], linewidth=1.5, markersize=4, transform=dodge
+            )
+            bars = part[part["ci_low"].notna()]
+            if not bars.empty:
+                err = [bars["mean"] - bars["ci_low"], bars["ci_high"] - bars["mean"]]
+                ax.errorbar(
+                    bars["_x"], bars["mean"], yerr=err, fmt="none", ecolor=colours[i], capsize=3, alpha=0.8,
+                    transform=dodge,
+                )  # fmt: skip
+        # the dodged artists do not count for autoscaling: the panel's limits from the points and their intervals
+        corners = [(x, y) for c in ("mean", "ci_low", "ci_high") for x, y in zip(panel["_x"], panel[c]) if y == y]
+        ax.update_datalim(corners)
+        ax.autoscale_view()
+        ticks = panel.drop_duplicates("labelled").sort_values("_x")
+        ax.set_xticks(
+            list(ticks["_x"]),
+            [
+                f"all\n({x:g})" if k == "all" and math.isfinite(x) else ("all" if k == "all" else f"{x:g}")
+                for k, x in zip(ticks["labelled"], ticks["x"])
+            ],
+            fontsize=8,
+        )
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel(f"labelled {curve.dataset} training images")
+        ax.set_ylabel(metric)
+        ax.set_title(f"test: {metric.split('/', 1)[-1]}", fontsize=9)
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=colours[i], marker="o", label=line) for i, line in enumerate(lines)]
+    fig.suptitle(f"IoU against labelled {curve.dataset} images (95 % bootstrap CI over repeats)", fontsize=10)
+    fig.tight_layout()
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(lines)), fontsize=8)
     return _save(fig, path)
 
 

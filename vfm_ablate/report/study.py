@@ -18,8 +18,9 @@ AGGREGATES = ("macro", "pooled")
 
 
 def train_datasets(train_label: str) -> list[str]:
-    """`a+b (balanced)` -> [a, b]; `a` -> [a]."""
-    return train_label.split(" (", 1)[0].split("+")
+    """The datasets a block trained on: `a+b (balanced)` -> [a, b]; `a` -> [a]; `a+b[0]` -> [a] (b zero-shot:
+    data.labelled 0, only tested)."""
+    return [d for d in train_label.split(" (", 1)[0].split("+") if not d.endswith("[0]")]
 
 
 def backbone_labels(stats: pd.DataFrame) -> dict[str, str]:

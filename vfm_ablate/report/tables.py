@@ -7,15 +7,16 @@ averaged away, and a setting that was never run shows "—".
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ..config import AlignmentSpec, alignment_label
+from ..config import ALL_LABELLED
 from ..errors import VfmAblateError
+from ..metric_names import IOU
 from ..text_tables import markdown_table
+from .runs import run_specs
 
 SCALE_ORDER = ["tiny", "XS", "S", "M", "B", "L", "G", "H", "H+", "7B"]
 REGIME_ORDER = ["frozen", "lora", "full"]
@@ -47,7 +48,7 @@ class SummaryTable:
     duplicates_dropped: int
 
 
-def summary_table(df: pd.DataFrame, metric: str = "iou_fg", variant_params: list[str] | None = None) -> SummaryTable:
+def summary_table(df: pd.DataFrame, metric: str = IOU, variant_params: list[str] | None = None) -> SummaryTable:
     """Aggregate trial runs into the paper's table for `metric` (`<metric>/<dataset>`, `macro_<metric>`,
     `pooled_<metric>`).
 
@@ -65,7 +66,14 @@ def summary_table(df: pd.DataFrame, metric: str = "iou_fg", variant_params: list
     return SummaryTable(metric, cells, stats, variants, dropped)
 
 
-def _param(runs: pd.DataFrame, key: str, default: str = "") -> pd.Series:
+def unset_value(key: str) -> str:
+    """What a run that logged no `key` had: `all` for a `data.labelled.<dataset>` entry (every image labelled),
+    else nothing."""
+    return ALL_LABELLED if key.startswith("data.labelled.") else ""
+
+
+def _param(runs: pd.DataFrame, key: str, default: str | None = None) -> pd.Series:
+    default = unset_value(key) if default is None else default
     col = f"params.{key}"
     if col not in runs:
         return pd.Series([default] * len(runs), index=runs.index, dtype=object)
@@ -99,25 +107,10 @@ def _varying_condition_params(runs: pd.DataFrame) -> list[str]:
     return sorted(out)
 
 
-def alignment_of(params: dict[str, str]) -> AlignmentSpec:
-    """A run's alignment section from its flat `alignment.*` params ("" = unset)."""
-    raw = {k.split(".", 1)[1]: (v if v != "" else None) for k, v in params.items() if k.startswith(f"{ALIGNMENT}.")}
-    raw = {k: v for k, v in raw.items() if k in AlignmentSpec.model_fields}
-    try:
-        return AlignmentSpec.model_validate(raw)
-    except ValueError as err:
-        raise VfmAblateError(f"a run's alignment settings {raw} are not valid: {err}") from None
-
-
 def alignment_labels(runs: pd.DataFrame) -> pd.Series:
     """Per run its alignment method as one label (`none`, `mmd`, `histogram+standardise`, ...); where one method
     adapts one training data to several target datasets, the target too: `mmd → lucchi_pp`."""
-    cols = [c for c in runs.columns if c.startswith(f"params.{ALIGNMENT}.")]
-    methods = pd.Series(
-        [alignment_label(alignment_of({c[len("params.") :]: _text(runs.at[i, c]) for c in cols})) for i in runs.index],
-        index=runs.index,
-        dtype=object,
-    )
+    methods = pd.Series([spec.alignment.label() for spec in run_specs(runs)], index=runs.index, dtype=object)
     target = _param(runs, "data.target")
     targets_per_setting = target.groupby([_param(runs, "data.train"), methods]).transform("nunique")
     shown = (targets_per_setting > 1) & (target != "")
@@ -125,15 +118,11 @@ def alignment_labels(runs: pd.DataFrame) -> pd.Series:
     return methods.where(~shown, methods + suffix)
 
 
-def _text(value: object) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-
-
 def train_label(datasets: str, sampling: str, weights: str = "") -> str:
     """`lucchi_pp`, or for several datasets `lucchi_pp+vnc (balanced)` / `(weighted 1,3)`."""
     names = [d for d in datasets.split(",") if d]
     label = "+".join(names)
-    if len(names) > 1:
+    if len(names) > 1 and sampling:
         label += f" ({sampling} {weights})" if sampling == "weighted" and weights else f" ({sampling})"
     return label
 
@@ -162,13 +151,13 @@ def _long_records(runs: pd.DataFrame, metric: str, variants: list[str]) -> pd.Da
     train = _param(runs, "data.train")
     sampling = _param(runs, "data.sampling", "natural")
     weights = _param(runs, "data.weights")
-    test = _param(runs, "data.test")
     variant_cols = {k: alignment_labels(runs) if k == ALIGNMENT else _param(runs, k) for k in variants}
     size = _backbone_size(runs)
+    specs = run_specs(runs)
     records = []
     for idx in runs.index:
-        tested = [d for d in (test[idx] or train[idx]).split(",") if d]
-        keys = _expected_tests(tested, metric)
+        spec = specs[idx]
+        keys = _expected_tests(spec.data.test_datasets, metric)
         keys += sorted(
             c[len("metrics.") :]
             for c in runs.columns
@@ -177,9 +166,11 @@ def _long_records(runs: pd.DataFrame, metric: str, variants: list[str]) -> pd.Da
             and c[len("metrics.") :] not in keys
             and (c.startswith(f"metrics.{metric}/") or c in (f"metrics.macro_{metric}", f"metrics.pooled_{metric}"))
         )
-        variant = ", ".join(
-            f"{k}={variant_cols[k][idx]}" for k in variants if regime[idx] == "lora" or not k.startswith("lora.")
-        )  # lora.* settings mean nothing for frozen/full trials (the sweep planner collapses them too)
+        unused = spec.inapplicable_settings()  # e.g. lora.* of a frozen trial (the sweep planner collapses them too)
+        variant = ", ".join(f"{k}={variant_cols[k][idx]}" for k in variants if not covered(k, unused))
+        # a zero-shot train dataset (data.labelled 0) is named so, and the sampling it made inapplicable is not shown
+        shown_train = ",".join(f"{d}[0]" if d in spec.data.zero_shot else d for d in train[idx].split(",") if d)
+        shown_sampling = "" if "data.sampling" in unused else sampling[idx]
         for key in keys:
             col = f"metrics.{key}"
             value = runs.at[idx, col] if col in runs else np.nan
@@ -188,7 +179,7 @@ def _long_records(runs: pd.DataFrame, metric: str, variants: list[str]) -> pd.Da
                     "family": family[idx],
                     "scale": scale[idx],
                     "backbone": backbone[idx],
-                    "train": train_label(train[idx], sampling[idx], weights[idx]),
+                    "train": train_label(shown_train, shown_sampling, weights[idx]),
                     "test": metric_label(key, metric),
                     "regime": regime[idx],
                     "variant": variant,
@@ -214,15 +205,15 @@ def _backbone_size(runs: pd.DataFrame) -> pd.Series:
 
 
 def format_cell(values: list[float], counts: dict[str, int]) -> str:
-    """`0.731 ± 0.012 (5)` plus `failed (k)`, `killed (k)`, `running (k)`, `no value (k)` for repeats without a
-    number."""
+    """`0.731 ± 0.012 (5)` plus `failed (k)`, `killed (k)`, `stopped early (k)` (by ASHA), `running (k)`,
+    `no value (k)` for repeats without a number."""
     parts = []
     n = len(values)
     if n == 1:
         parts.append(f"{values[0]:.3f} (1)")
     elif n > 1:
         parts.append(f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} ({n})")
-    for label in ("failed", "killed", "running", "no value"):
+    for label in ("failed", "killed", "stopped early", "running", "no value"):
         if counts.get(label):
             parts.append(f"{label} ({counts[label]})")
     return "; ".join(parts) if parts else MISSING
@@ -237,6 +228,7 @@ def _cell_stats(long: pd.DataFrame) -> pd.DataFrame:
         counts = {
             "failed": int((group["status"] == "FAILED").sum()),
             "killed": int((group["status"] == "KILLED").sum()),
+            "stopped early": int((group["status"] == "STOPPED").sum()),  # by the search's scheduler (ASHA)
             "running": int(group["status"].isin(UNFINISHED).sum()),
             "no value": len(finished) - len(values),
         }
@@ -249,6 +241,7 @@ def _cell_stats(long: pd.DataFrame) -> pd.DataFrame:
                 "n": len(values),
                 "n_failed": counts["failed"],
                 "n_killed": counts["killed"],
+                "n_stopped": counts["stopped early"],
                 "n_running": counts["running"],
                 "n_no_value": counts["no value"],
                 "backbone_size": float(sizes.median()) if len(sizes) else np.nan,
@@ -313,7 +306,8 @@ def to_markdown(table: SummaryTable) -> str:
     note = (
         f"Metric: {table.metric} (`{table.metric}/<dataset>`, `macro_{table.metric}` = mean over test datasets, "
         f"`pooled_{table.metric}` = over all their pixels). Cells: mean ± sample std (ddof=1) over the FINISHED "
-        "repeats (n); failed/killed/running repeats and runs without the metric are listed, not averaged; "
+        "repeats (n); failed/killed/stopped early (ASHA)/running repeats and runs without the metric are listed, "
+        "not averaged; "
         f"{MISSING} = not run."
     )
     if table.variant_params:
@@ -321,3 +315,8 @@ def to_markdown(table: SummaryTable) -> str:
     if table.duplicates_dropped:
         note += f" {table.duplicates_dropped} older run(s) of an already-counted trial id were not counted again."
     return markdown_table(rows, columns) + "\n\n" + note + "\n"
+
+
+def covered(key: str, settings: list[str]) -> bool:
+    """Whether a dotted setting lies under one of `settings` (a section name covers its keys)."""
+    return any(key == s or key.startswith(s + ".") for s in settings)

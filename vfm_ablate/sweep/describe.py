@@ -4,14 +4,14 @@ calibration file, the cost estimate (`describe_estimate`)."""
 from __future__ import annotations
 
 from ..text_tables import format_table
-from .estimate import SweepEstimate, TrialEstimate
+from .cost.estimate import SweepEstimate, TrialEstimate
+from .inputs import sweep_readiness
 from .plan import SweepPlan
-from .readiness import sweep_readiness
-from .spec import SweepSpec
 
 
-def describe_plan(sweep: SweepSpec, the_plan: SweepPlan) -> str:
+def describe_plan(the_plan: SweepPlan) -> str:
     """The dry-run report: counts, what was collapsed, and one row per trial with its resources."""
+    sweep = the_plan.sweep
     lines = [f"sweep '{sweep.name}' ({sweep.source})"]
     n = the_plan.num_trials
     if sweep.search is None:
@@ -26,9 +26,12 @@ def describe_plan(sweep: SweepSpec, the_plan: SweepPlan) -> str:
         )
     for reason, count in sorted(the_plan.collapse_reasons.items()):
         lines.append(f"  collapsed: {reason} (applied to {count} combinations)")
+    if the_plan.labels.common:
+        lines.append(f"same for every trial: {the_plan.labels.common}")
     rows = []
     for t in the_plan.trials:
-        row = {**t.label(), "cpu": f"{t.resources.cpu:g}", "gpu": f"{t.resources.gpu:g}"}
+        shown = {c: t.label.columns[c] for c in the_plan.labels.shown}  # the settings that tell trials apart
+        row = {**shown, "cpu": f"{t.resources.cpu:g}", "gpu": f"{t.resources.gpu:g}"}
         if sweep.search is not None:
             row["search"] = ", ".join(f"{k}~{d.describe()}" for k, d in t.search_space.items()) or "(none: 1 trial)"
         rows.append(row)
@@ -42,7 +45,7 @@ def describe_plan(sweep: SweepSpec, the_plan: SweepPlan) -> str:
         + " (GPU asks become 0 on a cluster without GPUs); max_concurrent_trials: "
         + str(sweep.run.max_concurrent_trials or "as resources allow")
     )
-    lines.append(sweep_readiness(sweep, the_plan.trials).format())
+    lines.append(sweep_readiness(the_plan).format())
     return "\n".join(lines)
 
 
@@ -69,7 +72,7 @@ def describe_estimate(est: SweepEstimate, calibration_path: str = "") -> str:
     ]
     groups: dict[tuple, list[TrialEstimate]] = {}
     for t in est.trials:
-        lab = t.trial.label()
+        lab = t.trial.label.columns
         groups.setdefault((lab["backbone"], lab["regime"], lab["rank"], lab["train"], lab["sampling"]), []).append(t)
     rows = []
     for (backbone, regime, rank, train, sampling), ts in groups.items():

@@ -25,40 +25,43 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import TrialSpec
-from .estimate import with_gpu_shares
+from .capacity import check_local, local_node, note_cluster
+from .cost.estimate import with_gpu_shares
+from .cost.packing import Node
 from .feature_store import SweepFeatureStore
-from .identity import input_identities
-from .inputs import check_inputs
-from .manifest import MANIFEST, check_manifest, execution_id, manifest, sweep_id
-from .plan import PlannedTrial, SweepPlan, plan, short_label, without_gpus
+from .inputs import check_inputs, check_ready
+from .outcome import (
+    SweepOutcome,
+    collect_outcome,
+    end_tags,
+    format_outcome,
+    mlflow_statuses,
+    publish_summary,
+    test_metrics,
+    where_to_look,
+    write_results_csv,
+)
+from .phase_board import start_board
+from .plan import PlannedTrial, SweepPlan, without_gpus
 from .progress import ProgressView
-from .ray_session import init_ray, quiet_ray_logs
-from .readiness import check_ready
-from .results import SweepOutcome, collect_outcome, format_outcome, mlflow_statuses, write_results_csv
-from .resume_inputs import check_unchanged_inputs, start_over
+from .ray_session import check_address, init_ray, quiet_ray_logs
+from .resume.changed import check_unchanged_inputs, start_over
+from .resume.identity import input_identities
+from .resume.manifest import MANIFEST, check_manifest, execution_id, manifest, sweep_id
 from .spec import SweepSpec
 from .store import TrialStore, check_storage_root, resolve_storage_path, storage_root
-from .summary import publish_summary, test_metrics, where_to_look
-from .trainable import (
-    GRID_KEY,
-    SEARCH_KEY,
-    TrackingTarget,
-    TrialContext,
-    encode_config,
-    make_trainable,
-    trial_spec_from_config,
-)
+from .trainable import GRID_KEY, SEARCH_KEY, TrackingTarget, TrialContext, decode_config, encode_config, make_trainable
 
 GRID_EXPERIMENT = "tune"
 
 
 def run_sweep(
-    sweep: SweepSpec,
+    the_plan: SweepPlan,
     *,
     address: str | None = None,
     resume: bool = False,
@@ -89,20 +92,24 @@ def run_sweep(
     import ray
 
     out = out or sys.stdout
+    sweep = the_plan.sweep
     workdir = (workdir or Path.cwd()).resolve()
-    the_plan = plan(sweep)
+    if address and not ray.is_initialized():
+        check_address(address)  # seconds, interruptible: Ray's own connect waits minutes where nothing answers
     if gpu_shares:  # measured memory (a calibration file) instead of the backbone entries' guessed shares
-        the_plan = replace(the_plan, trials=with_gpu_shares(the_plan.trials, gpu_shares))
-    check_ready(sweep, the_plan.trials, out)  # offline with a dataset or weight missing: stop before Ray starts
+        the_plan = the_plan.with_trials(with_gpu_shares(the_plan.trials, gpu_shares))
+    check_ready(the_plan, out)  # offline with a dataset or weight missing: stop before Ray starts
     root = storage_root(resolve_storage_path(sweep, storage_path), sweep.name, workdir)
     check_storage_root(root)
     store = TrialStore(root)
-    sid = sweep_id(sweep, the_plan)
-    old_manifest = check_manifest(store, sweep, the_plan, sid, resume)
+    sid = sweep_id(the_plan)
+    old_manifest = check_manifest(store, the_plan, sid, resume)
+    if resume:
+        store.check_records()  # a damaged result.json names itself here, not inside a trial
     execution = execution_id(old_manifest)
-    inputs = check_inputs([t.spec for t in the_plan.trials], sweep.backbones, sweep.datasets, sweep.source)
+    inputs = check_inputs(the_plan.specs, the_plan.backbones, the_plan.datasets, sweep.source)
     identities = input_identities(inputs.backbones, inputs.datasets, inputs.pretrained)
-    changed, stale = check_unchanged_inputs(store, sweep, the_plan, identities, old_manifest, rerun_changed, out)
+    changed, stale = check_unchanged_inputs(store, the_plan, identities, old_manifest, rerun_changed, out)
     uri = _tracking_uri(sweep, tracking_uri, workdir)
     if uri is not None:
         from ..tracking.store import check_tracking_store
@@ -114,16 +121,23 @@ def run_sweep(
         experiments: dict[str, TrialSpec | None] = {GRID_EXPERIMENT: None}
         if sweep.search is not None:
             experiments = {f"search-{t.trial_id}": t.spec for t in the_plan.trials}
-        start_over(store, sweep, the_plan, stale, changed, experiments, uri, execution, out)
+        start_over(store, the_plan, stale, changed, experiments, uri, execution, out)
 
     started_ray = False
     if not ray.is_initialized():
+        if address is None:  # this machine's own Ray: a trial that could never start is an error before it starts
+            check_local(the_plan.trials, local_node(num_cpus or sweep.run.num_cpus, sweep.run.num_gpus), sweep.source)
         init_ray(address, num_cpus or sweep.run.num_cpus, sweep.run.num_gpus, verbose)
         started_ray = True
     tracker = None
     try:
         trials = the_plan.trials
         alive = [n for n in ray.nodes() if n.get("Alive")]
+        nodes = [Node(float(n["Resources"].get("CPU", 0)), int(n["Resources"].get("GPU", 0))) for n in alive]
+        if address is None and len(alive) == 1:
+            check_local(trials, nodes[0], sweep.source)
+        else:
+            note_cluster(trials, nodes, out)
         if len(alive) > 1 and "://" not in root:
             print(
                 f"note: {len(alive)} Ray nodes: {root} must be a filesystem that every node mounts (else use a URI)",
@@ -150,8 +164,9 @@ def run_sweep(
             target,
             identities,
             feature_store=SweepFeatureStore(root),
+            phase_board=start_board(),
         )
-        store.write_json(MANIFEST, manifest(sweep, the_plan, sid, execution, identities))
+        store.write_json(MANIFEST, manifest(the_plan, sid, execution, identities))
         print(
             f"sweep '{sweep.name}': {the_plan.num_trials} "
             + ("grid points (Optuna search per point)" if sweep.search else "trials")
@@ -164,23 +179,33 @@ def run_sweep(
         # snapshots forced by CheckpointConfig(num_to_keep) are what keeps --resume close to where it stopped
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         run = _run_grid if sweep.search is None else _run_search
-        interval = sweep.run.progress_interval_s if progress_interval_s is None else progress_interval_s
+        launch = Launch(
+            sweep=sweep,
+            trials=trials,
+            ctx=ctx,
+            root=root,
+            resume=resume,
+            resume_errored=sweep.run.resume_errored if retry_failed is None else retry_failed,
+            max_concurrent=max_concurrent_trials,
+            interval_s=sweep.run.progress_interval_s if progress_interval_s is None else progress_interval_s,
+            out=out,
+            verbose=verbose,
+        )
         with quiet_ray_logs(verbose):
-            paths, interrupted = run(
-                sweep, trials, ctx, root, resume, max_concurrent_trials, retry_failed, interval, out
-            )
-        outcome = collect_outcome(sweep, the_plan, store, paths)
+            paths, interrupted = run(launch)
+        outcome = collect_outcome(the_plan, store, paths)
         outcome.tracking_uri = target.uri if target else None
         outcome.interrupted = interrupted
         write_results_csv(store, outcome)
         if tracker is not None:
             tracker.reconcile(mlflow_statuses(outcome))
+            tracker.tag_trials(end_tags(outcome))
             publish_summary(tracker, outcome, store)
             tracker.finish("KILLED" if interrupted else "FINISHED" if outcome.ok else "FAILED")
             tracker = None
         print(format_outcome(outcome), file=out, flush=True)
         if target is not None:
-            print(where_to_look(sweep, target), file=out, flush=True)
+            print(where_to_look(sweep.source, target), file=out, flush=True)
         if interrupted:
             print(f"interrupted: finish it with `vfm-ablate run {sweep.source} --resume`", file=out, flush=True)
         return outcome
@@ -207,6 +232,7 @@ def _start_tracking(
     if uri is None:
         return None, None
     from ..tracking.runs import SweepTracker
+    from ..tracking.tags import STOPPED_BY_TAG
     from ..tracking.ui import set_up_experiment
 
     experiment = sweep.experiment_name
@@ -221,122 +247,137 @@ def _start_tracking(
     sweep_run = tracker.start(params, {"vfm.resume": str(resume).lower()})
     assert tracker.experiment_id is not None
     started = time.strftime("%Y-%m-%d %H:%M")
+    settings = list(the_plan.labels.ui_columns)
+    if sweep.search is not None and sweep.search.asha.enabled:
+        settings.append(("tags", STOPPED_BY_TAG))  # `ASHA at epoch 3` beside the runs ASHA stopped
     view = set_up_experiment(
-        uri, tracker.experiment_id, execution, f"{sweep.name}: trials ({started}, {execution})", test_metrics(the_plan)
+        uri,
+        tracker.experiment_id,
+        execution,
+        f"{sweep.name}: trials ({started}, {execution})",
+        test_metrics(the_plan),
+        settings,
+        name_chars=max(len(t.label.run_name) for t in the_plan.trials) + (24 if sweep.search else 0),  # + samples
     )
     target = TrackingTarget(uri, experiment, sweep_run, sid, execution, tracker.launch, tracker.experiment_id, view)
     return target, tracker
 
 
-def _tune_config_common(sweep: SweepSpec, max_concurrent: int | None, dirname: Callable[[Any], str]) -> dict[str, Any]:
-    return {
-        "max_concurrent_trials": max_concurrent or sweep.run.max_concurrent_trials,
-        "trial_dirname_creator": dirname,
-        "trial_name_creator": dirname,
-        "reuse_actors": True,  # no process start + torch import per trial (see benchmarks/bench_ray_overhead.py)
-    }
+@dataclass(frozen=True)
+class Launch:
+    """What one launch runs, and how: handed to the grid or search runner whole."""
+
+    sweep: SweepSpec
+    trials: list[PlannedTrial]
+    ctx: TrialContext
+    root: str
+    resume: bool
+    resume_errored: bool  # --resume also retries trials that failed
+    max_concurrent: int | None
+    interval_s: float  # progress lines without a terminal
+    out: TextIO
+    verbose: bool = False  # the libraries' own log lines (Ray, MLflow, Optuna) in the terminal too
+
+    def tune_config(self, dirname: Callable[[Any], str], **settings: Any) -> Any:
+        from ray import tune
+
+        return tune.TuneConfig(
+            max_concurrent_trials=self.max_concurrent or self.sweep.run.max_concurrent_trials,
+            trial_dirname_creator=dirname,
+            trial_name_creator=dirname,
+            reuse_actors=True,  # no process start + torch import per trial (see benchmarks/bench_ray_overhead.py)
+            **settings,
+        )
+
+    def view(self, total: int, bounds: list[tuple[int, int]]) -> ProgressView:
+        """The live view of this launch's trials, showing the phases they post to the launch's board."""
+        view = ProgressView(self.root, total, self.interval_s, bounds=bounds, scheduler=self.sweep.early_stopper)
+        return view.attach_board(self.ctx.phase_board)
+
+    def run_config(self, name: str, view: ProgressView) -> Any:
+        from ray import tune
+
+        return tune.RunConfig(
+            name=name,
+            storage_path=self.root,
+            verbose=0,
+            callbacks=[view.as_callback()],
+            failure_config=tune.FailureConfig(max_failures=self.sweep.run.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=self.sweep.run.keep_checkpoints),
+        )
+
+    def fit(self, make_tuner: Callable[[], Any], path: str, trainable: Any, expected: int | None) -> bool:
+        """Restore the experiment at `path` when resuming and it exists, else start it; True if it was interrupted.
+
+        Ray Tune returns normally from fit() after a Ctrl-C (having saved its state), so "interrupted" is read
+        from the experiment: trials not yet terminated, or (grid) fewer trials than planned.
+        """
+        from ray import tune
+
+        if self.resume and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(
+                path, trainable=trainable, resume_unfinished=True, resume_errored=self.resume_errored
+            )
+        else:
+            if self.resume:
+                print(f"nothing to resume at {path}: starting it", file=self.out, flush=True)
+            tuner = make_tuner()
+        tuner.fit()
+        trials = tune.ExperimentAnalysis(path).trials
+        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        return bool(unfinished) or (expected is not None and len(trials) < expected)
 
 
-def _run_config(sweep: SweepSpec, root: str, name: str, view: ProgressView) -> Any:
-    from ray import tune
-
-    return tune.RunConfig(
-        name=name,
-        storage_path=root,
-        verbose=0,
-        callbacks=[view.as_callback()],
-        failure_config=tune.FailureConfig(max_failures=sweep.run.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=sweep.run.keep_checkpoints),
-    )
-
-
-def _fit(
-    make_tuner: Callable[[], Any],
-    path: str,
-    trainable: Any,
-    resume: bool,
-    resume_errored: bool,
-    expected: int | None,
-    out: TextIO,
-) -> bool:
-    """Restore the experiment at `path` when resuming and it exists, else start it; True if it was interrupted.
-
-    Ray Tune returns normally from fit() after a Ctrl-C (having saved its state), so "interrupted" is read
-    from the experiment: trials not yet terminated, or (grid) fewer trials than planned.
-    """
-    from ray import tune
-
-    if resume and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=resume_errored)
-    else:
-        if resume:
-            print(f"nothing to resume at {path}: starting it", file=out, flush=True)
-        tuner = make_tuner()
-    tuner.fit()
-    trials = tune.ExperimentAnalysis(path).trials
-    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
-    return bool(unfinished) or (expected is not None and len(trials) < expected)
+def _bounds(t: PlannedTrial) -> tuple[int, int]:
+    """(max_epochs, patience): what a trial not started yet may take."""
+    return t.spec.optim.max_epochs, t.spec.optim.patience
 
 
 def _grid_dirname(trial: Any) -> str:
-    return trial_spec_from_config(trial.config).trial_id()
+    return decode_config(trial.config).trial_id
 
 
 def _search_dirname(trial: Any) -> str:
-    return f"{trial_spec_from_config(trial.config).trial_id()}_{trial.trial_id.rsplit('_', 1)[-1]}"
+    return f"{decode_config(trial.config).trial_id}_{trial.trial_id.rsplit('_', 1)[-1]}"
 
 
-def _run_grid(
-    sweep: SweepSpec,
-    trials: list[PlannedTrial],
-    ctx: TrialContext,
-    root: str,
-    resume: bool,
-    max_concurrent: int | None,
-    retry_failed: bool | None,
-    interval_s: float,
-    out: TextIO,
-) -> tuple[list[str], bool]:
+def _run_grid(launch: Launch) -> tuple[list[str], bool]:
+    """All trials in one Ray Tune experiment (a grid search over their encoded configs)."""
     from ray import tune
 
-    trainable = make_trainable(ctx)
-    view = ProgressView(root, len(trials), interval_s)
+    trainable = make_trainable(launch.ctx)
+    view = launch.view(len(launch.trials), [_bounds(t) for t in launch.trials])
 
     def make_tuner() -> Any:
         return tune.Tuner(
             trainable,
-            param_space={GRID_KEY: tune.grid_search([encode_config(t) for t in trials])},
-            tune_config=tune.TuneConfig(**_tune_config_common(sweep, max_concurrent, _grid_dirname)),
-            run_config=_run_config(sweep, root, GRID_EXPERIMENT, view),
+            param_space={GRID_KEY: tune.grid_search([encode_config(t) for t in launch.trials])},
+            tune_config=launch.tune_config(_grid_dirname),
+            run_config=launch.run_config(GRID_EXPERIMENT, view),
         )
 
-    path = f"{root}/{GRID_EXPERIMENT}"
-    interrupted = _fit(make_tuner, path, trainable, resume, _resume_errored(sweep, retry_failed), len(trials), out)
-    return [path], interrupted
+    path = f"{launch.root}/{GRID_EXPERIMENT}"
+    return [path], launch.fit(make_tuner, path, trainable, len(launch.trials))
 
 
-def _run_search(
-    sweep: SweepSpec,
-    points: list[PlannedTrial],
-    ctx: TrialContext,
-    root: str,
-    resume: bool,
-    max_concurrent: int | None,
-    retry_failed: bool | None,
-    interval_s: float,
-    out: TextIO,
-) -> tuple[list[str], bool]:
+def _run_search(launch: Launch) -> tuple[list[str], bool]:
     """One Optuna search (+ ASHA) per grid point, one after the other; each is its own resumable experiment."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    search = sweep.search
+    search = launch.sweep.search
     assert search is not None
-    trainable = make_trainable(ctx)
+    if not launch.verbose:  # "A new study created in memory with name: ..." once per grid point
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trainable = make_trainable(launch.ctx)
     paths = []
+    points = launch.trials
     total = sum(search.num_samples if p.search_space else 1 for p in points)
-    view = ProgressView(root, total, interval_s)
+    bounds = [_bounds(p) for p in points for _ in range(search.num_samples if p.search_space else 1)]
+    view = launch.view(total, bounds)
     for index, point in enumerate(points):
         name = f"search-{point.trial_id}"
         space = {k: d.to_tune() for k, d in point.search_space.items()}
@@ -344,13 +385,12 @@ def _run_search(
         def make_tuner(
             point: PlannedTrial = point, space: dict[str, Any] = space, index: int = index, name: str = name
         ) -> Any:
-            common = _tune_config_common(sweep, max_concurrent, _search_dirname)
             if not space:  # nothing to search at this grid point (e.g. only LoRA settings searched, regime frozen)
                 return tune.Tuner(
                     trainable,
                     param_space=encode_config(point),
-                    tune_config=tune.TuneConfig(num_samples=1, **common),
-                    run_config=_run_config(sweep, root, name, view),
+                    tune_config=launch.tune_config(_search_dirname, num_samples=1),
+                    run_config=launch.run_config(name, view),
                 )
             scheduler = None
             if search.asha.enabled:
@@ -364,25 +404,21 @@ def _run_search(
             return tune.Tuner(
                 trainable,
                 param_space={**encode_config(point), SEARCH_KEY: space},
-                tune_config=tune.TuneConfig(
+                tune_config=launch.tune_config(
+                    _search_dirname,
                     metric=search.metric,
                     mode=search.mode,
                     num_samples=search.num_samples,
                     search_alg=OptunaSearch(seed=search.seed + index),
                     scheduler=scheduler,
-                    **common,
                 ),
-                run_config=_run_config(sweep, root, name, view),
+                run_config=launch.run_config(name, view),
             )
 
-        print(f"grid point {index + 1}/{len(points)}: {short_label(point.spec)}", file=out, flush=True)
-        path = f"{root}/{name}"
+        what = point.label.short or point.trial_id  # (empty when only the searched values tell trials apart)
+        print(f"grid point {index + 1}/{len(points)}: {what}", file=launch.out, flush=True)
+        path = f"{launch.root}/{name}"
         paths.append(path)
-        expected = search.num_samples if space else 1
-        if _fit(make_tuner, path, trainable, resume, _resume_errored(sweep, retry_failed), expected, out):
+        if launch.fit(make_tuner, path, trainable, search.num_samples if space else 1):
             return paths, True
     return paths, False
-
-
-def _resume_errored(sweep: SweepSpec, retry_failed: bool | None) -> bool:
-    return sweep.run.resume_errored if retry_failed is None else retry_failed

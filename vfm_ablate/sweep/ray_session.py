@@ -12,6 +12,10 @@ from typing import Any
 from ..errors import ConfigError
 
 CLIENT_ATTEMPTS = 3
+# joining a cluster: seconds to reach its address (TCP), then for its GCS to answer. Ray's own connect waits minutes
+# for an address where nothing or something else listens, in C++ calls that Ctrl-C and SIGTERM cannot interrupt
+REACH_TIMEOUT_S = 5.0
+GCS_TIMEOUT_S = 10.0
 
 
 def _summary(err: BaseException) -> str:
@@ -58,6 +62,79 @@ def quiet_ray_logs(verbose: bool) -> Iterator[None]:
     finally:
         for name, lg in loggers.items():
             lg.setLevel(levels[name])
+
+
+def check_address(address: str) -> None:
+    """Before `ray.init` joins `address`: something must accept a connection there within REACH_TIMEOUT_S, and a
+    cluster's own address (not a ray:// client's) must answer as a gRPC server (Ray's GCS) within GCS_TIMEOUT_S.
+    Plain sockets, so Ctrl-C and SIGTERM end the wait at once. A ConfigError names the address and what was found."""
+    client = address.startswith("ray://")
+    if client:
+        bootstrap: str | None = address[len("ray://") :].split("/", 1)[0]
+    elif address in ("auto", "local"):  # the cluster this machine records (ray start), or a new local one
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            bootstrap = canonicalize_bootstrap_address(address)
+        except Exception as err:
+            raise ConfigError(f"--address {address}: {_summary(err)}") from None
+    else:
+        bootstrap = address  # as given (Ray swaps 127.0.0.1 for this node's address; its GCS listens on both)
+    if bootstrap is None:  # no cluster recorded on this machine: ray.init says so itself, at once
+        return
+    host, _, port = bootstrap.rpartition(":")
+    if not host or not port.isdigit():
+        host, port = bootstrap, "10001" if client else "6379"
+    problem = _reach(host.strip("[]"), int(port), grpc=not client)
+    if problem is not None:
+        raise ConfigError(f"--address {address}: {problem}")
+
+
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_EMPTY_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # an HTTP/2 frame: length 0, type SETTINGS, stream 0
+_SETTINGS = 4
+
+
+def _reach(host: str, port: int, grpc: bool) -> str | None:
+    """None when `host:port` accepts a connection (and, with `grpc`, answers an HTTP/2 preface with its SETTINGS
+    frame, as every gRPC server such as Ray's GCS does at once); else what happened."""
+    import socket
+    import time
+
+    try:
+        sock = socket.create_connection((host, port), timeout=REACH_TIMEOUT_S)
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        return (
+            f"nothing answers at {host}:{port} ({reason}); start the cluster there (`ray start --head`), or give its "
+            "head node's address"
+        )
+    with sock:
+        if not grpc:
+            return None
+        deadline = time.monotonic() + GCS_TIMEOUT_S
+        head = b""
+        try:
+            sock.sendall(_HTTP2_PREFACE + _EMPTY_SETTINGS)
+            sock.settimeout(0.2)  # short waits: the main thread runs Python between them, so Ctrl-C ends it at once
+            while len(head) < len(_EMPTY_SETTINGS) and time.monotonic() < deadline:
+                try:
+                    chunk = sock.recv(len(_EMPTY_SETTINGS) - len(head))
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                head += chunk
+        except OSError as err:
+            return f"{host}:{port} accepted, then failed ({err.strerror or err})"
+        if len(head) < len(_EMPTY_SETTINGS) and time.monotonic() >= deadline:
+            return (
+                f"{host}:{port} accepts connections but did not answer within {GCS_TIMEOUT_S:g} s as a Ray cluster "
+                "does (a hung service, or something else on that port?)"
+            )
+    if len(head) < len(_EMPTY_SETTINGS) or head[3] != _SETTINGS:
+        return f"{host}:{port} is not a Ray cluster (it answered {head[:16]!r} to a gRPC greeting)"
+    return None
 
 
 def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, verbose: bool) -> None:

@@ -1,7 +1,7 @@
-"""Sweep files: the schema, and loading with validation of the whole file.
+"""Sweep files: the schema, and loading with validation of the file's own keys and shape.
 
-A sweep file is validated once, here, before Ray starts: its schema, its keys, and (through `plan`) every trial
-it expands to. Expansion (sweep/plan.py) is a pure function of the file:
+A sweep file is validated here, before Ray starts: its schema, its keys, its inline entries. Every trial it expands
+to is validated by the one expansion each command makes (sweep/plan.py, `load_plan`), a pure function of the file:
 
     base (partial TrialSpec)  x  axes (grid; a list of grids is their union)  x  repeats (seed AND split_seed)
       -> collapse settings that do not apply (lora.* unless regime is lora; sampling/weights with one train
@@ -13,8 +13,10 @@ trials, ASHA early stopping) per grid point over the continuous `search.space` k
 
 from __future__ import annotations
 
+import math
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
@@ -123,8 +125,12 @@ class ResourcesSpec(StrictModel):
     """CPUs/GPUs one trial asks Ray for. gpu 'auto': the backbone entry's frozen/adapted GPU fraction."""
 
     cpu: float = Field(1.0, gt=0)
-    gpu: float | Literal["auto"] = "auto"
+    gpu: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"
     overrides: list[ResourceOverride] = []
+
+
+DEFAULT_MAX_TRIALS = 10_000  # run.max_trials
+MAX_TRIALS_LIMIT = 1_000_000  # what run.max_trials may be raised to: minutes of planning (benchmarks/bench_plan.py)
 
 
 class RunSpec(StrictModel):
@@ -142,6 +148,9 @@ class RunSpec(StrictModel):
     keep_checkpoints: int = Field(2, ge=1)
     # without a terminal (CI logs, Slurm output): at most one epoch line per running trial every this many seconds
     progress_interval_s: float = Field(30.0, ge=0)
+    # combinations (grid x repeats) a sweep may expand to: a guard against a grid larger than meant, checked before
+    # expansion; a sweep that really is larger says so here
+    max_trials: int = Field(DEFAULT_MAX_TRIALS, ge=1, le=MAX_TRIALS_LIMIT)
 
 
 class TrackingSpec(StrictModel):
@@ -149,7 +158,16 @@ class TrackingSpec(StrictModel):
 
     enabled: bool = True
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else a SQLite file in the working folder
-    experiment: str | None = None  # None: the sweep file's stem
+    experiment: str | None = Field(None, min_length=1)  # None: the sweep file's stem
+
+    @field_validator("uri")
+    @classmethod
+    def _usable_uri(cls, value: str | None) -> str | None:
+        from ..tracking.store import tracking_uri_problem
+
+        if value is not None and (problem := tracking_uri_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
 
 
 Axes = dict[str, list[Any]]
@@ -178,6 +196,11 @@ class SweepSpec(StrictModel):
     @field_validator("axes")
     @classmethod
     def _axes_shape(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError(
+                "axes is an empty list of grids, which expands to no trial: give at least one grid (a mapping of "
+                "settings to lists of values), or leave axes out for the base trial alone"
+            )
         grids = value if isinstance(value, list) else [value]
         for i, grid in enumerate(grids):
             where = f"axes[{i}]" if isinstance(value, list) else "axes"
@@ -193,6 +216,12 @@ class SweepSpec(StrictModel):
         return self.axes if isinstance(self.axes, list) else [self.axes]
 
     @property
+    def early_stopper(self) -> str:
+        """Who stops trials before max_epochs besides early stopping: the name the live view, the result table and
+        MLflow's `vfm.stopped_by` tag give it."""
+        return "ASHA" if self.search is not None and self.search.asha.enabled else "the scheduler"
+
+    @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or (Path(self.source).stem if self.source != "<sweep>" else self.name)
 
@@ -201,7 +230,7 @@ class SweepSpec(StrictModel):
 
 
 def parse_sweep(data: Any, source: str | Path = "<sweep>", default_name: str | None = None) -> SweepSpec:
-    """Validate plain data as a sweep file: schema, inline entries, axis/search keys, and every trial."""
+    """Validate plain data as a sweep file: schema, inline entries, axis/search keys (its trials: `plan`)."""
     source = str(source)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with name/base/axes/... at the top level")
@@ -218,26 +247,51 @@ def parse_sweep(data: Any, source: str | Path = "<sweep>", default_name: str | N
     sweep = validate(SweepSpec, {**data, "backbones": backbones, "datasets": datasets}, source)
     sweep._source = source
     _check_keys(sweep)
-    from .plan import plan  # plan reads the schema above
-
-    plan(sweep)  # expands and validates every trial (unknown backbones/datasets, bad combinations) now
+    _check_size(sweep)
     return sweep
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep YAML file; the sweep's name defaults to the file's stem."""
+    """Read and validate a sweep YAML file; the sweep's name defaults to the file's stem (its trials:
+    `plan.load_plan`)."""
     path = Path(path)
     return parse_sweep(load_yaml(path), path, default_name=path.stem)
 
 
+def combinations(sweep: SweepSpec) -> int:
+    """Grid points times repeats: what expansion walks through (before collapsing and de-duplication)."""
+    return sum(math.prod(len(values) for values in grid.values()) for grid in sweep.grids) * sweep.repeats
+
+
+def _check_size(sweep: SweepSpec) -> None:
+    count = combinations(sweep)
+    if count <= sweep.run.max_trials:
+        return
+    shapes = " + ".join(" x ".join(str(len(v)) for v in grid.values()) or "1" for grid in sweep.grids)
+    raise ConfigError(
+        f"{sweep.source}: the axes expand to {count:,} combinations (grid {shapes}"
+        + (f", x {sweep.repeats} repeats" if sweep.repeats > 1 else "")
+        + f"), more than run.max_trials ({sweep.run.max_trials:,}): a grid this large is most often larger than "
+        f"meant; to run it anyway, set `run: {{max_trials: {count}}}` in the sweep file"
+    )
+
+
 def _check_keys(sweep: SweepSpec) -> None:
     src = sweep.source
+    for seed in ("seed", "split_seed"):  # repeats add to them before each trial is validated
+        value = sweep.base.get(seed, 0)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{src}: base.{seed} must be a whole number (repeats count up from it), got {value!r}")
     for i, grid in enumerate(sweep.grids):
         where = f"axes[{i}]" if isinstance(sweep.axes, list) else "axes"
         for key in grid:
             check_dotted(key, f"{src}: {where}")
-        if "seed" in grid and sweep.repeats > 1:
-            raise ConfigError(f"{src}: {where} has a 'seed' axis and repeats: {sweep.repeats}; use one of them")
+        for seed in ("seed", "split_seed"):
+            if seed in grid and sweep.repeats > 1:
+                raise ConfigError(
+                    f"{src}: {where} has a '{seed}' axis and repeats: {sweep.repeats}; repeats already vary seed and "
+                    f"split_seed (base + 0 .. {sweep.repeats - 1}), so the two would overlap: use one of them"
+                )
     if sweep.search is not None:
         axis_keys = {k for grid in sweep.grids for k in grid}
         for key in sweep.search.space:
@@ -262,7 +316,8 @@ def check_dotted(key: str, where: str) -> None:
     """A dotted TrialSpec key must name a real setting; unknown parts get the closest valid name."""
     model: type[BaseModel] | None = TrialSpec
     walked: list[str] = []
-    for part in key.split("."):
+    parts = key.split(".")
+    for i, part in enumerate(parts):
         if model is None:
             raise ConfigError(f"{where}: '{'.'.join(walked)}' is a value, it has no '{part}' inside (key '{key}')")
         fields = model.model_fields
@@ -272,7 +327,13 @@ def check_dotted(key: str, where: str) -> None:
                 suggest(part, set(fields), f"key{' under ' + prefix if prefix else ''} (in '{key}')", where)
             )
         walked.append(part)
-        model = _submodel(fields[part].annotation)
+        annotation = fields[part].annotation
+        if typing.get_origin(annotation) is dict and len(parts) > i + 1:  # a mapping's entry: `data.labelled.<name>`
+            if len(parts) > i + 2:
+                entry = ".".join(parts[: i + 2])
+                raise ConfigError(f"{where}: '{entry}' is a value, it has nothing inside (key '{key}')")
+            return
+        model = _submodel(annotation)
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:

@@ -69,13 +69,39 @@ class TrialStore:
         self.write_text(rel, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
     def read_json(self, rel: str) -> Any | None:
+        """A record's data, None when it does not exist; a damaged one (truncated, overwritten) is a ConfigError
+        naming the file and how to recover. Records are written whole (`write_bytes`): damage comes from outside."""
         import pyarrow.fs as pafs
 
         path = self._path(rel)
         if self._fs.get_file_info(path).type != pafs.FileType.File:
             return None
         with self._fs.open_input_stream(path) as src:
-            return json.loads(src.read().decode())
+            raw = src.read()
+        try:
+            return json.loads(raw.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(
+                f"{self.root}/{rel}: a damaged record, not valid JSON ({err}; {len(raw)} bytes): {_recovery(rel)}"
+            ) from None
+
+    def check_records(self) -> None:
+        """Every trial record readable, before a resume starts anything (a damaged one fails here, with the file
+        named, instead of inside a trial or after the sweep)."""
+        damaged = []
+        for tid in self.list_names("trials"):
+            for rel in [
+                f"trials/{tid}/result.json",
+                *(f"trials/{tid}/attempts/{n}" for n in self.list_names(f"trials/{tid}/attempts")),
+            ]:
+                try:
+                    self.read_json(rel)
+                except ConfigError as err:
+                    damaged.append(str(err))
+        if len(damaged) == 1:
+            raise ConfigError(damaged[0])
+        if damaged:
+            raise ConfigError(f"{len(damaged)} damaged trial records:\n- " + "\n- ".join(damaged[:10]))
 
     def list_names(self, rel: str) -> list[str]:
         import pyarrow.fs as pafs
@@ -175,6 +201,21 @@ class TrialStore:
     def last_error(self, trial_id: str) -> str | None:
         errors = [a["error"] for a in self.attempts(trial_id) if a.get("error")]
         return errors[-1] if errors else None
+
+
+def _recovery(rel: str) -> str:
+    """How to go on from a damaged record `rel` (a path under the sweep's storage folder)."""
+    parts = rel.split("/")
+    if rel == "sweep.json":
+        return (
+            "it is the sweep's manifest (its trials and the execution id its MLflow runs carry), so this folder "
+            "cannot be resumed: move it aside and run the sweep again, or run it with another --storage-path"
+        )
+    if len(parts) == 3 and parts[0] == "trials" and parts[2] == "result.json":
+        return f"delete it and run --resume again; trial {parts[1]} then runs again (the other trials' results stay)"
+    if len(parts) == 4 and parts[2] == "attempts":
+        return "delete it (it records one start of the trial, nothing the trial computed) and run --resume again"
+    return "delete it, or restore it from a copy"
 
 
 def error_summary(err: BaseException) -> str:

@@ -1,13 +1,17 @@
 """The Ray Tune trainable around `trial.run_trial`: per-epoch reports and checkpoints, trial records, MLflow,
 per-trial CPU/GPU bundles. Runs inside Ray workers; everything it needs arrives pickled in a `TrialContext`.
 
-Both ends of the Ray config live here: `encode_config` (driver: a planned trial -> its param_space entry) and
-`decode_config` / `trial_spec_from_config` (worker: the config Ray hands back -> the TrialSpec to run).
+Both ends of the Ray config live here: `encode_config` (driver: a planned trial -> its param_space entry: id,
+label, run name, early-stopping bounds, resources, the spec as JSON) and `decode_config`, the one function that
+reads a config Ray hands back (driver: the live view, the result table, trial folders; worker: the trial to run).
+The driver reads the id and label that travel with the config and never validates a spec; the worker validates
+the spec once.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import os
 import shutil
 import socket
@@ -16,6 +20,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +29,14 @@ from ..data.entries import DatasetEntry
 from ..errors import ConfigError
 from ..models.registry import BackboneEntry
 from ..overrides import set_dotted
+from ..trial.phases import UPLOADING, Phase
 from ..validation import validate
 from .feature_store import SweepFeatureStore
-from .identity import INPUTS_ID_KEY, InputIdentities
-from .plan import PlannedTrial, trial_label
+from .labels import HEADLINE, headline_iou, sampled_text, trial_label
+from .phase_board import PhasePoster
+from .plan import PlannedTrial
+from .resume.identity import INPUTS_ID_KEY, InputIdentities
 from .store import TrialStore
-
-HEADLINE = "iou_fg"  # the one IoU per trial shown in progress/tables: macro over test datasets, or the single one
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class TrialContext:
     tracking: TrackingTarget | None = None
     identities: InputIdentities | None = None  # what the entries are (files included): each trial's inputs id
     feature_store: SweepFeatureStore | None = None  # frozen trials share features sweep-wide
+    phase_board: Any = None  # the launch's phase board (sweep/phase_board): what each trial is doing, for the view
 
 
 GRID_KEY = "trial"  # grid mode: param_space = {GRID_KEY: tune.grid_search([encoded trial, ...])}
@@ -66,56 +73,106 @@ SEARCH_KEY = "search"  # search mode: the values Optuna sampled, by dotted Trial
 
 
 def encode_config(t: PlannedTrial) -> dict[str, Any]:
-    """A planned trial as plain data in Ray's param_space: its spec (JSON) and its CPU/GPU ask."""
-    return {"spec": t.spec.model_dump(mode="json"), "cpu": t.resources.cpu, "gpu": t.resources.gpu}
+    """A planned trial as plain data in Ray's param_space."""
+    return {
+        "trial_id": t.trial_id,
+        "label": t.label.short,
+        "run_name": t.label.run_name,
+        "max_epochs": t.spec.optim.max_epochs,
+        "patience": t.spec.optim.patience,
+        "cpu": t.resources.cpu,
+        "gpu": t.resources.gpu,
+        "spec": t.spec.model_dump(mode="json"),
+    }
 
 
-def decode_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A trial's own config: grid mode nests it under GRID_KEY (the grid_search key), search mode does not."""
-    return config[GRID_KEY] if GRID_KEY in config else config
+@dataclass(frozen=True)
+class RayTrial:
+    """A config Ray handed back, decoded: what the driver reads (id, label, bounds, resources) as plain values;
+    the spec is validated only when asked for (the worker)."""
+
+    trial_id: str
+    point_id: str  # the planned trial (grid point) it belongs to: its own id in grid mode
+    label: str
+    run_name: str
+    max_epochs: int
+    patience: int
+    cpu: float
+    gpu: float
+    sampled: dict[str, Any]
+    spec_data: dict[str, Any]
+
+    @cached_property
+    def spec(self) -> TrialSpec:
+        return validate(TrialSpec, self.spec_data, f"trial {self.trial_id}")
 
 
-def grid_point_spec(config: dict[str, Any]) -> TrialSpec:
-    """The planned TrialSpec of a config, before any sampled search values."""
-    return TrialSpec.model_validate(decode_config(config)["spec"])
-
-
-def trial_spec_from_config(config: dict[str, Any]) -> TrialSpec:
-    """The TrialSpec a Ray trial runs: its grid point plus, in search mode, the sampled values (dotted keys)."""
-    return spec_with_samples(grid_point_spec(config), sampled_values(config))
-
-
-def sampled_values(config: dict[str, Any]) -> dict[str, Any]:
-    return dict(decode_config(config).get(SEARCH_KEY) or {})
-
-
-def spec_with_samples(spec: TrialSpec, sampled: dict[str, Any]) -> TrialSpec:
-    """A grid point's TrialSpec with the values one search trial sampled (dotted keys)."""
+def decode_config(config: dict[str, Any]) -> RayTrial:
+    """The one reader of a Ray config. Grid mode nests the trial under GRID_KEY; a search trial is its grid point
+    plus the values Optuna sampled, so its id, label and spec include them (computed once per sample)."""
+    own = config[GRID_KEY] if GRID_KEY in config else config
+    sampled = {k: v.item() if hasattr(v, "item") else v for k, v in (own.get(SEARCH_KEY) or {}).items()}
+    if "trial_id" not in own:  # a Ray experiment started by an earlier version (--resume): only spec, cpu, gpu
+        spec = validate(TrialSpec, own["spec"], "a trial of an earlier version's Ray experiment")
+        label = trial_label(spec, spec.trial_id())
+        own = {**own, "trial_id": spec.trial_id(), "label": label.short, "run_name": label.run_name}
+        own |= {"max_epochs": spec.optim.max_epochs, "patience": spec.optim.patience}
+    trial = RayTrial(
+        trial_id=own["trial_id"],
+        point_id=own["trial_id"],
+        label=own["label"],
+        run_name=own["run_name"],
+        max_epochs=int(own["max_epochs"]),
+        patience=int(own["patience"]),
+        cpu=float(own["cpu"]),
+        gpu=float(own.get("gpu", 0.0)),
+        sampled=sampled,
+        spec_data=own["spec"],
+    )
     if not sampled:
-        return spec
-    data = spec.model_dump(mode="json")
-    for key, value in sampled.items():
-        set_dotted(data, key, value.item() if hasattr(value, "item") else value)
-    return validate(TrialSpec, data, f"search sample {sampled}")
+        return trial
+    key = (trial.trial_id, tuple(sorted(sampled.items())))
+    if key not in _SAMPLED:
+        _SAMPLED[key] = _sampled_trial(trial, sampled)
+    return _SAMPLED[key]
 
 
-def headline_iou(metrics: dict[str, Any]) -> float | None:
-    """macro_iou_fg with several test datasets, else the single iou_fg/<dataset>."""
-    if "macro_iou_fg" in metrics:
-        return float(metrics["macro_iou_fg"])
-    per = [float(v) for k, v in metrics.items() if k.startswith("iou_fg/")]
-    return per[0] if len(per) == 1 else None
+_SAMPLED: dict[tuple[str, tuple[tuple[str, Any], ...]], RayTrial] = {}  # (grid point id, samples) -> its trial
+
+
+def _sampled_trial(point: RayTrial, values: dict[str, Any]) -> RayTrial:
+    data = json.loads(json.dumps(point.spec_data))
+    for key, value in values.items():
+        set_dotted(data, key, value)
+    spec = validate(TrialSpec, data, f"search sample {values} of grid point {point.trial_id}")
+    text = sampled_text(values)
+    trial = RayTrial(
+        trial_id=spec.trial_id(),
+        point_id=point.trial_id,
+        label=" ".join(t for t in (point.label, text) if t),  # the grid point's varying settings, then samples
+        run_name=" · ".join(t for t in (point.run_name, text) if t),
+        max_epochs=spec.optim.max_epochs,
+        patience=spec.optim.patience,
+        cpu=point.cpu,
+        gpu=point.gpu,
+        sampled=values,
+        spec_data=spec.model_dump(mode="json"),
+    )
+    trial.__dict__["spec"] = spec  # the cached_property, already validated
+    return trial
 
 
 class _TuneReporter:
     """run_trial's reporter inside a Ray trial: every epoch -> tune.report and MLflow; the training state goes
     with it every `every` epochs once `min_interval_s` have passed (a checkpoint of the study's head + optimiser
-    is ~60 MB: every epoch would cost more than a short epoch itself)."""
+    is ~60 MB: every epoch would cost more than a short epoch itself). Phases go to the launch's phase board, never
+    through tune.report (one report per epoch: ASHA's clock)."""
 
-    def __init__(self, every: int, min_interval_s: float, tracker: Any | None):
+    def __init__(self, every: int, min_interval_s: float, tracker: Any | None, poster: PhasePoster | None = None):
         self.every = every
         self.min_interval_s = min_interval_s
         self.tracker = tracker
+        self.poster = poster
         self.seconds = 0.0  # spent here (MLflow, checkpoint, tune.report): the per-trial cost of the sweep machinery
         self.epochs = 0  # reported by this attempt (a resumed attempt reports only the epochs it still had to run)
         self._last_checkpoint = time.monotonic()
@@ -136,6 +193,10 @@ class _TuneReporter:
         else:
             tune.report(dict(metrics))
         self.seconds += time.perf_counter() - start
+
+    def phase(self, phase: Phase) -> None:
+        if self.poster is not None:
+            self.poster(phase)
 
 
 def final_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -162,9 +223,8 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     from ..trial import run_trial
 
-    config = decode_config(config)
-    spec = trial_spec_from_config(config)
-    tid = spec.trial_id()
+    trial = decode_config(config)
+    spec, tid = trial.spec, trial.trial_id
     inputs_id = ctx.identities.trial_inputs_id(spec) if ctx.identities is not None else None
     done = ctx.store.result(tid)
     if done is not None:  # finished in an earlier launch whose driver died before Ray saved that
@@ -185,17 +245,18 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "resumed": checkpoint is not None,
-            "cpu": config.get("cpu"),
-            "gpu": config.get("gpu"),
+            "cpu": trial.cpu,
+            "gpu": trial.gpu,
             INPUTS_ID_KEY: inputs_id,
         },
     )
     ctx.store.close_running_attempts(tid, "a later attempt of the trial started", keep=attempt)
     tracker = None
-    reporter = _TuneReporter(ctx.checkpoint_every, ctx.checkpoint_min_interval_s, None)
+    poster = PhasePoster(ctx.phase_board, tid) if ctx.phase_board is not None else None
+    reporter = _TuneReporter(ctx.checkpoint_every, ctx.checkpoint_min_interval_s, None, poster)
     out_dir = Path(tempfile.mkdtemp(prefix=f"vfm-{tid}-"))
     try:
-        tracker = reporter.tracker = _open_tracker(ctx, spec, tid, node_id, inputs_id)
+        tracker = reporter.tracker = _open_tracker(ctx, trial, node_id, inputs_id)
         kwargs = {
             "reporter": reporter,
             "backbones": ctx.backbones,
@@ -207,6 +268,7 @@ def run_one_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                 result = run_trial(spec, out_dir, resume_from=Path(folder), **kwargs)
         else:
             result = run_trial(spec, out_dir, **kwargs)
+        reporter.phase(Phase(UPLOADING))
         ctx.store.upload_dir(out_dir, f"trials/{tid}/outputs")
         if tracker is not None:
             tracker.log_final(final_metrics(result.metrics))
@@ -251,12 +313,13 @@ def _after_failure(
         log.exception("trial %s: could not record its failure everywhere", tid)
 
 
-def _open_tracker(ctx: TrialContext, spec: TrialSpec, tid: str, node_id: str, inputs_id: str | None) -> Any | None:
+def _open_tracker(ctx: TrialContext, trial: RayTrial, node_id: str, inputs_id: str | None) -> Any | None:
     if ctx.tracking is None:
         return None
     from ..tracking.runs import TrialTracker
+    from ..tracking.tags import ALIGNMENT_TAG, INPUTS_ID_TAG, NODE_ID_TAG, OUTPUTS_TAG, SPEC_TAG
 
-    t = ctx.tracking
+    t, spec, tid = ctx.tracking, trial.spec, trial.trial_id
     entry = ctx.backbones[spec.backbone]
     tracker = TrialTracker(t.uri, t.experiment, t.sweep_run_id, t.sweep_id, tid, t.execution_id, t.launch)
     params = {
@@ -265,19 +328,16 @@ def _open_tracker(ctx: TrialContext, spec: TrialSpec, tid: str, node_id: str, in
         "backbone.scale": entry.scale,
         "backbone.embed_dim": str(entry.embed_dim),
     }
-    tags = {"vfm.node_id": node_id, "vfm.outputs": f"{ctx.store.root}/trials/{tid}/outputs"}
+    tags = {
+        NODE_ID_TAG: node_id,
+        OUTPUTS_TAG: f"{ctx.store.root}/trials/{tid}/outputs",
+        SPEC_TAG: spec.model_dump_json(),  # what the report reads back into a TrialSpec
+        ALIGNMENT_TAG: spec.alignment.label(),  # the method as one UI column
+    }
     if inputs_id is not None:
-        tags["vfm.inputs_id"] = inputs_id
-    tracker.open(params, tags, run_name=run_name(spec))
+        tags[INPUTS_ID_TAG] = inputs_id
+    tracker.open(params, tags, run_name=trial.run_name)
     return tracker
-
-
-def run_name(spec: TrialSpec) -> str:
-    """What the trial is, for the UI's run list: backbone · regime (rank) · train data (sampling) · seed."""
-    label = trial_label(spec, "-")
-    regime = label["regime"] + (f" (r{label['rank']})" if label["rank"] != "-" else "")
-    train = label["train"] + (f" ({label['sampling']})" if label["sampling"] != "-" else "")
-    return f"{label['backbone']} · {regime} · {train} · seed {label['seed']}"
 
 
 def _release_memory() -> None:
@@ -306,8 +366,8 @@ def trial_resources(config: dict[str, Any]) -> Any:
     """One bundle per trial: the config's `cpu` and (when non-zero) `gpu`."""
     from ray import tune
 
-    config = decode_config(config)
-    bundle = {"CPU": float(config["cpu"])}
-    if float(config.get("gpu", 0)) > 0:
-        bundle["GPU"] = float(config["gpu"])
+    trial = decode_config(config)
+    bundle = {"CPU": trial.cpu}
+    if trial.gpu > 0:
+        bundle["GPU"] = trial.gpu
     return tune.PlacementGroupFactory([bundle])

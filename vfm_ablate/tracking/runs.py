@@ -9,7 +9,7 @@
 - a trial's learning curve comes from one attempt: an attempt that would log epochs a killed attempt already
   logged moves the trial to a new run (the older one is tagged `vfm.superseded_by` and deleted, restorable).
 
-The tag names here are the contract the report and the UI views read back.
+The tag names (tracking/tags.py) are the contract the report and the UI views read back.
 """
 
 from __future__ import annotations
@@ -27,37 +27,32 @@ from .store import (
     ensure_experiment,
     log_metrics,
     log_params,
-    quote,
     retry_locked,
     search_all_runs,
     set_tags,
     sqlite_path,
     tracking_client,
 )
+from .tags import (
+    ATTEMPT_TAG,
+    ERROR_TAG,
+    EXECUTION_TAG,
+    LAUNCH_TAG,
+    RETIRED_TAG,
+    ROLE_SWEEP,
+    ROLE_TAG,
+    ROLE_TRIAL,
+    SUPERSEDED_TAG,
+    SWEEP_ID_TAG,
+    SWEEP_NAME_TAG,
+    SWEEP_RUN_TAG,
+    TRIAL_ID_TAG,
+    runs_filter,
+)
 
 _log = logging.getLogger(__name__)
 
-# Tag names: one place for each fact (the report reads the same constants).
-SWEEP_ID_TAG = "vfm.sweep_id"  # content hash of the sweep (name, trial ids, search settings)
-EXECUTION_TAG = "vfm.execution_id"  # one execution of a sweep: from its first start to its last resume
-TRIAL_ID_TAG = "vfm.trial_id"
-SWEEP_NAME_TAG = "vfm.sweep_name"
-ROLE_TAG = "vfm.role"  # "sweep" (the execution's summary run) or "trial"
-LAUNCH_TAG = "vfm.launch"  # sweep run: launches so far; trial run: the launch that opened it last
-SWEEP_RUN_TAG = "vfm.sweep_run_id"  # trial run: its execution's summary run
-ATTEMPT_TAG = "vfm.attempt"  # trial run: how many times the trial has been opened (retries, resumes)
-SUPERSEDED_TAG = "vfm.superseded_by"  # a trial run replaced by a later attempt's run (then deleted)
-ERROR_TAG = "vfm.error"
-RETIRED_TAG = "vfm.superseded"  # a deleted run of a trial that started over (its inputs changed): why, when
 EPOCH_METRICS = ("train_loss", "val_loss", "best_val_loss", "epoch_time_s", "epoch")  # step = epoch
-
-ROLE_SWEEP = "sweep"
-ROLE_TRIAL = "trial"
-
-
-def execution_filter(execution_id: str, role: str) -> str:
-    """The MLflow filter of one execution's runs of one role (also what the UI view uses)."""
-    return f"tags.`{EXECUTION_TAG}` = {quote(check_id(execution_id, 'execution id'))} and tags.`{ROLE_TAG}` = '{role}'"
 
 
 class SweepTracker:
@@ -84,7 +79,7 @@ class SweepTracker:
         found = search_all_runs(
             client,
             self.experiment_id,
-            execution_filter(self.execution_id, ROLE_SWEEP),
+            runs_filter(ROLE_SWEEP, execution_id=self.execution_id),
             order_by=["attributes.start_time ASC"],
         )
         if found:
@@ -137,6 +132,19 @@ class SweepTracker:
             if trial_id in finished:
                 retry_locked(lambda: client.set_terminated(run.info.run_id, finished[trial_id]), "reconcile")
 
+    def tag_trials(self, tags: dict[str, dict[str, str]]) -> None:
+        """Tags on this execution's runs of the given trials (trial id -> tags): how a trial ended when its run
+        cannot say it (a scheduler's stop and a person's interruption both end a run KILLED)."""
+        if not tags:
+            return
+        client = self._client
+        if self.experiment_id is None:
+            self.experiment_id = ensure_experiment(client, self.experiment, self.tracking_uri)
+        for run in search_all_runs(client, self.experiment_id, runs_filter(ROLE_TRIAL, execution_id=self.execution_id)):
+            wanted = tags.get(run.data.tags.get(TRIAL_ID_TAG, ""))
+            if wanted:
+                set_tags(client, run.info.run_id, wanted)
+
     def publish(self, metrics: dict[str, float], artifacts: str | Path | None = None) -> None:
         """The sweep's summary at the end of a launch: metrics at step = launch number, files as artifacts."""
         run_id = self._need_run("publish")
@@ -158,27 +166,13 @@ class SweepTracker:
         set_tags(client, run_id, {f"vfm.launch.{self.launch}.status": status})
         retry_locked(lambda: client.set_terminated(run_id, status), "finish sweep run")
 
-    def __enter__(self) -> SweepTracker:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        """Leave no RUNNING run behind: KILLED on Ctrl-C, FAILED on an error, FINISHED otherwise."""
-        if self.run_id is None:
-            return
-        if exc_type is None:
-            self.finish("FINISHED")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.finish("KILLED")
-        else:
-            self.finish("FAILED")
-
     def running_trials(self) -> list[Any]:
         if self.experiment_id is None:
             self.experiment_id = ensure_experiment(self._client, self.experiment, self.tracking_uri)
         return search_all_runs(
             self._client,
             self.experiment_id,
-            execution_filter(self.execution_id, ROLE_TRIAL) + " and attributes.status = 'RUNNING'",
+            runs_filter(ROLE_TRIAL, execution_id=self.execution_id) + " and attributes.status = 'RUNNING'",
         )
 
     def _need_run(self, what: str) -> str:
@@ -229,7 +223,7 @@ class TrialTracker:
         existing = search_all_runs(
             client,
             experiment_id,
-            execution_filter(self.execution_id, ROLE_TRIAL) + f" and tags.`{TRIAL_ID_TAG}` = {quote(self.trial_id)}",
+            runs_filter(ROLE_TRIAL, execution_id=self.execution_id, trial_id=self.trial_id),
             order_by=["attributes.start_time ASC"],
         )
         params = {str(k): str(v) for k, v in params.items()}
@@ -378,11 +372,7 @@ def retire_trial_runs(tracking_uri: str, experiment: str, execution_id: str, tri
         return 0
     retired = 0
     for trial_id in trial_ids:
-        filt = (
-            execution_filter(execution_id, ROLE_TRIAL)
-            + f" and tags.`{TRIAL_ID_TAG}` = "
-            + quote(check_id(trial_id, "trial id"))
-        )
+        filt = runs_filter(ROLE_TRIAL, execution_id=execution_id, trial_id=trial_id)
         for run in search_all_runs(client, found.experiment_id, filt):
             set_tags(client, run.info.run_id, {RETIRED_TAG: reason})
             if run.info.status == "RUNNING":

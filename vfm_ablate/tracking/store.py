@@ -46,8 +46,57 @@ T = TypeVar("T")
 
 def resolve_tracking_uri(flag: str | None, sweep_uri: str | None, workdir: str | Path) -> str:
     """The one rule, for `run` and `report` alike: --tracking-uri, then the sweep file's tracking.uri, then
-    $MLFLOW_TRACKING_URI (cluster.yaml exports it), then `<workdir>/mlflow.db`. Creates nothing."""
-    return flag or sweep_uri or os.environ.get(TRACKING_URI_ENV) or local_tracking_uri(workdir)
+    $MLFLOW_TRACKING_URI (cluster.yaml exports it), then `<workdir>/mlflow.db`. Creates nothing; a URI this tool
+    cannot use (`tracking_uri_problem`) is a ConfigError naming where it came from."""
+    for uri, where in ((flag, "--tracking-uri"), (sweep_uri, "tracking.uri")):
+        if uri is not None:  # given, even if empty: checked, never passed over for a default
+            return check_tracking_uri(uri, where)
+    from_env = os.environ.get(TRACKING_URI_ENV)
+    if from_env:
+        return check_tracking_uri(from_env, f"${TRACKING_URI_ENV}")
+    return local_tracking_uri(workdir)
+
+
+# the stores a tracking URI may name: an MLflow server, a SQLite file, a database server (SQLAlchemy's scheme, with
+# an optional +driver), Databricks
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why this tool cannot track into `uri` (None: it can): a plain path or file:// (MLflow's file store is in
+    maintenance mode, and concurrent trials need a database), an unknown scheme, an in-memory SQLite database (gone
+    with the process, and unseen by the trials' processes), a server URI without a host."""
+    from urllib.parse import urlsplit
+
+    text = uri.strip()
+    if not text:
+        return "empty; expected http(s)://HOST:PORT (an MLflow server) or sqlite:///ABSOLUTE/PATH/mlflow.db"
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower().split("+", 1)[0]
+    local = "sqlite:///ABSOLUTE/PATH/mlflow.db (a local file)"
+    if not scheme or scheme == "file" or (len(scheme) == 1 and text[1:2] == ":"):  # a path (also C:\\...)
+        return (
+            "a plain path or file:// URI: MLflow's file store is in maintenance mode, and concurrent trials need a "
+            f"database; use {local} or http://HOST:PORT (an MLflow server)"
+        )
+    if scheme not in TRACKING_SCHEMES:
+        return (
+            f"unknown scheme '{parts.scheme}'; expected http(s)://HOST:PORT (an MLflow server), {local}, or "
+            "postgresql:// / mysql:// / mssql:// (a database)"
+        )
+    if scheme == "sqlite" and sqlite_path(text) is None:
+        return f"an in-memory SQLite store ends with this process (and trials run in other processes); use {local}"
+    if scheme in ("http", "https") and not parts.hostname:
+        return "no host; expected http(s)://HOST:PORT"
+    return None
+
+
+def check_tracking_uri(uri: str, where: str) -> str:
+    """`uri` as given, or a ConfigError naming `where` it came from and what was expected."""
+    problem = tracking_uri_problem(uri)
+    if problem is not None:
+        raise ConfigError(f"{where} {uri!r}: {problem}")
+    return uri
 
 
 def default_tracking_uri(workdir: str | Path) -> str:
@@ -173,13 +222,25 @@ def _check_server(base: str, timeout_s: float) -> None:
 
 
 _CLIENTS: dict[str, Any] = {}
+# MLflow's HTTP client waits 120 s for each answer and retries 7 times with back-off: a stalled server held a
+# command for minutes. Every request of this tool's clients gets these limits (the environment may set others):
+# at most 3 tries of 7 s, 2 s of back-off between them: a stalled server is an error within ~25 s
+HTTP_DEADLINES = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "7",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
 
 
 def tracking_client(tracking_uri: str) -> Any:
-    """One `MlflowClient` per URI and process; a SQLite store's schema is created once, under a file lock."""
+    """One `MlflowClient` per URI and process; a SQLite store's schema is created once, under a file lock; a server
+    gets deadlines (`HTTP_DEADLINES`), and a call it does not answer in time is a VfmAblateError naming the server,
+    the call and the limit, not a traceback (`DeadlineClient`)."""
     client = _CLIENTS.get(tracking_uri)
     if client is not None:
         return client
+    for name, value in HTTP_DEADLINES.items():
+        os.environ.setdefault(name, value)  # read by MLflow at each request; inherited by trial processes
     from mlflow import MlflowClient
 
     client = None
@@ -193,8 +254,62 @@ def tracking_client(tracking_uri: str) -> Any:
                 client = retry_locked(lambda: MlflowClient(tracking_uri=tracking_uri), "open tracking store")
     if client is None:  # schema ready (or a server): no need to serialise the slow store construction
         client = retry_locked(lambda: MlflowClient(tracking_uri=tracking_uri), "open tracking store")
+    client = DeadlineClient(client, tracking_uri)
     _CLIENTS[tracking_uri] = client
     return client
+
+
+class DeadlineClient:
+    """An MlflowClient whose calls end in a VfmAblateError when the server does not answer within its deadline (or
+    cannot be reached any more): the command says which server and call, instead of a traceback."""
+
+    def __init__(self, client: Any, tracking_uri: str) -> None:
+        self._client = client
+        self._uri = tracking_uri
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr) or name.startswith("_"):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except Exception as err:
+                reason = unanswered(err)
+                if reason is None:
+                    raise
+                raise VfmAblateError(
+                    f"MLflow tracking server {self._uri} did not answer {name} ({reason}; limits: "
+                    f"{os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT')} s per request, "
+                    f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES')} retries, set by $MLFLOW_HTTP_REQUEST_TIMEOUT "
+                    "and $MLFLOW_HTTP_REQUEST_MAX_RETRIES): is it overloaded or stalled?"
+                ) from None
+
+        return call
+
+
+def unanswered(err: BaseException) -> str | None:
+    """Why a tracking call got no answer (timed out, connection refused or lost), else None: read from the
+    requests / urllib3 errors MLflow wraps."""
+    import requests
+
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (requests.exceptions.Timeout, TimeoutError)):
+            return "timed out"
+        if isinstance(current, requests.exceptions.ConnectionError):
+            text = str(current)
+            return "timed out" if "timed out" in text.lower() else f"connection failed: {text[:160]}"
+        current = current.__cause__ or current.__context__
+    text = str(err)
+    if "Read timed out" in text or ("timed out" in text and "API request to" in text):
+        return "timed out"
+    if "Max retries exceeded" in text:
+        return "no answer after retries: " + text[text.find("Max retries exceeded") :][:160]
+    return None
 
 
 def _schema_at_head(db: Path) -> bool:

@@ -27,18 +27,17 @@ from typing import Any
 from urllib.parse import quote as url_quote
 from urllib.parse import urlencode
 
-from .runs import EXECUTION_TAG, ROLE_TAG, ROLE_TRIAL
+from ..metric_names import HEADLINE
 from .store import check_id, retry_locked, sqlite_path, tracking_client
+from .tags import ROLE_TRIAL, runs_filter
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 WORKFLOW_PARAM = "workflowType=machine_learning"
 DEFAULT_UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
-HEADLINE_METRIC = "iou_fg"  # the one IoU per trial (macro over test datasets, or the single one)
 
 NAME_COLUMN = "attributes.`Run Name`"
-PARAM_COLUMNS = ("backbone", "regime", "lora.rank", "data.train", "data.sampling", "seed")
 TAIL_METRICS = ("epochs_run", "best_epoch")
 
 
@@ -51,14 +50,22 @@ def view_key(execution_id: str) -> str:
     return f"vfm-{check_id(execution_id, 'execution id')}"
 
 
-def comparison_view(execution_id: str, test_metrics: list[str]) -> dict[str, Any]:
+Settings = list[tuple[str, str]] | tuple[tuple[str, str], ...]
+
+
+def comparison_view(
+    execution_id: str, test_metrics: list[str], settings: Settings, name_chars: int = 56
+) -> dict[str, Any]:
     """The runs-table state of one execution: its trials only, best headline IoU first, the IoU columns and the
-    settings that tell trials apart."""
-    metrics = [HEADLINE_METRIC, *[m for m in test_metrics if m != HEADLINE_METRIC], *TAIL_METRICS]
-    columns = [column("metrics", m) for m in metrics] + [column("params", p) for p in PARAM_COLUMNS]
+    settings that tell trials apart (`settings`: (kind, key) pairs, e.g. ("params", "lora.rank"), ("tags",
+    "vfm.alignment"): the planner's, from what varies across the sweep); `name_chars`: the longest run name."""
+    metrics = [HEADLINE, *[m for m in test_metrics if m != HEADLINE], *TAIL_METRICS]
+    # the settings beside the name (what each run is), params before tags so that each group stays one block
+    ordered = [s for s in settings if s[0] == "params"] + [s for s in settings if s[0] != "params"]
+    columns = [column(kind, key) for kind, key in ordered] + [column("metrics", m) for m in metrics]
     return {
-        "searchFilter": f"tags.`{EXECUTION_TAG}` = '{execution_id}' and tags.`{ROLE_TAG}` = '{ROLE_TRIAL}'",
-        "orderByKey": column("metrics", HEADLINE_METRIC),
+        "searchFilter": runs_filter(ROLE_TRIAL, execution_id=execution_id),
+        "orderByKey": column("metrics", HEADLINE),
         "orderByAsc": False,
         "startTime": "ALL",
         "lifecycleFilter": "Active",
@@ -66,16 +73,27 @@ def comparison_view(execution_id: str, test_metrics: list[str]) -> dict[str, Any
         "modelVersionFilter": "All Runs",
         "selectedColumns": columns,
         "columnOrder": [NAME_COLUMN, *columns],
-        "columnWidths": {NAME_COLUMN: 430},
+        # the run names in full (`name_chars`: the longest), and tags' texts (`ASHA at epoch 3`) too
+        "columnWidths": {
+            NAME_COLUMN: min(max(60 + 7 * name_chars, 200), 640),
+            **{column(kind, key): 200 for kind, key in settings if kind == "tags"},
+        },
         "runsHiddenMode": "SHOW_ALL",  # the chart view plots every trial, not the first ten
         "hideEmptyCharts": True,
     }
 
 
 def set_up_experiment(
-    tracking_uri: str, experiment_id: str, execution_id: str, view_name: str, test_metrics: list[str]
+    tracking_uri: str,
+    experiment_id: str,
+    execution_id: str,
+    view_name: str,
+    test_metrics: list[str],
+    settings: Settings = (),
+    name_chars: int = 56,
 ) -> str:
-    """Tag the experiment as model training and save the execution's comparison view; returns the view key."""
+    """Tag the experiment as model training and save the execution's comparison view (`settings`: its setting
+    columns, see `comparison_view`); returns the view key."""
     client = tracking_client(tracking_uri)
     key = view_key(execution_id)
     now = int(time.time() * 1000)
@@ -83,7 +101,7 @@ def set_up_experiment(
         "name": view_name,
         "createdAt": now,
         "updatedAt": now,
-        "state": json.dumps(comparison_view(execution_id, test_metrics)),
+        "state": json.dumps(comparison_view(execution_id, test_metrics, settings, name_chars)),
     }
     retry_locked(lambda: client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND))
     retry_locked(lambda: client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key, json.dumps(envelope)))

@@ -14,13 +14,15 @@ import torch
 from ..config import TrialSpec
 from ..data.sources import LoadedDataset, Slice
 from ..diagnostics.embeddings import dataset_embeddings
-from ..diagnostics.measures import domain_metrics, pca_plot, probe_rows
+from ..diagnostics.measures import probe_rows
+from ..diagnostics.metrics import domain_metrics
+from ..diagnostics.plots import pca_plot
 from ..errors import ConfigError
 from ..models.registry import BackboneEntry
 from ..models.segmenter import Segmenter
 from .alignment import estimate_feature_statistics
 from .forward import Forward, autocast
-from .items import Item, TrainingImages, TrialData, normalisation, prepare_items
+from .items import Item, TrainingItems, TrialData, normalisation, prepare_items
 
 
 def diagnostic_names(spec: TrialSpec) -> list[str]:
@@ -33,8 +35,8 @@ def diagnostic_slices(ds: LoadedDataset) -> tuple[list[Slice], list[Slice] | Non
     and scored on the measured ones, so no test image ever trains it. Without a test split the measured images are
     no test images and there are no others (None): `probe_rows` holds part of them out."""
     if not ds.test:
-        return ds.unlabelled or ds.train, None
-    fitting = ds.train or ds.unlabelled
+        return ds.unlabelled or ds.training, None
+    fitting = ds.training or ds.unlabelled
     if not fitting:
         raise ConfigError(f"diagnostics: dataset '{ds.name}' has no training or unlabelled images to fit the probe on")
     return ds.test, fitting
@@ -80,10 +82,10 @@ def domain_diagnostics(
 @dataclass
 class DiagnosticItems:
     """Per diagnostic dataset the prepared images the head-side diagnostics measure, and the other images the probe
-    (and a diagnostics-only dataset's feature statistics) are fitted on: never a test image (`TrainingImages`)."""
+    (and a diagnostics-only dataset's feature statistics) are fitted on: never a test image (`TrainingItems`)."""
 
     measured: dict[str, list[Item]]
-    fitting: TrainingImages  # only the datasets with other images to fit on (see `diagnostic_slices`)
+    fitting: TrainingItems  # only the datasets with other images to fit on (see `diagnostic_slices`)
 
 
 def diagnostic_items(spec: TrialSpec, entry: BackboneEntry, data: TrialData) -> DiagnosticItems:
@@ -105,7 +107,7 @@ def diagnostic_items(spec: TrialSpec, entry: BackboneEntry, data: TrialData) -> 
             fitting[name] = own.get(name) or prepare_items(
                 fitting_slices, name, "diagfit", entry, spec, align, labelled=False
             )
-    return DiagnosticItems(measured, TrainingImages(fitting, data.loaded))
+    return DiagnosticItems(measured, TrainingItems(fitting, data.loaded))
 
 
 @torch.no_grad()
@@ -118,7 +120,7 @@ def head_diagnostics(
     # diagnostics-only datasets: feature statistics of their fitting images (held-out ones: of their own images,
     # none of them a test image)
     statistics = {n: items.fitting.get(n) or its for n, its in items.measured.items() if n not in own}
-    estimate_feature_statistics(fwd, TrainingImages(statistics, data.loaded))
+    estimate_feature_statistics(fwd, TrainingItems(statistics, data.loaded))
     fwd.model.eval()
 
     def embed(its: list[Item]) -> tuple[np.ndarray, np.ndarray]:

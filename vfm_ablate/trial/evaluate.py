@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -13,15 +14,18 @@ from .metrics import IoUAccumulator
 
 
 @torch.no_grad()
-def evaluate(fwd: Forward, items: list[Item], native: bool) -> tuple[IoUAccumulator, dict[str, list[np.ndarray]]]:
+def evaluate(
+    fwd: Forward, items: list[Item], native: bool, progress: Callable[[int], None] | None = None
+) -> tuple[IoUAccumulator, dict[str, list[np.ndarray]]]:
     """Prediction = argmax over the two logits; returns the totals and every prediction per dataset (overlays).
 
     With `native`, logits are resized bilinearly to the slice's own size and scored against its native mask.
+    `progress(done)` after each image.
     """
     fwd.model.eval()
     acc = IoUAccumulator()
     preds: dict[str, list[np.ndarray]] = defaultdict(list)
-    for it in items:
+    for done, it in enumerate(items, 1):
         logits = fwd.logits([it])
         if native and it.native_mask is not None:
             logits = torch.nn.functional.interpolate(
@@ -33,4 +37,6 @@ def evaluate(fwd: Forward, items: list[Item], native: bool) -> tuple[IoUAccumula
         pred = logits.argmax(dim=1)[0].cpu()
         acc.update(it.dataset, pred, target)
         preds[it.dataset].append(pred.numpy().astype(np.uint8))
+        if progress is not None:
+            progress(done)
     return acc, preds

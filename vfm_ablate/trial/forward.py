@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -81,6 +81,21 @@ class Forward:
             return torch.stack([self.cache.features(it.key, it.image) for it in items]).to(self.device)
         images = torch.stack([it.image for it in items]).to(self.device)
         return self.model.features(images)
+
+    @property
+    def caches_features(self) -> bool:
+        """Frozen with a feature cache: each image's features are computed once and kept for the trial."""
+        return self.cache is not None and self.cache.mode != "off"
+
+    def extract_all(self, items: list[Item], progress: Callable[[int], None]) -> None:
+        """Frozen: every item through the backbone once, before the first epoch, so that extraction is a phase of
+        its own with progress (`progress(done)` after each image) and every epoch takes the same time. The
+        features are the ones the first epoch would have extracted (a frozen backbone stays in eval mode)."""
+        if self.cache is None or not self.caches_features:
+            return
+        for done, it in enumerate(items, 1):
+            self.cache.features(it.key, it.image)
+            progress(done)
 
     def head_input(self, items: list[Item]) -> torch.Tensor:
         """What the head receives: the backbone's grid, standardised per dataset when feature alignment is on."""

@@ -1,18 +1,19 @@
 """A trial's data: its datasets loaded, input-aligned, resized and normalised for the backbone, split into train /
-val / test items, plus the unlabelled target items of domain adaptation."""
+val / test items, plus the unlabelled items: a target's training images, and a train dataset's beyond
+`data.labelled` (masks never read, see data/sources)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..alignment.intensity import InputAlignment, intensity_statistics, reference_pixels
+from ..alignment.intensity import InputAlignment, TrainingImages, estimate_input_alignment
 from ..config import TrialSpec
 from ..data.entries import DatasetEntry, resolve_dataset
-from ..data.sampling import split_validation
+from ..data.sampling import hold_out
 from ..data.sources import LoadedDataset, Slice, load_dataset
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, mask_to_tensor, target_size
 from ..errors import DataError
@@ -35,28 +36,46 @@ class Item:
 @dataclass
 class TrialData:
     """Train items per train dataset (the sampler draws across them), the validation hold-out, the test items, and
-    per target dataset its unlabelled training images."""
+    the unlabelled items: per target dataset its training images, per train dataset those beyond data.labelled."""
 
-    train: list[list[Item]]
+    train: list[list[Item]]  # per data.train dataset, its labelled training items (validation held out)
     val: list[Item]
     test: list[Item]
     loaded: dict[str, LoadedDataset]  # every dataset the trial reads, by name (diagnostics embed from these)
     entries: dict[str, DatasetEntry]  # and the entries they were read from (written to config.yaml)
     target: list[list[Item]]  # per data.target dataset, its training images without masks
     align: InputAlignment  # the input-level alignment every item went through
+    # per data.train dataset, its training images outside data.labelled, without masks (prepared where an alignment
+    # method embeds unlabelled images: `AlignmentSpec.embeds_unlabelled_images`)
+    remainder: list[list[Item]]
 
-    def own_images(self, spec: TrialSpec) -> TrainingImages:
-        """Each train / target dataset's training images (train + validation, or the target's): what per-dataset
-        statistics are estimated on; never a test image."""
+    def unlabelled(self, spec: TrialSpec) -> dict[str, list[Item]]:
+        """Each dataset's unlabelled training items: a target's, a train dataset's beyond data.labelled."""
+        return {**dict(zip(spec.data.train, self.remainder)), **dict(zip(spec.data.target, self.target))}
+
+    def own_images(self, spec: TrialSpec) -> TrainingItems:
+        """Each train / target dataset's training images (train + validation + unlabelled, or the target's): what
+        per-dataset statistics are estimated on; never a test image."""
         out: dict[str, list[Item]] = {}
-        for name, items in zip(spec.data.train, self.train):
-            out[name] = [*items, *(it for it in self.val if it.dataset == name)]
+        for name, items, rest in zip(spec.data.train, self.train, self.remainder):
+            out[name] = [*items, *(it for it in self.val if it.dataset == name), *rest]
         for name, items in zip(spec.data.target, self.target):
             out[name] = list(items)
-        return TrainingImages(out, self.loaded)
+        return TrainingItems(out, self.loaded)
+
+    def batch_pools(self, spec: TrialSpec) -> list[list[Item]]:
+        """What each of `spec.batch_datasets()` puts in the batches: its labelled training items and, under a
+        loss-level alignment (which aligns images, labelled or not), its unlabelled ones."""
+        labelled = dict(zip(spec.data.train, self.train))
+        unlabelled = self.unlabelled(spec) if spec.alignment.on("loss") else {}
+        return [[*labelled.get(name, []), *unlabelled.get(name, [])] for name in spec.batch_datasets()]
+
+    def labelled_counts(self, spec: TrialSpec) -> dict[str, int]:
+        """Per train dataset, its labelled training images (validation included): data.labelled resolved."""
+        return {name: len(self.loaded[name].labelled) for name in spec.data.train}
 
 
-class TrainingImages(Mapping[str, list[Item]]):
+class TrainingItems(Mapping[str, list[Item]]):
     """Per dataset, images a statistic may be fitted on (feature standardisation, loss-level batches, the
     diagnostics' probe): its training, validation or unlabelled images, never one of its test images. Functions
     that fit statistics take this type, not a plain dict, and building it checks every image against its dataset's
@@ -83,11 +102,15 @@ class TrainingImages(Mapping[str, list[Item]]):
         return len(self._images)
 
 
+# data.normalisation -> (mean, std) per channel: ImageNet's for every backbone (the study's choice), or its own
+NORMALISATIONS: dict[str, Callable[[BackboneEntry], tuple[tuple[float, ...], tuple[float, ...]]]] = {
+    "imagenet": lambda entry: (IMAGENET_MEAN, IMAGENET_STD),
+    "backbone": lambda entry: (entry.mean, entry.std),
+}
+
+
 def normalisation(spec: TrialSpec, entry: BackboneEntry) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """ImageNet statistics for every backbone (the study's choice) unless the trial asks for the backbone's own."""
-    if spec.data.normalisation == "backbone":
-        return entry.mean, entry.std
-    return IMAGENET_MEAN, IMAGENET_STD
+    return NORMALISATIONS[spec.data.normalisation](entry)
 
 
 def prepare_items(
@@ -126,54 +149,59 @@ def prepare_items(
 
 
 def input_alignment(spec: TrialSpec, loaded: dict[str, LoadedDataset]) -> InputAlignment:
-    """The trial's input-level method, estimated on training images only (the reference dataset's for histogram
-    matching, each train / target dataset's own for z-scoring)."""
-    a = spec.alignment
-    if a.input == "histogram":
-        ref = spec.reference_dataset()
-        assert ref is not None  # TrialSpec guarantees it
-        slices = loaded[ref].train
-        pixels = reference_pixels([s.image for s in slices], f"alignment.reference '{ref}'")
-        return InputAlignment("histogram", reference=pixels, reference_range=slices[0].value_range)
-    if a.input == "zscore":
-        stats = {
-            name: intensity_statistics([s.image for s in loaded[name].train], f"dataset '{name}' (z-scoring)")
-            for name in [*spec.data.train, *spec.data.target]
-        }
-        return InputAlignment("zscore", statistics=stats)
-    if a.input == "clahe":
-        return InputAlignment("clahe", clip_limit=a.clahe_clip_limit, kernel_size=a.clahe_kernel)
-    return InputAlignment()
+    """The trial's input-level method, estimated on training images only: each train / target dataset's training
+    split (the histogram reference is one of them)."""
+    own = [*spec.data.train, *spec.data.target]
+    training = TrainingImages(
+        images={name: [s.image for s in loaded[name].training] for name in own},
+        value_ranges={name: loaded[name].training[0].value_range if loaded[name].training else None for name in own},
+        reference=spec.reference_dataset(),
+    )
+    return estimate_input_alignment(spec.alignment, training)
 
 
 def load_trial_data(
     spec: TrialSpec, entry: BackboneEntry, datasets: dict[str, DatasetEntry] | None = None
 ) -> TrialData:
-    """Every dataset the trial reads; per train dataset a validation hold-out drawn with the split seed. Target
-    datasets are loaded without their training masks (never read from disk)."""
+    """Every dataset the trial reads; per train dataset its labelled images (data.labelled) and a validation
+    hold-out of them, drawn with the split seed. Target datasets, and a train dataset's images beyond
+    data.labelled, are loaded without their training masks (never read from disk)."""
     entries = {name: resolve_dataset(name, datasets) for name in spec.dataset_names()}
-    targets = set(spec.data.target)
-    loaded = {name: load_dataset(e, spec.split_seed, train_masks=name not in targets) for name, e in entries.items()}
+    labelled = {**dict.fromkeys(spec.data.target, 0), **spec.data.labelled}
+    loaded = {
+        name: load_dataset(e, spec.split_seed, labelled=labelled.get(name)) for name, e in entries.items()
+    }
     align = input_alignment(spec, loaded)
     train: list[list[Item]] = []
     val: list[Item] = []
+    remainder: list[list[Item]] = []
     for name in spec.data.train:
         prepared = prepare_items(loaded[name].train, name, "train", entry, spec, align)
-        if len(prepared) < 2:
+        if name not in spec.data.labelled and len(prepared) < 2:
             raise DataError(
                 f"dataset '{name}' has {len(prepared)} training slice(s); need at least 2 (train + validation)"
             )
-        tr_idx, va_idx = split_validation(len(prepared), spec.data.val_fraction, spec.split_seed)
+        tr_idx, va_idx = hold_out(len(prepared), spec.data.val_fraction, spec.split_seed)
         train.append([prepared[i] for i in tr_idx])
         val.extend(prepared[i] for i in va_idx)
+        rest = loaded[name].remainder if spec.alignment.embeds_unlabelled_images() else []  # (pixels: `align`)
+        remainder.append(prepare_items(rest, name, "unlabelled", entry, spec, align, labelled=False))
+    if not val:
+        raise DataError(
+            f"no validation image: data.labelled {spec.data.labelled} leaves each train dataset at most one labelled "
+            "image, which trains; give one at least 2"
+        )
     target: list[list[Item]] = []
     for name in spec.data.target:
-        if not loaded[name].train:
+        if not loaded[name].training:
             raise DataError(f"target dataset '{name}' has no training images")
-        target.append(prepare_items(loaded[name].train, name, "target", entry, spec, align, labelled=False))
+        target.append(prepare_items(loaded[name].training, name, "target", entry, spec, align, labelled=False))
     test: list[Item] = []
     for name in spec.data.test_datasets:
         if not loaded[name].test:
             raise DataError(f"dataset '{name}' has no labelled test split")
         test.extend(prepare_items(loaded[name].test, name, "test", entry, spec, align))
-    return TrialData(train=train, val=val, test=test, loaded=loaded, entries=entries, target=target, align=align)
+    return TrialData(
+        train=train, val=val, test=test, loaded=loaded, entries=entries, target=target, align=align,
+        remainder=remainder,
+    )  # fmt: skip

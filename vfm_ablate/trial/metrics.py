@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..metric_names import MACRO_IOU, POOLED_IOU, iou_metric
+
 EPS = 1e-7
 
 
@@ -51,10 +53,10 @@ class IoUAccumulator:
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """`iou_fg/<dataset>` always; `macro_iou_fg` and `pooled_iou_fg` when there are several datasets."""
-        out = {f"{prefix}iou_fg/{name}": v for name, v in self.per_dataset().items()}
+        out = {prefix + iou_metric(name): v for name, v in self.per_dataset().items()}
         if len(self.totals) > 1:
-            out[f"{prefix}macro_iou_fg"] = macro_iou(self.per_dataset())
-            out[f"{prefix}pooled_iou_fg"] = pooled_iou(self.totals.values())
+            out[prefix + MACRO_IOU] = macro_iou(self.per_dataset())
+            out[prefix + POOLED_IOU] = pooled_iou(self.totals.values())
         return out
 
 

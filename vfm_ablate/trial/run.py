@@ -1,8 +1,9 @@
 """Fit and evaluate one trial under the study's protocol. No Ray, no MLflow: runs from a notebook, the CLI or a Ray
 trial.
 
-`run_trial` reads top to bottom as its steps: data -> model (+ alignment modules) -> (resume) -> fit (epochs, early
-stopping on the validation loss) -> test with the best-validation state -> diagnostics -> write the output folder.
+`run_trial` reads top to bottom as its steps: data -> model (+ alignment modules) -> (resume) -> frozen: features
+of every image -> fit (epochs, early stopping on the validation loss) -> test with the best-validation state ->
+diagnostics -> write the output folder. Each step is a phase the reporter hears of (trial/phases.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ..config import TrialSpec
 from ..data.entries import DatasetEntry
 from ..data.sampling import epoch_batches
 from ..device import resolve_device
+from ..errors import VfmAblateError
+from ..metric_names import labelled_metric
 from ..models.registry import BackboneEntry, get_entry
 from ..models.segmenter import Segmenter, build_segmenter
 from .alignment import AlignmentLoss, attach_alignment, estimate_feature_statistics
@@ -29,15 +32,37 @@ from .domain import diagnostic_items, domain_diagnostics, head_diagnostics
 from .evaluate import evaluate
 from .features import FeatureStore
 from .forward import AlignFeatures, Forward, batch_loss, dice_loss, validation_loss
-from .items import TrainingImages, TrialData, load_trial_data
+from .items import Item, TrainingItems, TrialData, load_trial_data
 from .outputs import write_outputs, write_overlays
+from .phases import (
+    BUILDING,
+    DIAGNOSTICS,
+    EXTRACTING,
+    LOADING,
+    TESTING,
+    TRAINING,
+    VALIDATING,
+    WRITING,
+    Phase,
+    Phases,
+)
 from .state import TrainState, load_training_state, save_training_state
 
 
 class TrialReporter(Protocol):
-    """Receives each epoch's metrics; calls `save_checkpoint(dir)` when it wants the training state on disk."""
+    """Receives each epoch's metrics; calls `save_checkpoint(dir)` when it wants the training state on disk.
+
+    A reporter may also have `phase(phase: Phase)` (`PhaseReporter`): then it hears every phase of the trial and the
+    progress inside it, as often as the engine makes progress (every image, every step): it decides what to pass
+    on, and must be cheap."""
 
     def epoch_end(self, epoch: int, metrics: dict[str, float], save_checkpoint: Callable[[Path], None]) -> None: ...
+
+
+class PhaseReporter(Protocol):
+    """The optional part of a reporter: what the trial is doing now (trial/phases.py)."""
+
+    def phase(self, phase: Phase) -> None: ...
 
 
 @dataclass
@@ -48,8 +73,9 @@ class TrialResult:
     lora_targets: list[str] = field(default_factory=list)
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training diverged (NaN/inf loss): the trial fails with this error instead of training on garbage."""
+class NonFiniteLossError(VfmAblateError):
+    """Training diverged (NaN/inf loss): the trial fails with this error instead of training on garbage; a user
+    error (most often a learning rate too high), so the command line shows its message, not a traceback."""
 
 
 def seed_everything(seed: int) -> None:
@@ -75,9 +101,12 @@ def run_trial(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(spec.device)
     entry = get_entry(spec.backbone, backbones)
+    phases = Phases(reporter)
 
+    phases(LOADING)
     data = load_trial_data(spec, entry, datasets)
     diag_items = diagnostic_items(spec, entry, data) if spec.diagnostics.enabled else None
+    phases(BUILDING)
     seed_everything(spec.seed)
     model = build_segmenter(spec, entry).to(device)
     diag_names = list(diag_items.measured) if diag_items is not None else []
@@ -93,29 +122,42 @@ def run_trial(
     diag_metrics: dict[str, float] = {}
     if spec.diagnostics.enabled:
         if state.diag_frozen is None:  # before any step: a LoRA model with B = 0 is exactly the frozen backbone
+            phases(DIAGNOSTICS)
             state.diag_frozen = domain_diagnostics(model, spec, entry, data.loaded, "frozen", out_dir)
         diag_metrics.update(state.diag_frozen)
 
     def save_checkpoint(folder: Path) -> None:
         save_training_state(folder, spec.trial_id(), model, optimiser, state)
 
+    if fwd.caches_features and not state.done(spec.optim.max_epochs):
+        every_image = _every_item(data)
+        fwd.extract_all(every_image, phases.counter(EXTRACTING, len(every_image)))
     fit(spec, data, fwd, optimiser, state, reporter, save_checkpoint)
 
     if state.best_state is not None:
         model.load_trainable_state_dict(state.best_state)
-    acc, preds = evaluate(fwd, data.test, spec.eval_native_resolution)
+    acc, preds = evaluate(fwd, data.test, spec.eval_native_resolution, phases.counter(TESTING, len(data.test)))
     write_overlays(out_dir, data.test, preds, spec.num_overlays)
     if spec.diagnostics.enabled:
+        phases(DIAGNOSTICS)
         if spec.regime != "frozen":
             diag_metrics.update(domain_diagnostics(model, spec, entry, data.loaded, "adapted", out_dir))
         assert diag_items is not None
         diag_metrics.update(head_diagnostics(fwd, spec, data, diag_items, out_dir))
 
+    phases(WRITING)
     metrics = trial_metrics(model, state, fwd, device, acc.metrics(), diag_metrics, time.perf_counter() - started)
+    metrics.update({labelled_metric(name): float(k) for name, k in data.labelled_counts(spec).items()})
     write_outputs(out_dir, spec, entry, model, metrics, state.history, data.entries)
     return TrialResult(
         metrics=metrics, history=list(state.history), out_dir=out_dir, lora_targets=list(model.lora_targets)
     )
+
+
+def _every_item(data: TrialData) -> list[Item]:
+    """Every image the trial runs through its backbone: train, validation, unlabelled target, test."""
+    train = [it for items in data.train for it in items]
+    return [*train, *data.val, *(it for items in data.target for it in items), *data.test]
 
 
 def fit(
@@ -128,11 +170,12 @@ def fit(
     save_checkpoint: Callable[[Path], None],
 ) -> None:
     """Epochs until early stopping (patience on the validation loss) or max_epochs, from wherever `state` is."""
+    phases = Phases(reporter)
     loss_fn = dice_loss()
     model = fwd.model
     own_images = data.own_images(spec)
-    pools = [*data.train, *(data.target if spec.alignment.loss != "none" else [])]  # spec.batch_datasets() order
-    TrainingImages(dict(zip(spec.batch_datasets(), pools)), data.loaded)  # raises if a test image joined the batches
+    pools = data.batch_pools(spec)  # in spec.batch_datasets() order
+    TrainingItems(dict(zip(spec.batch_datasets(), pools)), data.loaded)  # raises if a test image joined the batches
     sizes = [len(items) for items in pools]
     classifier = getattr(model.alignment, "classifier", None)
     align_loss = AlignmentLoss(spec, classifier) if spec.alignment.loss != "none" else None
@@ -144,7 +187,10 @@ def fit(
         rng = np.random.default_rng([spec.seed, epoch])  # per-epoch stream: a resumed trial replays the same order
         batches = epoch_batches(sizes, spec.data.sampling, spec.optim.batch_size, rng, spec.data.weights)
         running, count, align_running, align_steps = 0.0, 0, 0.0, 0
+        progress = phases.counter(TRAINING, len(batches), epoch + 1)
         for step, batch in enumerate(batches):
+            if step:
+                progress(step)  # steps done (the counter said 0 when it started)
             items = [pools[d][i] for d, i in batch]
             collected: AlignFeatures | None = [] if align_loss is not None else None
             dice = batch_loss(fwd, loss_fn, items, collected)
@@ -153,7 +199,10 @@ def fit(
                 continue  # natural sampling drew only unlabelled target images of one domain: nothing to learn
             loss = (dice if dice is not None else 0.0) + (extra if extra is not None else 0.0)
             if not torch.isfinite(loss):  # type: ignore[arg-type]
-                raise NonFiniteLossError(f"loss became {float(loss.detach())} at epoch {epoch} (lr={spec.optim.lr})")
+                raise NonFiniteLossError(
+                    f"training diverged: loss became {float(loss.detach())} at epoch {epoch} (optim.lr="
+                    f"{spec.optim.lr:g}); lower optim.lr"
+                )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[union-attr]
             optimiser.step()
@@ -164,11 +213,15 @@ def fit(
             if extra is not None:
                 align_running += float(extra.detach())
                 align_steps += 1
+        phases(VALIDATING, epoch=epoch + 1)
         if spec.regime != "frozen":
             estimate_feature_statistics(fwd, own_images)  # the adapted backbone's statistics, before validation
         val_loss = validation_loss(fwd, loss_fn, data.val, spec.optim.batch_size)
         if not math.isfinite(val_loss):
-            raise NonFiniteLossError(f"validation loss became {val_loss} at epoch {epoch}")
+            raise NonFiniteLossError(
+                f"training diverged: validation loss became {val_loss} at epoch {epoch} (optim.lr={spec.optim.lr:g}); "
+                "lower optim.lr"
+            )
         seconds = time.perf_counter() - epoch_start
         extra_record = {"align_loss": align_running / max(align_steps, 1)} if align_loss is not None else None
         record = state.end_epoch(

@@ -10,7 +10,7 @@ import os
 import statistics
 from dataclasses import dataclass, field
 
-from ..config import TrialSpec
+from ...config import TrialSpec
 
 DEFAULT_ASSUMED_EPOCHS = 100  # the study: <= 1000 epochs, patience 20; its LoRA runs stopped after ~100
 
@@ -40,9 +40,9 @@ class EpochModel:
 
 def observed_epochs(tracking_uri: str, experiment: str, assumed: int = DEFAULT_ASSUMED_EPOCHS) -> EpochModel:
     """Median-ready epochs_run of the experiment's FINISHED trial runs, grouped; never fails the dry run."""
-    from ..errors import VfmAblateError
-    from ..report.runs import load_runs
-    from ..tracking.store import sqlite_path
+    from ...errors import VfmAblateError
+    from ...report.runs import load_runs
+    from ...tracking.store import sqlite_path
 
     db = sqlite_path(tracking_uri)
     if db is not None and not db.exists():

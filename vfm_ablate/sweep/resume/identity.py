@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import TrialSpec
-from ..data.entries import DatasetEntry
-from ..models.registry import BackboneEntry
+from ...config import TrialSpec
+from ...data.entries import DatasetEntry
+from ...models.registry import BackboneEntry
 
 INPUTS_ID_KEY = "inputs_id"  # in attempt records and result.json
 _SCHEDULING = {"gpu_fraction_frozen", "gpu_fraction_adapted", "gpu_memory_gb"}
@@ -71,8 +71,8 @@ def input_identities(
 
 
 def _backbone_identity(entry: BackboneEntry, pretrained: bool) -> dict[str, Any]:
-    from ..digests import file_digests
-    from ..models.checkpoints import resolve_checkpoint_path
+    from ...digests import file_digests
+    from ...models.checkpoints import resolve_checkpoint_path
 
     facts = entry.model_dump(mode="json", exclude={"name", "checkpoint", *_SCHEDULING})
     facts["checkpoint"] = entry.checkpoint is not None
@@ -93,8 +93,8 @@ def _backbone_identity(entry: BackboneEntry, pretrained: bool) -> dict[str, Any]
 
 
 def _dataset_identity(entry: DatasetEntry) -> dict[str, Any]:
-    from ..data.layouts import list_slices
-    from ..digests import file_digests
+    from ...data.layouts import list_slices
+    from ...digests import file_digests
 
     facts = entry.model_dump(mode="json", exclude={"name", "path"})
     if entry.path is None:  # generated (synthetic): its facts are everything

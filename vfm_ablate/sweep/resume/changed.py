@@ -6,17 +6,15 @@ from __future__ import annotations
 import time
 from typing import Any, TextIO
 
-from ..config import TrialSpec
-from ..errors import ConfigError
+from ...config import TrialSpec
+from ...errors import ConfigError
+from ..plan import SweepPlan
+from ..store import TrialStore
 from .identity import InputIdentities, changed_entries, stale_trials, uses_any
-from .plan import SweepPlan
-from .spec import SweepSpec
-from .store import TrialStore
 
 
 def check_unchanged_inputs(
     store: TrialStore,
-    sweep: SweepSpec,
     the_plan: SweepPlan,
     identities: InputIdentities,
     old_manifest: dict[str, Any] | None,
@@ -41,8 +39,8 @@ def check_unchanged_inputs(
     if not rerun_changed:
         shown = ", ".join(stale[:8]) + (f" (+{len(stale) - 8} more)" if len(stale) > 8 else "")
         raise ConfigError(
-            f"{sweep.source}: {len(stale)} trial(s) in {store.root} were trained (or started) on other inputs than "
-            f"the entries now say: {shown}."
+            f"{the_plan.sweep.source}: {len(stale)} trial(s) in {store.root} were trained (or started) on other "
+            f"inputs than the entries now say: {shown}."
             + (f" Changed since the sweep started:{described}" if changed else "")
             + "\n--resume does not mix their results with new ones. Re-run those trials with --resume "
             "--rerun-changed (their old records move to trials/<id>/superseded/, their MLflow runs are deleted, "
@@ -53,7 +51,6 @@ def check_unchanged_inputs(
 
 def start_over(
     store: TrialStore,
-    sweep: SweepSpec,
     the_plan: SweepPlan,
     stale: list[str],
     changed: dict[tuple[str, str], str],
@@ -75,9 +72,10 @@ def start_over(
             store.move(name, f"superseded/{stamp}/{name}")
     retired = 0
     if uri is not None:
-        from ..tracking.runs import retire_trial_runs
+        from ...tracking.runs import retire_trial_runs
 
-        retired = retire_trial_runs(uri, sweep.experiment_name, execution, stale, f"inputs changed; re-run {stamp}")
+        experiment = the_plan.sweep.experiment_name
+        retired = retire_trial_runs(uri, experiment, execution, stale, f"inputs changed; re-run {stamp}")
     print(
         f"re-running {len(stale)} trial(s) whose inputs changed; their old records are in "
         f"{store.root}/trials/<id>/superseded/{stamp}/"

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..validation import load_yaml
+from ...errors import ConfigError
+from ...validation import load_yaml
 
 EPS = 1e-9
 

@@ -20,13 +20,12 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from ..calibration.records import Calibration, ConfigKey, Measurement
-from ..errors import ConfigError
-from ..models.registry import get_entry
+from ...calibration.records import Calibration, ConfigKey, Measurement
+from ...errors import ConfigError
+from ..plan import PlannedTrial, SweepPlan, TrialResources
+from ..spec import SweepSpec
 from .epochs import EpochModel
 from .packing import Job, Node, simulate
-from .plan import PlannedTrial, TrialResources
-from .spec import SweepSpec
 
 if TYPE_CHECKING:  # workload computes input sizes with data.transforms, which loads torch: not for the driver
     from .workload import TrialWorkload
@@ -130,7 +129,7 @@ def _step_seconds(calibration: Calibration, base: ConfigKey, h: int, w: int, n: 
 
 
 def estimate_trial(
-    sweep: SweepSpec,
+    the_plan: SweepPlan,
     w: TrialWorkload,
     calibration: Calibration,
     epochs: EpochModel,
@@ -139,15 +138,7 @@ def estimate_trial(
 ) -> TrialEstimate:
     """One trial's seconds; `extracts`: the datasets whose frozen features it is the first of the sweep to need."""
     s = w.trial.spec
-    base = ConfigKey(
-        backbone=s.backbone,
-        regime=s.regime,
-        precision=s.precision,
-        height=1,
-        width=1,
-        batch_size=s.optim.batch_size,
-        lora_rank=s.lora.rank if s.regime == "lora" else None,
-    )
+    base = ConfigKey.of(s, 1, 1, s.optim.batch_size)
     n_epochs, source = epochs.epochs_for(s)
     missing: list[str] = []
     per_size: dict[tuple[int, int], Measurement] = {}
@@ -187,7 +178,8 @@ def estimate_trial(
                 data_s += cost.load_s / max(workers, 1) + images * cost.prepare_image_s
         seconds = any_m.setup_s + data_s + n_epochs * epoch_s + test_s + extraction_s + any_m.save_s
 
-    entry = get_entry(s.backbone, sweep.backbones)
+    sweep = the_plan.sweep
+    entry = the_plan.backbones[s.backbone]
     # the trial's largest input decides its memory (paired data: the larger dataset's images)
     largest = max(per_size.values(), key=lambda m: m.peak_memory_mb or 0.0, default=None)
     share, _ = measured_share(largest, calibration)
@@ -197,7 +189,7 @@ def estimate_trial(
     elif share is not None:
         gpu, share_source = share, "memory"
     else:
-        gpu = entry.gpu_fraction_frozen if s.regime == "frozen" else entry.gpu_fraction_adapted
+        gpu = entry.gpu_fraction(s.regime)
         share_source = "entry"
     missing_once = tuple(dict.fromkeys(missing))
     samples = sweep.search.num_samples if sweep.search is not None and w.trial.search_space else 1
@@ -205,7 +197,7 @@ def estimate_trial(
 
 
 def estimate_sweep(
-    sweep: SweepSpec,
+    the_plan: SweepPlan,
     workloads: list[TrialWorkload],
     calibration: Calibration,
     epochs: EpochModel,
@@ -215,6 +207,7 @@ def estimate_sweep(
 ) -> SweepEstimate:
     """Every trial's estimate in sweep order, and (given nodes) the simulated makespan. Grid mode: one Ray
     experiment of all trials; search mode: one per grid point (its samples), run one after the other."""
+    sweep = the_plan.sweep
     cap = max_concurrent or sweep.run.max_concurrent_trials
     workers = cap or len(workloads)
     seen: set[tuple] = set()
@@ -224,7 +217,7 @@ def estimate_sweep(
         if w.trial.spec.regime == "frozen":
             extracts = {name for name in w.sizes if w.feature_key(name) not in seen}
             seen |= {w.feature_key(name) for name in w.sizes}
-        trials.append(estimate_trial(sweep, w, calibration, epochs, extracts, workers))
+        trials.append(estimate_trial(the_plan, w, calibration, epochs, extracts, workers))
     launch_s = (
         (calibration.driver_start_s or 0.0)
         + (calibration.ray_start_s or 0.0)

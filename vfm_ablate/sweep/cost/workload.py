@@ -14,16 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..calibration.records import ConfigKey
-from ..data.entries import DatasetEntry, resolve_dataset
-from ..data.images import read_image
-from ..data.layouts import list_slices
-from ..data.sampling import epoch_batches, split_validation
-from ..data.transforms import target_size
-from ..errors import DataError
-from ..models.registry import get_entry
-from .plan import PlannedTrial
-from .spec import SweepSpec
+from ...calibration.records import ConfigKey
+from ...data.entries import DatasetEntry
+from ...data.images import read_image
+from ...data.layouts import list_slices
+from ...data.sampling import epoch_batches, hold_out, labelled_count
+from ...data.transforms import target_size
+from ...errors import DataError
+from ..plan import PlannedTrial, SweepPlan
 
 Size = tuple[int, int]
 
@@ -43,9 +41,11 @@ class DatasetShape:
 class TrialWorkload:
     trial: PlannedTrial
     sizes: dict[str, Size]  # dataset -> network input size (height, width)
-    train_images: dict[str, int]  # after the validation hold-out
+    train_images: dict[str, int]  # labelled (data.labelled), after the validation hold-out
     val_images: dict[str, int]
-    target_images: dict[str, int]  # unlabelled target training images (domain alignment): all of them
+    # unlabelled training images: all of a target's (domain alignment), and a train dataset's beyond data.labelled
+    # where an alignment method embeds them
+    target_images: dict[str, int]
     test_images: dict[str, int]
     step_groups: Counter[tuple[int, int, int]]  # (height, width, images in the group) -> groups per epoch
 
@@ -79,32 +79,35 @@ def dataset_shape(entry: DatasetEntry) -> DatasetShape:
     return DatasetShape(entry.name, n - listing.test_count, listing.test_count, int(h), int(w))
 
 
-def dataset_shapes(
-    sweep: SweepSpec, trials: list[PlannedTrial], given: dict[str, DatasetShape] | None = None
-) -> dict[str, DatasetShape]:
+def dataset_shapes(the_plan: SweepPlan, given: dict[str, DatasetShape] | None = None) -> dict[str, DatasetShape]:
     """The shape of every train/test dataset the trials use; `given` (e.g. the full Lucchi++) wins."""
     out = dict(given or {})
-    for t in trials:
-        for name in [*t.spec.data.train, *t.spec.data.target, *t.spec.data.test_datasets]:
+    for s in the_plan.specs:
+        for name in [*s.data.train, *s.data.target, *s.data.test_datasets]:
             if name not in out:
-                out[name] = dataset_shape(resolve_dataset(name, sweep.datasets))
+                out[name] = dataset_shape(the_plan.datasets[name])
     return out
 
 
-def trial_workload(sweep: SweepSpec, trial: PlannedTrial, shapes: dict[str, DatasetShape]) -> TrialWorkload:
+def trial_workload(the_plan: SweepPlan, trial: PlannedTrial, shapes: dict[str, DatasetShape]) -> TrialWorkload:
     s = trial.spec
-    entry = get_entry(s.backbone, sweep.backbones)
+    entry = the_plan.backbones[s.backbone]
     names = list(dict.fromkeys([*s.data.train, *s.data.target, *s.data.test_datasets]))
     sizes = {n: target_size(shapes[n].height, shapes[n].width, s.data.resize, entry.patch_size) for n in names}
-    train, val = {}, {}
+    train, val, target = {}, {}, {}
     for name in s.data.train:
-        tr, va = split_validation(shapes[name].n_train, s.data.val_fraction, s.split_seed)
+        n = shapes[name].n_train
+        k = labelled_count(s.data.labelled.get(name), n, name)
+        tr, va = hold_out(k, s.data.val_fraction, s.split_seed)
         train[name], val[name] = len(tr), len(va)
-    target = {name: shapes[name].n_train for name in s.data.target if name not in train}
+        if k < n and s.alignment.embeds_unlabelled_images():
+            target[name] = n - k
+    target.update({name: shapes[name].n_train for name in s.data.target})
     test = {name: shapes[name].n_test for name in s.data.test_datasets}
-    pools = s.batch_datasets()  # loss-level alignment: target images join the batches, as in trial/run.fit
+    pools = s.batch_datasets()  # as trial/items.TrialData.batch_pools: labelled, + unlabelled under a loss level
+    loss = s.alignment.on("loss")
     rng = np.random.default_rng([s.seed, 0])  # epoch 0 of the trial's own batch order
-    counts = [train[n] if n in train else target[n] for n in pools]
+    counts = [train.get(n, 0) + (target.get(n, 0) if loss else 0) for n in pools]
     batches = epoch_batches(counts, s.data.sampling, s.optim.batch_size, rng, s.data.weights)
     groups: Counter[tuple[int, int, int]] = Counter()
     for batch in batches:
@@ -114,11 +117,9 @@ def trial_workload(sweep: SweepSpec, trial: PlannedTrial, shapes: dict[str, Data
     return TrialWorkload(trial, sizes, train, val, target, test, groups)
 
 
-def sweep_workloads(
-    sweep: SweepSpec, trials: list[PlannedTrial], given: dict[str, DatasetShape] | None = None
-) -> list[TrialWorkload]:
-    shapes = dataset_shapes(sweep, trials, given)
-    return [trial_workload(sweep, t, shapes) for t in trials]
+def sweep_workloads(the_plan: SweepPlan, given: dict[str, DatasetShape] | None = None) -> list[TrialWorkload]:
+    shapes = dataset_shapes(the_plan, given)
+    return [trial_workload(the_plan, t, shapes) for t in the_plan.trials]
 
 
 def config_keys(workloads: list[TrialWorkload], minor_share: float = 0.25) -> list[ConfigKey]:
@@ -128,19 +129,10 @@ def config_keys(workloads: list[TrialWorkload], minor_share: float = 0.25) -> li
     keys: dict[str, ConfigKey] = {}
     for w in workloads:
         s = w.trial.spec
-        rank = s.lora.rank if s.regime == "lora" else None
         total = sum(w.step_groups.values()) or 1
         wanted = {(h, wd, s.optim.batch_size) for h, wd in w.sizes.values()}
         wanted |= {(h, wd, n) for (h, wd, n), count in w.step_groups.items() if count / total > minor_share}
         for h, wd, n in sorted(wanted):
-            key = ConfigKey(
-                backbone=s.backbone,
-                regime=s.regime,
-                precision=s.precision,
-                height=h,
-                width=wd,
-                batch_size=n,
-                lora_rank=rank,
-            )
+            key = ConfigKey.of(s, h, wd, n)
             keys.setdefault(key.label(), key)
     return list(keys.values())

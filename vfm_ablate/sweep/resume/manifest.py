@@ -8,17 +8,17 @@ import json
 import uuid
 from typing import Any
 
-from ..errors import ConfigError
+from ...errors import ConfigError
+from ..plan import SweepPlan
+from ..store import TrialStore
 from .identity import InputIdentities
-from .plan import SweepPlan
-from .spec import SweepSpec
-from .store import TrialStore
 
 MANIFEST = "sweep.json"
 
 
-def sweep_id(sweep: SweepSpec, the_plan: SweepPlan) -> str:
+def sweep_id(the_plan: SweepPlan) -> str:
     """Stable across launches of the same sweep: its name, its trials and its search settings."""
+    sweep = the_plan.sweep
     search = sweep.search.model_dump(mode="json") if sweep.search else None
     blob = json.dumps({"name": sweep.name, "trials": sorted(t.trial_id for t in the_plan.trials), "search": search})
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
@@ -33,9 +33,8 @@ def execution_id(old_manifest: dict[str, Any] | None) -> str:
     return uuid.uuid4().hex[:12]
 
 
-def manifest(
-    sweep: SweepSpec, the_plan: SweepPlan, sid: str, execution: str, identities: InputIdentities
-) -> dict[str, Any]:
+def manifest(the_plan: SweepPlan, sid: str, execution: str, identities: InputIdentities) -> dict[str, Any]:
+    sweep = the_plan.sweep
     return {
         "name": sweep.name,
         "sweep_id": sid,
@@ -47,9 +46,7 @@ def manifest(
     }
 
 
-def check_manifest(
-    store: TrialStore, sweep: SweepSpec, the_plan: SweepPlan, sid: str, resume: bool
-) -> dict[str, Any] | None:
+def check_manifest(store: TrialStore, the_plan: SweepPlan, sid: str, resume: bool) -> dict[str, Any] | None:
     """A fresh run never mixes into an old experiment; a resume only continues the same sweep. Returns the
     manifest already there (None for a fresh start)."""
     old = store.read_json(MANIFEST)
@@ -63,7 +60,7 @@ def check_manifest(
     if old.get("sweep_id") != sid:
         before, now = set(old.get("trial_ids", [])), {t.trial_id for t in the_plan.trials}
         raise ConfigError(
-            f"{sweep.source}: the sweep changed since it was started in {store.root} "
+            f"{the_plan.sweep.source}: the sweep changed since it was started in {store.root} "
             f"({len(now - before)} trials added, {len(before - now)} removed, or its search settings changed); "
             "--resume only finishes the same sweep: run the changed file with another name or --storage-path"
         )
