@@ -14,6 +14,7 @@ from PIL import Image
 
 from vfm_ablate.config import TrialSpec
 from vfm_ablate.data.entries import DatasetEntry
+from vfm_ablate.data.sources import clear_cache, load_dataset
 from vfm_ablate.models.registry import get_entry
 from vfm_ablate.trial.items import TrialData, load_trial_data
 from vfm_ablate.validation import validate
@@ -90,6 +91,19 @@ def test_the_split_depends_on_the_split_seed_only(datasets: dict[str, DatasetEnt
     for part in ("val", "test"):
         assert [it.source for it in getattr(a, part)] == [it.source for it in getattr(b, part)]
     assert [[it.source for it in items] for items in a.train] == [[it.source for it in items] for items in b.train]
+
+
+def test_the_seeded_test_split_is_the_documented_draw_at_every_read(datasets: dict[str, DatasetEntry]) -> None:
+    """data/sources.py documents the seeded test split: sorted(default_rng([split_seed, 1]).permutation(n)[:k]) over
+    the slices in name order. Read again from disk (the in-process cache cleared, as in another worker) it is that
+    draw every time: a split drawn from fresh entropy would differ between the trials of one sweep."""
+    for split_seed in (0, 5):
+        expected = sorted(int(i) for i in np.random.default_rng([split_seed, 1]).permutation(12)[:4])
+        for _ in range(2):
+            clear_cache()
+            test = load_dataset(datasets["seeded"], split_seed).test
+            assert [Path(s.source).name for s in test] == [f"{i:02d}.png" for i in expected], split_seed
+    clear_cache()
 
 
 @pytest.mark.parametrize("split_seed", [0, 5])
