@@ -23,13 +23,15 @@ PAIRS = [(1, 1.0), (2, 7.5), (4, 32.0), (8, 4.0)]
 DATASETS = {"syn_a": DatasetEntry(name="syn_a", layout="synthetic", domain="a", n_train=3, n_test=1, size=(28, 28))}
 
 
-def _lora_segmenter(backbone: str, rank: int, alpha: float, targets: str = "attention+mlp") -> Segmenter:
+def _lora_segmenter(
+    backbone: str, rank: int, alpha: float, targets: str = "attention+mlp", dropout: float = 0.0
+) -> Segmenter:
     torch.manual_seed(0)
     spec = TrialSpec(
         backbone=backbone,
         regime="lora",
         weights="random",
-        lora=LoraSpec(rank=rank, alpha=alpha, targets=targets),
+        lora=LoraSpec(rank=rank, alpha=alpha, targets=targets, dropout=dropout),
         data={"train": ["d"]},
     )
     return build_segmenter(spec, get_entry(backbone))
@@ -63,6 +65,15 @@ def test_an_adapter_adds_alpha_over_rank_times_b_a_x(rank: int, alpha: float) ->
         a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
         delta = module(x) - module.base_layer(x)
     assert torch.allclose(delta, (alpha / rank) * x @ a.T @ b.T, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+def test_every_adapter_drops_out_with_the_configured_rate(dropout: float) -> None:
+    """lora.dropout reaches peft: the input of each adapter's A goes through that dropout (none at 0)."""
+    adapted = _adapted(_lora_segmenter("tiny_vit_p14", 2, 4.0, dropout=dropout))
+    for name, module in adapted.items():
+        drop = module.lora_dropout["default"]
+        assert (drop.p if isinstance(drop, torch.nn.Dropout) else 0.0) == dropout, name
 
 
 def test_lora_targets_json_reports_the_scaling_peft_holds_not_the_configs(tmp_path: Path) -> None:
