@@ -88,6 +88,14 @@ def test_labelled_draws_are_nested_for_every_split_seed(n, split_seed, counts, f
     assert labelled_draw(n, None, split_seed) == list(range(n)) == labelled_draw(n, "all", split_seed)
 
 
+# docs/label_efficiency.md: a fraction f labels max(1, round(f * n)) images, halves rounded up
+@pytest.mark.parametrize(
+    ("n", "fraction", "count"), [(10, 0.1, 1), (10, 0.3, 3), (10, 0.25, 3), (9, 0.5, 5), (20, 0.01, 1), (7, 1.0, 7)]
+)
+def test_a_fraction_labels_the_documented_count(n: int, fraction: float, count: int) -> None:
+    assert len(labelled_draw(n, fraction, 0)) == count
+
+
 @settings(max_examples=40, deadline=None)
 @given(split_seed=st.integers(0, 2**32 - 1))
 def test_loaded_labelled_sets_are_nested_and_the_rest_carries_no_mask(split_seed: int) -> None:
