@@ -73,3 +73,9 @@ def test_weighted_follows_weights() -> None:
 def test_unknown_sampling() -> None:
     with pytest.raises(ConfigError, match="unknown sampling 'balance'"):
         epoch_batches([3], "balance", 2, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("sizes", [[], [3, -1], [0, 0]])
+def test_sizes_without_an_item_or_with_a_negative_one_are_refused(sizes: list[int]) -> None:
+    with pytest.raises(ConfigError, match="at least one item"):
+        epoch_batches(sizes, "natural", 2, np.random.default_rng(0))

@@ -12,6 +12,7 @@ from peft.tuners.lora import LoraLayer
 
 from vfm_ablate.config import LoraSpec, TrialSpec
 from vfm_ablate.data.entries import DatasetEntry
+from vfm_ablate.models.lora import peft_settings
 from vfm_ablate.models.registry import get_entry
 from vfm_ablate.models.segmenter import Segmenter, build_segmenter
 from vfm_ablate.trial import run_trial
@@ -65,6 +66,16 @@ def test_an_adapter_adds_alpha_over_rank_times_b_a_x(rank: int, alpha: float) ->
         a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
         delta = module(x) - module.base_layer(x)
     assert torch.allclose(delta, (alpha / rank) * x @ a.T @ b.T, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["tiny_vit_p14", "tiny_openclip"])
+def test_peft_settings_name_each_adapted_module_as_its_target(backbone: str) -> None:
+    """What lora_targets.json reports is keyed like the targets (an open_clip attention's out_proj sits under peft's
+    base_layer) and holds peft's rank, alpha and scaling."""
+    seg = _lora_segmenter(backbone, 2, 6.0)
+    settings = peft_settings(seg.backbone.net)
+    assert sorted(settings) == sorted(seg.lora_targets)
+    assert all(v == {"rank": 2, "alpha": 6.0, "scaling": 3.0} for v in settings.values()), settings
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.25])
