@@ -79,3 +79,15 @@ def test_unknown_sampling() -> None:
 def test_sizes_without_an_item_or_with_a_negative_one_are_refused(sizes: list[int]) -> None:
     with pytest.raises(ConfigError, match="at least one item"):
         epoch_batches(sizes, "natural", 2, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(("sizes", "batch_size"), [([1], 2), ([3, 0], 2), ([3], 1)])
+def test_one_item_an_empty_dataset_and_batches_of_one_make_natural_epochs(sizes: list[int], batch_size: int) -> None:
+    batches = epoch_batches(sizes, "natural", batch_size, np.random.default_rng(0))
+    assert sorted(i for b in batches for i in b) == [(d, i) for d, n in enumerate(sizes) for i in range(n)]
+    assert all(1 <= len(b) <= batch_size for b in batches)
+
+
+def test_balanced_sampling_refuses_an_empty_dataset() -> None:
+    with pytest.raises(ConfigError, match="non-empty"):
+        epoch_batches([3, 0], "balanced", 2, np.random.default_rng(0))
