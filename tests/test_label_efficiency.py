@@ -16,7 +16,7 @@ from PIL import Image
 from vfm_ablate.config import TrialSpec
 from vfm_ablate.data.entries import DatasetEntry
 from vfm_ablate.data.layouts import list_slices, seeded_test_indices
-from vfm_ablate.data.sampling import labelled_draw
+from vfm_ablate.data.sampling import hold_out, labelled_draw
 from vfm_ablate.data.sources import clear_cache, load_dataset
 from vfm_ablate.data.synthetic import write_folder
 from vfm_ablate.errors import ConfigError, DataError
@@ -94,6 +94,12 @@ def test_labelled_draws_are_nested_for_every_split_seed(n, split_seed, counts, f
 )
 def test_a_fraction_labels_the_documented_count(n: int, fraction: float, count: int) -> None:
     assert len(labelled_draw(n, fraction, 0)) == count
+
+
+@pytest.mark.parametrize(("n", "train", "val"), [(0, 0, 0), (1, 1, 0), (2, 1, 1), (3, 2, 1)])
+def test_two_labelled_images_already_hold_one_out_for_validation(n: int, train: int, val: int) -> None:
+    kept, held = hold_out(n, 0.2, 0)
+    assert (len(kept), len(held)) == (train, val) and sorted(kept + held) == list(range(n))
 
 
 @settings(max_examples=40, deadline=None)
