@@ -96,6 +96,12 @@ def test_a_fraction_labels_the_documented_count(n: int, fraction: float, count: 
     assert len(labelled_draw(n, fraction, 0)) == count
 
 
+@pytest.mark.parametrize("labelled", [-1, "some", [2]])
+def test_a_draw_refuses_what_is_no_count_fraction_or_all(labelled: object) -> None:
+    with pytest.raises(ConfigError, match="expected a count, a fraction or 'all'"):
+        labelled_draw(5, labelled, 0, "d")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("n", "train", "val"), [(0, 0, 0), (1, 1, 0), (2, 1, 1), (3, 2, 1)])
 def test_two_labelled_images_already_hold_one_out_for_validation(n: int, train: int, val: int) -> None:
     kept, held = hold_out(n, 0.2, 0)
