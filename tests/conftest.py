@@ -1,7 +1,11 @@
-"""Suite-wide settings: one torch thread per process so parallel Ray workers don't oversubscribe 2 cores."""
+"""Suite-wide settings: one torch thread per process so parallel Ray workers don't oversubscribe 2 cores, and the
+same global random state at the start of every test, whatever ran before it in the process."""
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +15,19 @@ pytest_plugins = [
     "tests.mlflow_server",  # the `mlflow_server` fixture: a real server on 127.0.0.1
     "tests.local_server",  # `local_server`: archives and a Hugging Face hub endpoint on 127.0.0.1 (fetch tests)
 ]
+
+# Not 0, and no seed a test gives a trial: code that forgets to seed itself (a trial that skips seeding torch before
+# building its random-init backbone) then draws from this state, not by chance from the state its own seed sets, so
+# a test that rebuilds the model from the trial's seed catches it every time.
+GLOBAL_SEED = 20261130
+
+
+@pytest.fixture(autouse=True)
+def _same_global_random_state() -> None:
+    """Every test starts from one global random state: a test passes or fails the same alone or in the suite."""
+    random.seed(GLOBAL_SEED)
+    np.random.seed(GLOBAL_SEED)
+    torch.manual_seed(GLOBAL_SEED)
 
 
 @pytest.fixture(autouse=True)

@@ -73,3 +73,41 @@ def test_weighted_follows_weights() -> None:
 def test_unknown_sampling() -> None:
     with pytest.raises(ConfigError, match="unknown sampling 'balance'"):
         epoch_batches([3], "balance", 2, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("sizes", [[], [3, -1], [0, 0]])
+def test_sizes_without_an_item_or_with_a_negative_one_are_refused(sizes: list[int]) -> None:
+    with pytest.raises(ConfigError, match="at least one item"):
+        epoch_batches(sizes, "natural", 2, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(("sizes", "batch_size"), [([1], 2), ([3, 0], 2), ([3], 1)])
+def test_one_item_an_empty_dataset_and_batches_of_one_make_natural_epochs(sizes: list[int], batch_size: int) -> None:
+    batches = epoch_batches(sizes, "natural", batch_size, np.random.default_rng(0))
+    assert sorted(i for b in batches for i in b) == [(d, i) for d, n in enumerate(sizes) for i in range(n)]
+    assert all(1 <= len(b) <= batch_size for b in batches)
+
+
+def test_balanced_sampling_refuses_an_empty_dataset() -> None:
+    with pytest.raises(ConfigError, match="non-empty"):
+        epoch_batches([3, 0], "balanced", 2, np.random.default_rng(0))
+
+
+def test_weights_below_one_and_a_zero_weight_on_an_empty_dataset_are_valid() -> None:
+    batches = epoch_batches([0, 3, 2], "weighted", 2, np.random.default_rng(0), weights=[0.0, 0.25, 0.5])
+    drawn = [d for b in batches for d, _ in b]
+    assert len(drawn) == 5 and set(drawn) <= {1, 2}
+
+
+@pytest.mark.parametrize(
+    ("sizes", "weights", "expected"),
+    [
+        ([3, 2], [-0.5, 1.0], "non-negative"),
+        ([3, 2], [float("inf"), 1.0], "finite"),
+        ([3, 2], [0.0, 0.0], "not all zero"),
+        ([0, 2], [1.0, 1.0], "positive weight but no items"),
+    ],
+)
+def test_weights_that_cannot_draw_are_refused(sizes: list[int], weights: list[float], expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        epoch_batches(sizes, "weighted", 2, np.random.default_rng(0), weights=weights)

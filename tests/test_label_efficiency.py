@@ -16,7 +16,7 @@ from PIL import Image
 from vfm_ablate.config import TrialSpec
 from vfm_ablate.data.entries import DatasetEntry
 from vfm_ablate.data.layouts import list_slices, seeded_test_indices
-from vfm_ablate.data.sampling import labelled_draw
+from vfm_ablate.data.sampling import hold_out, labelled_draw
 from vfm_ablate.data.sources import clear_cache, load_dataset
 from vfm_ablate.data.synthetic import write_folder
 from vfm_ablate.errors import ConfigError, DataError
@@ -86,6 +86,26 @@ def test_labelled_draws_are_nested_for_every_split_seed(n, split_seed, counts, f
         for b in draws:
             assert a <= b or b < a
     assert labelled_draw(n, None, split_seed) == list(range(n)) == labelled_draw(n, "all", split_seed)
+
+
+# docs/label_efficiency.md: a fraction f labels max(1, round(f * n)) images, halves rounded up
+@pytest.mark.parametrize(
+    ("n", "fraction", "count"), [(10, 0.1, 1), (10, 0.3, 3), (10, 0.25, 3), (9, 0.5, 5), (20, 0.01, 1), (7, 1.0, 7)]
+)
+def test_a_fraction_labels_the_documented_count(n: int, fraction: float, count: int) -> None:
+    assert len(labelled_draw(n, fraction, 0)) == count
+
+
+@pytest.mark.parametrize("labelled", [-1, "some", [2]])
+def test_a_draw_refuses_what_is_no_count_fraction_or_all(labelled: object) -> None:
+    with pytest.raises(ConfigError, match="expected a count, a fraction or 'all'"):
+        labelled_draw(5, labelled, 0, "d")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("n", "train", "val"), [(0, 0, 0), (1, 1, 0), (2, 1, 1), (3, 2, 1)])
+def test_two_labelled_images_already_hold_one_out_for_validation(n: int, train: int, val: int) -> None:
+    kept, held = hold_out(n, 0.2, 0)
+    assert (len(kept), len(held)) == (train, val) and sorted(kept + held) == list(range(n))
 
 
 @settings(max_examples=40, deadline=None)

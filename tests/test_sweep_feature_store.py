@@ -72,17 +72,24 @@ def test_frozen_sweep_extracts_each_distinct_image_once_across_two_ray_workers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ray = pytest.importorskip("ray")
-    from tests.sweep_helpers import TINY_DATA, tiny_base
+    from tests.sweep_helpers import TINY_DATA, TINY_FACTS, tiny_base
+    from vfm_ablate.models.backbones import build_backbone
+    from vfm_ablate.models.registry import get_entry
     from vfm_ablate.sweep.driver import run_sweep
     from vfm_ablate.sweep.plan import plan
     from vfm_ablate.sweep.spec import parse_sweep
     from vfm_ablate.sweep.store import TrialStore
 
+    # pretrained weights (a local checkpoint): the repeats (other seeds) share one backbone, and with it its features
+    # (random-init repeats hold other backbones, which never share: tests/test_properties_feature_keys.py)
+    torch.manual_seed(0)
+    torch.save(build_backbone(get_entry("tiny_vit_p14"), pretrained=False).net.state_dict(), tmp_path / "tiny.pt")
     data_b = {**TINY_DATA, "domain": "b", "n_train": 3, "n_test": 3}
     sweep = parse_sweep(
         {
             "name": "shared_features",
-            "base": tiny_base({"max_epochs": 1}, regime="frozen"),
+            "base": tiny_base({"max_epochs": 1}, regime="frozen", backbone="tiny_ckpt", weights="pretrained"),
+            "backbones": {"tiny_ckpt": {**TINY_FACTS, "checkpoint": str(tmp_path / "tiny.pt")}},
             "axes": {"data.train": [["sa"], ["sb"]]},
             "repeats": 3,
             "datasets": {"sa": TINY_DATA, "sb": data_b},

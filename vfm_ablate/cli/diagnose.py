@@ -40,7 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="datasets whose unlabelled images are embedded (e.g. vnc_stack2)",
     )
     p.add_argument(
-        "--split", choices=["test", "train", "all"], default="test", help="labelled split to embed (default: test)"
+        "--split",
+        choices=["test", "train", "all"],
+        default="test",
+        help="labelled split to measure (default: test, with the probe fitted on the training split)",
     )
     p.add_argument(
         "--weights",
@@ -68,7 +71,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=COUNT,
         help="compute FD on a joint PCA with this many components (with --checkpoint: the trial's)",
     )
-    p.add_argument("--probe-cv", type=integer(2), help="k-fold cross-validated probe instead of a 30%% held-out split")
+    p.add_argument(
+        "--probe-cv",
+        type=integer(2),
+        help="k-fold cross-validated probe on the measured images (instead of fitting it on the training split, or "
+        "on 70%% of the images of a dataset without one)",
+    )
     p.add_argument(
         "--permutations",
         type=integer(0, 100_000),

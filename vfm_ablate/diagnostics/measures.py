@@ -181,12 +181,19 @@ def frechet_distance(x: np.ndarray, y: np.ndarray, *, pca_dim: int | None = None
 
 
 def linear_probe(
-    embeddings: dict[str, np.ndarray], seed: int, test_size: float = 0.3, cv: int | None = None
+    embeddings: dict[str, np.ndarray],
+    seed: int,
+    test_size: float = 0.3,
+    cv: int | None = None,
+    *,
+    fit: dict[str, np.ndarray] | None = None,
 ) -> ProbeResult:
     """How well a standardised logistic regression tells the datasets apart (1.0 = fully separable).
 
     Held-out: one stratified, seeded split with `test_size`. With `cv=k`: stratified k-fold, metrics on the
     pooled out-of-fold probabilities (every row is scored once, useful for small sets such as 20 slices).
+    With `fit` (other rows of the same datasets, e.g. their training images): fitted on those and scored on every
+    row of `embeddings` (a trial's test images never train the probe).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, roc_auc_score
@@ -202,7 +209,15 @@ def linear_probe(
     smallest = min(len(v) for v in data.values())
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=seed))
 
-    if cv is not None:
+    if fit is not None:
+        fitted = check_embeddings(fit)
+        if list(fitted) != names:
+            raise DataError(f"linear_probe: fit rows of {list(fitted)} but scored rows of {names}: other datasets")
+        x_fit = np.concatenate([fitted[n] for n in names], axis=0)
+        y_fit = np.concatenate([np.full(len(fitted[n]), i) for i, n in enumerate(names)])
+        proba = model.fit(x_fit, y_fit).predict_proba(x)
+        y_eval, n_train, method = y, len(y_fit), "fit on separate rows"
+    elif cv is not None:
         if cv < 2 or cv > smallest:
             raise DataError(
                 f"linear_probe: cv={cv} folds need 2 <= cv <= the smallest dataset's size ({smallest}, "
@@ -230,6 +245,30 @@ def linear_probe(
     else:
         auc = float(roc_auc_score(y_eval, proba, multi_class="ovr", average="macro", labels=list(range(k))))
     return ProbeResult(accuracy=accuracy, roc_auc=auc, n_train=n_train, n_eval=len(y_eval), method=method)
+
+
+PROBE_HOLDOUT = 0.3  # share of a dataset's rows that scores the probe when no other rows fit it
+PROBE_STREAM = 4  # rng stream tag of that hold-out (seeded per seed)
+
+
+def probe_rows(
+    measured: dict[str, np.ndarray], fitting: dict[str, np.ndarray | None], seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(fit, score) rows of the probe per dataset. With fitting rows (other images than the measured ones: a
+    dataset's training split against its test split) it fits on them and scores every measured row; without (None)
+    a seeded `PROBE_HOLDOUT` of the measured rows scores and the rest fits. No row is ever both."""
+    fit, score = {}, {}
+    for name, rows in measured.items():
+        own = fitting.get(name)
+        if own is not None:
+            fit[name], score[name] = own, rows
+            continue
+        if len(rows) < 2:
+            raise DataError(f"linear probe: dataset '{name}' needs at least 2 rows to fit and score the probe")
+        order = np.random.default_rng([seed, PROBE_STREAM]).permutation(len(rows))
+        n_score = min(len(rows) - 1, max(1, round(PROBE_HOLDOUT * len(rows))))
+        score[name], fit[name] = rows[np.sort(order[:n_score])], rows[np.sort(order[n_score:])]
+    return fit, score
 
 
 def _sizes(data: dict[str, np.ndarray]) -> str:

@@ -22,12 +22,15 @@ def domain_metrics(
     probe_test_size: float = 0.3,
     probe_cv: int | None = None,
     mmd_permutations: int = 1000,
+    probe_fit: dict[str, np.ndarray] | None = None,
+    probe_score: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """All diagnostics as flat MLflow metric names.
 
     Two datasets: fd, fd_effective_rank, probe_acc, probe_auc, mmd, mmd_pvalue.
     More: fd/<a>_vs_<b>, fd_effective_rank/<a>_vs_<b>, mmd/<a>_vs_<b>, mmd_pvalue/<a>_vs_<b> for every pair,
-    plus one probe over all datasets (probe_acc, probe_auc: one-vs-rest macro AUC).
+    plus one probe over all datasets (probe_acc, probe_auc: one-vs-rest macro AUC). With `probe_fit`, the probe is
+    fitted on those rows and scored on `probe_score` (default: `embeddings`) instead of holding out part of them.
     """
     data = check_embeddings(embeddings)
     names = list(data)
@@ -45,7 +48,10 @@ def domain_metrics(
         out[f"mmd{suffix}"] = mmd.mmd2
         if mmd.p_value is not None:
             out[f"mmd_pvalue{suffix}"] = mmd.p_value
-    probe = linear_probe(data, seed=seed, test_size=probe_test_size, cv=probe_cv)
+    if probe_fit is not None:
+        probe = linear_probe(probe_score if probe_score is not None else data, seed=seed, fit=probe_fit)
+    else:
+        probe = linear_probe(data, seed=seed, test_size=probe_test_size, cv=probe_cv)
     out["probe_acc"] = probe.accuracy
     out["probe_auc"] = probe.roc_auc
     return out

@@ -27,7 +27,7 @@ from ..models.registry import BackboneEntry
 from ..models.segmenter import build_segmenter
 from ..text_tables import format_table
 from .embeddings import dataset_embeddings
-from .measures import RankDeficiencyWarning
+from .measures import RankDeficiencyWarning, probe_rows
 from .metrics import domain_metrics
 from .plots import pca_plot
 
@@ -41,30 +41,41 @@ class DiagnoseSetup:
     checkpoint: Path | None
 
 
+@dataclass(frozen=True)
+class Selection:
+    """One dataset's images to measure (`split` names which), and the other images the linear probe is fitted on:
+    the training split of a test selection (None: the probe holds part of the measured images out)."""
+
+    split: str
+    slices: list[Slice]
+    fitting: list[Slice] | None = None
+
+
 def select_slices(
     labelled: list[str], unlabelled: list[str], split: str, split_seed: int, entries: dict[str, DatasetEntry]
-) -> dict[str, tuple[str, list[Slice]]]:
-    """name -> (which split, slices): `split` of each labelled dataset (unlabelled-only datasets give their images),
-    the unlabelled images of each `unlabelled` dataset."""
+) -> dict[str, Selection]:
+    """name -> its Selection: `split` of each labelled dataset (unlabelled-only datasets give their images), the
+    unlabelled images of each `unlabelled` dataset. Measuring the test split, the probe is fitted on the training
+    split (as in a trial: no test image trains it)."""
     names = [*labelled, *unlabelled]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"diagnose: dataset(s) {dupes} given more than once")
-    out: dict[str, tuple[str, list[Slice]]] = {}
+    out: dict[str, Selection] = {}
     for name in labelled:
         ds = load_dataset(resolve_dataset(name, entries), split_seed)
         chosen = {"test": ds.test, "train": ds.train, "all": [*ds.train, *ds.test]}[split]
         if chosen:
-            out[name] = (split, list(chosen))
+            out[name] = Selection(split, list(chosen), list(ds.train) if split == "test" and ds.train else None)
         elif not ds.train and not ds.test and ds.unlabelled:
-            out[name] = ("unlabelled", list(ds.unlabelled))
+            out[name] = Selection("unlabelled", list(ds.unlabelled))
         else:
             raise DataError(f"dataset '{name}' has no {split} slices")
     for name in unlabelled:
         ds = load_dataset(resolve_dataset(name, entries), split_seed)
         if not ds.unlabelled:
             raise DataError(f"--unlabelled '{name}' has no unlabelled images (use --datasets for labelled datasets)")
-        out[name] = ("unlabelled", list(ds.unlabelled))
+        out[name] = Selection("unlabelled", list(ds.unlabelled))
     if len(out) < 2:
         raise ConfigError(f"diagnose: needs at least two datasets to compare, got {list(out)}")
     return out
@@ -103,7 +114,7 @@ def stage_backbone(setup: DiagnoseSetup, stage: str, device: torch.device) -> tu
 
 def run_diagnose(
     setup: DiagnoseSetup,
-    slices: dict[str, tuple[str, list[Slice]]],
+    slices: dict[str, Selection],
     out: Path,
     *,
     device: torch.device,
@@ -122,23 +133,25 @@ def run_diagnose(
         "checkpoint": str(setup.checkpoint) if setup.checkpoint else None,
         "regime": spec.regime if setup.checkpoint else None,
         "pooling": spec.diagnostics.pooling,
-        "datasets": {name: {"n": len(s), "split": split} for name, (split, s) in slices.items()},
+        "datasets": {name: {"n": len(sel.slices), "split": sel.split} for name, sel in slices.items()},
         "stages": {},
     }
     for stage in stages(setup):
         backbone, load_report = stage_backbone(setup, stage, device)
-        embeddings = {
-            name: dataset_embeddings(
-                backbone, s, spec.data.resize, mean, std, pooling=spec.diagnostics.pooling, batch_size=batch_size
-            )
-            for name, (_, s) in slices.items()
-        }
+        embeddings, fitting = {}, {}
+        for name, sel in slices.items():
+            for images, into in ((sel.slices, embeddings), (sel.fitting if probe_cv is None else None, fitting)):
+                into[name] = None if images is None else dataset_embeddings(
+                    backbone, images, spec.data.resize, mean, std, pooling=spec.diagnostics.pooling,
+                    batch_size=batch_size,
+                )  # fmt: skip
         del backbone
+        probe_fit, probe_score = probe_rows(embeddings, fitting, spec.seed) if probe_cv is None else (None, None)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RankDeficiencyWarning)
             metrics = domain_metrics(
                 embeddings, seed=spec.seed, pca_dim=spec.diagnostics.pca_dim, probe_cv=probe_cv,
-                mmd_permutations=permutations,
+                mmd_permutations=permutations, probe_fit=probe_fit, probe_score=probe_score,
             )  # fmt: skip
         notes = [str(w.message) for w in caught if issubclass(w.category, RankDeficiencyWarning)]
         for w in caught:  # anything else (e.g. a probe convergence warning) is shown as usual

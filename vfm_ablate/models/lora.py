@@ -96,6 +96,21 @@ def adapted_module_names(net: nn.Module) -> list[str]:
     return [name.replace(".base_layer", "") for name, m in net.named_modules() if isinstance(m, LoraLayer)]
 
 
+def peft_settings(net: nn.Module) -> dict[str, dict[str, float]]:
+    """Rank, alpha and scaling (the factor on B @ A) that peft holds for each adapted module, by module name as
+    `adapted_module_names` gives it: what the adapters really compute with, read back from the model rather than
+    taken from the LoraSpec (lora_targets.json reports these)."""
+    from peft.tuners.lora import LoraLayer
+
+    out: dict[str, dict[str, float]] = {}
+    for name, m in net.named_modules():
+        if isinstance(m, LoraLayer):
+            for adapter in m.scaling:
+                key = name.replace(".base_layer", "") + ("" if adapter == "default" else f"[{adapter}]")
+                out[key] = {"rank": m.r[adapter], "alpha": m.lora_alpha[adapter], "scaling": m.scaling[adapter]}
+    return out
+
+
 def is_lora_parameter(name: str) -> bool:
     """peft names every adapter tensor `...lora_A...` / `...lora_B...` (and `lora_embedding_*`): the LoRA regime
     trains exactly these, and `params/lora` counts exactly these."""

@@ -26,7 +26,7 @@ from ..config import AlignmentSpec, TrialSpec
 from ..models.head import HEAD_CHANNELS
 from ..models.segmenter import Segmenter
 from .forward import AlignFeatures, Forward
-from .items import Item
+from .items import TrainingItems
 
 ALIGN_STREAM = 3  # rng stream tag of the token subsampling (seeded per seed, epoch and batch)
 
@@ -67,8 +67,10 @@ def attach_alignment(model: Segmenter, spec: TrialSpec, statistics_datasets: lis
 
 
 @torch.no_grad()
-def estimate_feature_statistics(fwd: Forward, images: dict[str, list[Item]]) -> None:
-    """Per-channel mean / std of each dataset's backbone tokens on its own images, into the standardiser."""
+def estimate_feature_statistics(fwd: Forward, images: TrainingItems) -> None:
+    """Per-channel mean / std of each dataset's backbone tokens on its own training images, into the standardiser."""
+    if not isinstance(images, TrainingItems):  # the type that guarantees no test image is in the statistics
+        raise TypeError(f"feature statistics take TrainingItems, got {type(images).__name__}")
     standardiser = fwd.standardiser
     if standardiser is None:
         return

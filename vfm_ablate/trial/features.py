@@ -2,7 +2,8 @@
 
 In memory the features of every image are kept for the whole trial (computed in the first epoch that needs
 them). Beyond one trial, a `FeatureStore` keyed by (backbone entry, weights, precision) and the exact network
-input tensor -- which already encodes the dataset's image, the resize policy and the normalisation -- serves
+input tensor -- which already encodes the dataset's image, the resize policy, the input alignment and the
+normalisation -- serves
 features that any earlier trial extracted: a local folder (`feature_cache: disk`, one machine), or the sweep's
 shared store under its storage path (every trial of a sweep on every node, see `sweep/feature_store.py`).
 """
@@ -19,11 +20,30 @@ from typing import Protocol
 
 import torch
 
+from ..config import TrialSpec
+from ..digests import file_digests
+from ..models.checkpoints import resolve_checkpoint_path
+from ..models.registry import BackboneEntry
+
 DEFAULT_DISK_DIR = Path(os.environ.get("VFM_ABLATE_CACHE", Path.home() / ".cache" / "vfm_ablate" / "features"))
 
 
+def weights_identity(spec: TrialSpec, entry: BackboneEntry) -> str:
+    """The weights a trial's backbone holds, as a key: a random init is its seed's (repeats with other seeds have
+    other backbones), a local checkpoint its file's content (a file re-exported under the same name holds other
+    weights), hub weights the entry's tag (part of the entry)."""
+    if spec.weights == "random":
+        return f"random(seed={spec.seed})"  # run_trial seeds torch with spec.seed, then builds the backbone
+    if entry.checkpoint is not None:
+        path = resolve_checkpoint_path(entry)
+        _, sha256 = file_digests([path])[path.resolve()]
+        return f"checkpoint(sha256={sha256})"
+    return "pretrained"
+
+
 def backbone_fingerprint(entry_json: dict, weights: str, precision: str) -> str:
-    """What makes two backbones produce the same features: every fact of the entry plus weights and precision."""
+    """What makes two backbones produce the same features: every fact of the entry plus the weights' identity
+    (`weights_identity`) and precision."""
     blob = json.dumps({"entry": entry_json, "weights": weights, "precision": precision}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 

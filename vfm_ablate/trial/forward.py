@@ -17,7 +17,7 @@ from ..alignment.standardise import FeatureStandardiser
 from ..config import TrialSpec
 from ..models.registry import BackboneEntry
 from ..models.segmenter import Segmenter
-from .features import FeatureCache, FeatureStore, backbone_fingerprint
+from .features import FeatureCache, FeatureStore, backbone_fingerprint, weights_identity
 from .items import Item
 
 if TYPE_CHECKING:
@@ -58,7 +58,9 @@ class Forward:
         self.align_layer = spec.alignment.layer if spec.alignment.loss != "none" else None
         self.cache: FeatureCache | None = None
         if spec.regime == "frozen":
-            fingerprint = backbone_fingerprint(entry.model_dump(mode="json"), spec.weights, spec.precision)
+            fingerprint = backbone_fingerprint(
+                entry.model_dump(mode="json"), weights_identity(spec, entry), spec.precision
+            )
             self.cache = FeatureCache(
                 self._backbone_features, spec.feature_cache, fingerprint, spec.feature_cache_dir, feature_store
             )

@@ -4,7 +4,7 @@ val / test items, plus the unlabelled items: a target's training images, and a t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +53,7 @@ class TrialData:
         """Each dataset's unlabelled training items: a target's, a train dataset's beyond data.labelled."""
         return {**dict(zip(spec.data.train, self.remainder)), **dict(zip(spec.data.target, self.target))}
 
-    def own_images(self, spec: TrialSpec) -> dict[str, list[Item]]:
+    def own_images(self, spec: TrialSpec) -> TrainingItems:
         """Each train / target dataset's training images (train + validation + unlabelled, or the target's): what
         per-dataset statistics are estimated on; never a test image."""
         out: dict[str, list[Item]] = {}
@@ -61,7 +61,7 @@ class TrialData:
             out[name] = [*items, *(it for it in self.val if it.dataset == name), *rest]
         for name, items in zip(spec.data.target, self.target):
             out[name] = list(items)
-        return out
+        return TrainingItems(out, self.loaded)
 
     def batch_pools(self, spec: TrialSpec) -> list[list[Item]]:
         """What each of `spec.batch_datasets()` puts in the batches: its labelled training items and, under a
@@ -73,6 +73,33 @@ class TrialData:
     def labelled_counts(self, spec: TrialSpec) -> dict[str, int]:
         """Per train dataset, its labelled training images (validation included): data.labelled resolved."""
         return {name: len(self.loaded[name].labelled) for name in spec.data.train}
+
+
+class TrainingItems(Mapping[str, list[Item]]):
+    """Per dataset, images a statistic may be fitted on (feature standardisation, loss-level batches, the
+    diagnostics' probe): its training, validation or unlabelled images, never one of its test images. Functions
+    that fit statistics take this type, not a plain dict, and building it checks every image against its dataset's
+    test split (by source: file, stack page or generated slice)."""
+
+    def __init__(self, images: Mapping[str, list[Item]], loaded: Mapping[str, LoadedDataset]) -> None:
+        for name, items in images.items():
+            test = {s.source for s in loaded[name].test} if name in loaded else set()
+            leaked = [it.source for it in items if it.source in test or it.dataset != name]
+            if leaked:
+                raise DataError(
+                    f"statistics of dataset '{name}' would read {len(leaked)} image(s) of its test split or of another "
+                    f"dataset (e.g. {leaked[0]}): statistics are fitted on training images only"
+                )
+        self._images = {name: list(items) for name, items in images.items()}
+
+    def __getitem__(self, name: str) -> list[Item]:
+        return self._images[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._images)
+
+    def __len__(self) -> int:
+        return len(self._images)
 
 
 # data.normalisation -> (mean, std) per channel: ImageNet's for every backbone (the study's choice), or its own

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import yaml
 from ..config import TrialSpec
 from ..data.entries import DatasetEntry
 from ..errors import CheckpointError, ConfigError
+from ..models.lora import peft_settings
 from ..models.registry import BackboneEntry
 from ..models.segmenter import Segmenter
 from ..validation import load_yaml, validate
@@ -33,14 +35,16 @@ def write_outputs(
     """metrics.json, lora_targets.json (the study's file), config.yaml and the trainable checkpoint."""
     counts = model.parameter_counts()
     (out_dir / METRICS_FILE).write_text(json.dumps({"metrics": metrics, "history": history}, indent=2))
+    adapters = peft_settings(model.backbone.net)  # what peft holds, not what the spec asked for
     (out_dir / LORA_TARGETS_FILE).write_text(
         json.dumps(
             {
                 "regime": spec.regime,
                 "targets": list(model.lora_targets),
                 "num_targets": len(model.lora_targets),
-                "rank": spec.lora.rank if spec.lora_applies else None,
-                "alpha": spec.lora.alpha if spec.lora_applies else None,
+                "rank": _one_value(a["rank"] for a in adapters.values()),
+                "alpha": _one_value(a["alpha"] for a in adapters.values()),
+                "scaling": {name: a["scaling"] for name, a in adapters.items()},
                 **counts,
             },
             indent=2,
@@ -55,6 +59,12 @@ def write_outputs(
     (out_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     if spec.save_checkpoint:
         torch.save(model.trainable_state_dict(), out_dir / CHECKPOINT_FILE)
+
+
+def _one_value(values: Iterable[float]) -> float | list[float] | None:
+    """The value every adapter shares (None without adapters); every distinct value when they differ."""
+    distinct = sorted(set(values))
+    return None if not distinct else distinct[0] if len(distinct) == 1 else distinct
 
 
 def write_overlays(out_dir: Path, items: list[Item], preds: dict[str, list[np.ndarray]], per_dataset: int) -> None:

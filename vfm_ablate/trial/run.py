@@ -32,7 +32,7 @@ from .domain import diagnostic_items, domain_diagnostics, head_diagnostics
 from .evaluate import evaluate
 from .features import FeatureStore
 from .forward import AlignFeatures, Forward, batch_loss, dice_loss, validation_loss
-from .items import Item, TrialData, load_trial_data
+from .items import Item, TrainingItems, TrialData, load_trial_data
 from .outputs import write_outputs, write_overlays
 from .phases import (
     BUILDING,
@@ -105,11 +105,12 @@ def run_trial(
 
     phases(LOADING)
     data = load_trial_data(spec, entry, datasets)
-    diag_items = diagnostic_items(spec, entry, data) if spec.diagnostics.enabled else {}
+    diag_items = diagnostic_items(spec, entry, data) if spec.diagnostics.enabled else None
     phases(BUILDING)
     seed_everything(spec.seed)
     model = build_segmenter(spec, entry).to(device)
-    attach_alignment(model, spec, list(dict.fromkeys([*data.own_images(spec), *diag_items])))
+    diag_names = list(diag_items.measured) if diag_items is not None else []
+    attach_alignment(model, spec, list(dict.fromkeys([*data.own_images(spec), *diag_names])))
     optimiser = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=spec.optim.lr, weight_decay=spec.optim.weight_decay
     )
@@ -141,6 +142,7 @@ def run_trial(
         phases(DIAGNOSTICS)
         if spec.regime != "frozen":
             diag_metrics.update(domain_diagnostics(model, spec, entry, data.loaded, "adapted", out_dir))
+        assert diag_items is not None
         diag_metrics.update(head_diagnostics(fwd, spec, data, diag_items, out_dir))
 
     phases(WRITING)
@@ -173,6 +175,7 @@ def fit(
     model = fwd.model
     own_images = data.own_images(spec)
     pools = data.batch_pools(spec)  # in spec.batch_datasets() order
+    TrainingItems(dict(zip(spec.batch_datasets(), pools)), data.loaded)  # raises if a test image joined the batches
     sizes = [len(items) for items in pools]
     classifier = getattr(model.alignment, "classifier", None)
     align_loss = AlignmentLoss(spec, classifier) if spec.alignment.loss != "none" else None
