@@ -666,6 +666,7 @@ def silent_port() -> Iterator[tuple[socket.socket, int]]:
         yield sock, int(sock.getsockname()[1])
 
 
+@pytest.mark.slow  # waits out the 10 s deadline by design
 def test_an_address_that_accepts_but_never_answers_fails_in_seconds(
     silent_port: tuple[socket.socket, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

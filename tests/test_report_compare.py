@@ -190,6 +190,7 @@ def test_transfer_table_holds_every_method_against_none_with_diagnostics(runs) -
 # --------------------------------------------------------------------------------------------- the command
 
 
+@pytest.mark.slow  # the command end to end on an MLflow store
 def test_report_compare_and_transfer_print_and_write_the_tables(tmp_path: Path, runs, capsys) -> None:
     _, trials = runs
     uri = default_tracking_uri(tmp_path)

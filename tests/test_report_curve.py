@@ -132,6 +132,7 @@ def test_nothing_to_draw_is_an_error_saying_why(runs) -> None:
     assert labelled_curves(plain, required=False) == []
 
 
+@pytest.mark.slow  # a sweep run end to end, then the report command
 def test_report_curve_prints_writes_the_figure_and_the_sweep_run_logs_it(
     tmp_path: Path, runs, capsys: pytest.CaptureFixture[str]
 ) -> None:
