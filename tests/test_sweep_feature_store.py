@@ -55,6 +55,22 @@ def test_a_claim_whose_owner_died_is_taken_over(tmp_path: Path) -> None:
     assert not claim.exists()
 
 
+def test_a_claim_of_a_killed_process_on_this_machine_is_taken_over_at_once(tmp_path: Path) -> None:
+    """A killed launch leaves its claims behind; its resume must not wait out the 10-minute claim timeout."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(gone.stdout)
+    claim = tmp_path / "features" / "fp" / "ab" / ("ab" * 20 + ".pt.claim")
+    claim.parent.mkdir(parents=True)
+    claim.write_text(f'{{"owner": "x", "host": "{socket.gethostname()}", "pid": {pid}, "time": {time.time()}}}')
+    started = time.monotonic()
+    feats, extracted = SweepFeatureStore(str(tmp_path)).get_or_extract("fp", "ab" * 20, lambda: torch.ones(1))
+    assert extracted and time.monotonic() - started < 5 and not claim.exists()
+
+
 def test_a_failed_extraction_releases_its_claim(tmp_path: Path) -> None:
     store = SweepFeatureStore(str(tmp_path))
 

@@ -14,7 +14,8 @@ Several trials may miss the same image at once (repeats start together). A miss 
 Two trials extract the same image only if one writes its claim more than `settle` after the other checked for
 claims and found none. That gap is one read and one write of a small file, so `settle` is three times what writing
 the claim took (at least `settle_s`, 20 ms): fast on a local disk, longer on a bucket. A bounded race, not the
-rule. A claim whose owner died is taken over after `claim_timeout_s`.
+rule. A claim whose owner died is taken over at once when the owner ran on this machine (its pid is gone: a
+killed launch being resumed), else after `claim_timeout_s`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,19 @@ if TYPE_CHECKING:  # torch loads in the trial's worker, not in the driver that b
     import torch
 
 FEATURES_DIR = "features"
+
+
+def _alive(pid: Any) -> bool:
+    """Whether a process of this machine still runs (a claim without a pid is taken as alive)."""
+    if not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class SweepFeatureStore:
@@ -65,7 +79,8 @@ class SweepFeatureStore:
                 self._wait(rel, claim)
                 continue
             started = time.monotonic()
-            self._store.write_bytes(claim, json.dumps({"owner": self._owner, "time": time.time()}).encode())
+            record = {"owner": self._owner, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+            self._store.write_bytes(claim, json.dumps(record).encode())
             time.sleep(max(self.settle_s, 3 * (time.monotonic() - started)))
             if self._claim_holder(claim) != self._owner:
                 continue  # another trial claimed it in the same moment and won: wait for its features
@@ -87,6 +102,8 @@ class SweepFeatureStore:
             return None
         if time.time() - float(record.get("time", 0)) > self.claim_timeout_s:
             return None
+        if record.get("host") == socket.gethostname() and not _alive(record.get("pid")):
+            return None  # its owner ran on this machine and is gone (a killed launch): no need to wait out the timeout
         return str(record.get("owner"))
 
     def _wait(self, rel: str, claim: str) -> None:
