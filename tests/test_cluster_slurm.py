@@ -1,5 +1,6 @@
 """README's Slurm recipe, run for real: Debian's Slurm (single node, CPU only) runs the batch script taken from
-README.md, changed only where a user must (paths, one node, its CPUs, the GPU line deleted, the demo sweep).
+README.md, changed only where a user must (paths, one node, its CPUs, the GPU line deleted, the demo sweep, with 3x
+its epochs so that a time-limit cut finds trials running).
 
 One flow, three submissions of the same script:
 1. cut at its time limit while trials run (the limit lowered once a trial has finished, as `scontrol update` lets a
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests import netns, slurm_cluster
 from tests.readme_recipes import REPO, adapt, slurm_script
@@ -67,9 +69,19 @@ def user_script(work: Path, cpus: int) -> str:
             "WORK=/shared/$USER/vfm-runs ": f"WORK={work / 'shared'} ",
             "VFM_ABLATE_DATA_ROOT=/shared/$USER/em-data ": f"VFM_ABLATE_DATA_ROOT={work / 'data'} ",
             "HF_HOME=/shared/$USER/hf-cache ": f"HF_HOME={work / 'hf'} ",
-            "sweeps/main_table.yaml": "sweeps/demo.yaml",
+            "sweeps/main_table.yaml": str(slow_demo(work)),
         },
     )
+
+
+def slow_demo(work: Path) -> Path:
+    """The demo sweep with 3x its epochs: on an idle machine the demo's 16 trials end in about half a minute, within
+    one of Slurm's 30 s time-limit checks, and the cut would find nothing left to interrupt."""
+    data = yaml.safe_load((REPO / "sweeps" / "demo.yaml").read_text())
+    data["base"]["optim"]["max_epochs"] = 3 * data["base"]["optim"]["max_epochs"]
+    path = work / "demo.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def trial_records(work: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:
