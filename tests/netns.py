@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 PREFIX = "vfm"
@@ -244,3 +245,16 @@ class Sandbox:
         for ns in reversed(self.namespaces):
             _ip("netns", "del", ns, check=False)
         self.namespaces.clear()
+
+
+def sandbox_or_skip(reason: str | None) -> Iterator[Sandbox]:
+    """A fixture's body: skip with `reason` (the machine lacks what the test needs), else a Sandbox removed after."""
+    import pytest
+
+    if reason:
+        pytest.skip(reason)
+    box = Sandbox()
+    try:
+        yield box
+    finally:
+        box.close()

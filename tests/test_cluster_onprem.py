@@ -51,14 +51,7 @@ def unavailable() -> str | None:
 
 @pytest.fixture
 def sandbox() -> Iterator[netns.Sandbox]:
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
-    box = netns.Sandbox()
-    try:
-        yield box
-    finally:
-        box.close()
+    yield from netns.sandbox_or_skip(unavailable())
 
 
 def machine_mounts(machine: Path) -> netns.Binds:

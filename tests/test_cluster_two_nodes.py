@@ -38,14 +38,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture
 def sandbox() -> Iterator[netns.Sandbox]:
-    reason = netns.unavailable()
-    if reason:
-        pytest.skip(reason)
-    box = netns.Sandbox()
-    try:
-        yield box
-    finally:
-        box.close()
+    yield from netns.sandbox_or_skip(netns.unavailable())
 
 
 def wait_for_nodes(head: subprocess.Popen[bytes], env: dict[str, str], count: int, timeout_s: float) -> None:

@@ -1,4 +1,7 @@
-"""The typed description of one trial: every setting the trial engine reads, with the study's defaults."""
+"""The typed description of one trial: every setting the trial engine reads, with the study's defaults.
+
+One module on purpose: it is mostly the schema's field declarations with their comments, and the rules over them
+(what applies to a trial, its id, its flat params) have to be read beside the fields they judge."""
 
 from __future__ import annotations
 

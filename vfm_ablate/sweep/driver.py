@@ -1,5 +1,7 @@
 """Run a sweep on Ray Tune: start or join Ray, guard the manifest, build or restore the Tuner (grid or search mode),
 track the launch in MLflow, collect the results.
+One module on purpose: it is the launch's steps in their order; each step's work lives in its own module
+(inputs, resume/, capacity, ray_session, trainable, outcome).
 
 Layout under the storage path (a local folder, a shared filesystem path or a URI such as s3://bucket/x):
 

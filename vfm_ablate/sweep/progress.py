@@ -1,4 +1,6 @@
 """The live progress view of a sweep (a Ray Tune callback on the driver).
+One module on purpose: one callback's state (trials, phases, time-left bounds) and its two renderings of it, which
+must stay in step.
 
 Tune calls `on_trial_result` on the driver for every `tune.report` of a trial, i.e. once per epoch, so the view
 knows each running trial's epoch, losses and early-stopping state as they happen; what a trial does between two

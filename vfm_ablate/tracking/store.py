@@ -4,6 +4,10 @@ Every call goes through an explicit `MlflowClient` and run id (no global active 
 share one process. The local default store is a SQLite file; it is made safe for many concurrent trial
 processes (schema created once under a file lock, WAL journal, retry with backoff on "database is locked").
 A multi-node cluster needs an MLflow server (`--tracking-uri http://...`): see docs/tracking.md.
+
+One module for now: the URI rule, the reachability wait, the request deadlines and the SQLite safety all decide
+how a client is made, and every caller gets its client here. If it grows further, the request deadlines
+(`DeadlineClient`) and the wait are the parts to move out first.
 """
 
 from __future__ import annotations
