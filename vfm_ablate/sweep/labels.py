@@ -170,11 +170,7 @@ def label_trials(specs: list[TrialSpec], trial_ids: list[str], searched: tuple[s
         labels.append(TrialLabel({"id": tid, **vals}, " ".join(parts), " · ".join(parts)))
     ui = tuple(dict.fromkeys(col for c in named for col in by_column[c].ui))
     if "train" in named:  # data.labelled is one flat key per dataset (`data.labelled.lucchi_pp`)
-        ui += tuple(
-            ("params", k)
-            for k in dict.fromkeys(k for s in specs for k in s.flat_params())
-            if k.startswith(LABELLED_KEY)
-        )
+        ui += tuple(("params", f"{LABELLED_KEY}{d}") for d in dict.fromkeys(d for s in specs for d in s.data.labelled))
     ui += tuple(("params", k) for k in searched)
     alike = {c: {v[c] for v in values} - {NA} for c in by_column if c not in named}
     common = ", ".join(f"{c} {next(iter(vals))}" for c, vals in alike.items() if len(vals) == 1)
