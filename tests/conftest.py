@@ -14,6 +14,7 @@ torch.set_num_threads(1)
 pytest_plugins = [
     "tests.mlflow_server",  # the `mlflow_server` fixture: a real server on 127.0.0.1
     "tests.local_server",  # `local_server`: archives and a Hugging Face hub endpoint on 127.0.0.1 (fetch tests)
+    "tests.scheduling",  # longest files first; README's `pytest -n 4` hands them out so the run ends with its longest
 ]
 
 # Not 0, and no seed a test gives a trial: code that forgets to seed itself (a trial that skips seeding torch before

@@ -73,7 +73,7 @@ def _calibration(measurements: list[Measurement]) -> Calibration:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 def test_calibrate_on_cpu_writes_a_file_that_the_dry_run_uses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -239,7 +239,7 @@ def test_frozen_features_are_charged_once_per_dataset_of_the_sweep(tmp_path: Pat
     assert paired.extraction_s == pytest.approx(8 * 0.05)  # sa is in the store already; only sb is new
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 def test_a_launchs_start_up_is_timed_in_fresh_processes(tmp_path: Path) -> None:
     from vfm_ablate.calibration.launch import launch_costs
 

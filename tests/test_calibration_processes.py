@@ -68,7 +68,7 @@ def test_the_network_is_built_on_the_measured_device(monkeypatch: pytest.MonkeyP
     assert m.train_step_s.n == 1
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_one_process_per_backbone_measures_each_configuration_and_goes_on_past_a_failure() -> None:
     facts = {**TINY_FACTS, "lora_targets": ["no_such_module"]}  # LoRA cannot attach: that configuration fails
     entry = BackboneEntry.model_validate({"name": "tiny_vit_p14", **facts})
@@ -104,7 +104,7 @@ def _raising_main(argv: list[str]) -> None:
     args.func(args)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 @pytest.mark.timeout(300)
 def test_an_interrupted_calibration_writes_what_it_measured(tmp_path: Path) -> None:
     sweep_file = _sweep_file(tmp_path)

@@ -27,7 +27,7 @@ from tests.readme_recipes import REPO, adapt
 from tests.sweep_helpers import TINY_DATA, tiny_base
 from vfm_ablate.tracking.tags import NODE_IP_TAG, ROLE_TAG, ROLE_TRIAL, TRIAL_ID_TAG
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.slow(seconds=160), pytest.mark.timeout(1500)]
 
 HEAD, WORKER = "10.200.0.1", "10.200.0.2"
 BIN = Path(sys.executable).parent

@@ -33,7 +33,7 @@ from vfm_ablate.tracking.tags import (
     TRIAL_ID_TAG,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.slow(seconds=270), pytest.mark.timeout(2400)]
 
 TRIALS = 16  # sweeps/demo.yaml
 JOB_TIMEOUT_S = 900

@@ -28,7 +28,7 @@ from tests import netns
 from tests.sweep_helpers import TINY_DATA, tiny_base
 from vfm_ablate.tracking.tags import HOST_TAG, NODE_IP_TAG, ROLE_TAG, ROLE_TRIAL, TRIAL_ID_TAG
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slow(seconds=60), pytest.mark.timeout(1200)]
 
 HEAD, WORKER = "10.200.0.1", "10.200.0.2"
 RAY_PORT, MLFLOW_PORT = 6379, 5000
@@ -112,10 +112,12 @@ def test_trials_run_on_both_nodes_and_record_their_node_address(sandbox: netns.S
             logs = {n: (tmp_path / n).read_text(errors="replace")[-1500:] for n in ("ray-head.log", "ray-worker.log")}
             raise AssertionError(f"{err}\n{logs}") from None
         cluster_up = time.monotonic() - started
-        # the MLflow server starts now, and the sweep at once: its tracking pre-flight waits for the server
+        # the sweep starts before the MLflow server, which starts once the sweep's tracking pre-flight says it waits
+        errors = tmp_path / "run.err"
         sandbox.spawn(
             head_ns,
             [
+                "sh", "-c", f'until grep -qs "waiting for MLflow" {errors}; do sleep 0.2; done; exec "$0" "$@"',
                 str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{shared / 'mlflow.db'}",
                 "--artifacts-destination", str(shared / "mlartifacts"), "--host", HEAD, "--port", str(MLFLOW_PORT),
                 "--workers", "1", "--uvicorn-opts=--no-access-log", "--allowed-hosts", f"{HEAD}:{MLFLOW_PORT}",
@@ -127,6 +129,7 @@ def test_trials_run_on_both_nodes_and_record_their_node_address(sandbox: netns.S
         run = sandbox.run_inside(  # on the head node: its namespaces, its /tmp
             head,
             [
+                "sh", "-c", f'exec "$@" 2> {errors}', "sh",
                 str(BIN / "vfm-ablate"), "run", str(sweep), "--address", f"{HEAD}:{RAY_PORT}",
                 "--storage-path", str(shared / "ray_results"), "--tracking-uri", f"http://{HEAD}:{MLFLOW_PORT}",
             ],
@@ -136,8 +139,9 @@ def test_trials_run_on_both_nodes_and_record_their_node_address(sandbox: netns.S
         )  # fmt: skip
         sweep_s = time.monotonic() - started - cluster_up
         logs = "\n".join((tmp_path / n).read_text(errors="replace")[-1500:] for n in ("mlflow.log", "ray-worker.log"))
-        assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}\n{logs}"
-        assert f"waiting for MLflow tracking server http://{HEAD}:{MLFLOW_PORT} (" in run.stderr
+        stderr = errors.read_text(errors="replace")
+        assert run.returncode == 0, f"{run.stdout[-3000:]}\n{stderr[-3000:]}\n{logs}"
+        assert f"waiting for MLflow tracking server http://{HEAD}:{MLFLOW_PORT} (" in stderr
     finally:
         sandbox.close()
         shutil.rmtree(machines, ignore_errors=True)

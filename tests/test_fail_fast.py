@@ -75,7 +75,7 @@ def test_other_stores_are_checked_too(tmp_path: Path) -> None:
     assert not (tmp_path / "new").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_a_basic_auth_server_needs_credentials_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

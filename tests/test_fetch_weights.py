@@ -89,7 +89,7 @@ def vfm(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=tmp_path, env=full, capture_output=True, text=True, timeout=400)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_offline_with_weights_missing_the_run_stops_before_ray_with_the_fetch_command(tmp_path: Path) -> None:
     sweep = write_sweep(tmp_path / "hub.yaml")
     done = vfm(tmp_path, "-m", "vfm_ablate", "run", str(sweep), "--storage-path", "results", HF_HUB_OFFLINE="1")
@@ -128,7 +128,7 @@ def test_a_backbone_built_offline_without_its_weights_names_the_fetch_command(tm
     assert "run `vfm-ablate fetch dinov2_vits14_reg` on a connected one" in done.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_fetch_fills_the_cache_timm_and_open_clip_load_offline_and_a_rerun_is_a_no_op(
     local_server: LocalServer, tmp_path: Path
 ) -> None:

@@ -21,7 +21,7 @@ import gpu_check_read  # noqa: E402
 import gpu_check_wheels  # noqa: E402
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=110)
 @pytest.mark.timeout(1200)
 def test_the_tiny_configuration_runs_every_stage_and_writes_what_a_lease_brings_back(tmp_path: Path) -> None:
     out, work = tmp_path / "out", tmp_path / "work"
@@ -72,10 +72,12 @@ def test_the_tiny_configuration_runs_every_stage_and_writes_what_a_lease_brings_
         assert list(f["gpu_hours_by_backbone"]) == ["tiny_vit_p16"]
     assert figures["main_table-fp32-measured"]["trials"] == 30  # 1 backbone x 2 regimes x 3 data x 5 repeats
     assert figures["domain_alignment-fp32-measured"]["trials"] == 270
-    # the bf16 copy reads the bf16 measurements (bf16 autocast is much slower than fp32 on a CPU)
-    for sweep in ("main_table", "domain_alignment"):
-        assert figures[f"{sweep}-bf16-measured"]["trial_hours"] > figures[f"{sweep}-fp32-measured"]["trial_hours"]
+    # the bf16 copy reads the bf16 measurements: its per-trial estimates differ from the fp32 ones (not in a set
+    # direction: bf16 autocast is slower than fp32 on some CPUs and faster on others)
     dry = (out / "dry-runs.txt").read_text()
+    for sweep in ("main_table", "domain_alignment"):
+        tables = {p: estimate_table(dry, f"{sweep}-{p}-measured") for p in ("fp32", "bf16")}
+        assert tables["fp32"] and tables["bf16"] and tables["fp32"] != tables["bf16"], tables
     assert dry.count("estimate from") == 4 and "main_table_bf16" in dry
 
     text = (out / "summary.md").read_text()
@@ -84,6 +86,12 @@ def test_the_tiny_configuration_runs_every_stage_and_writes_what_a_lease_brings_
     log = (out / "log.txt").read_text()
     assert "calibrate | [4/4]" in log  # the calibration's progress, line by line as it came
     assert done.stdout.rstrip().endswith(text.rstrip().splitlines()[-1])  # the summary is printed last
+
+
+def estimate_table(dry_runs: str, name: str) -> list[str]:
+    """The per-configuration estimate rows of one dry run in dry-runs.txt (between "estimate from" and "total:")."""
+    section = dry_runs.split(f"=== {name}: ", 1)[1].split("\n=====", 1)[0]
+    return section.split("estimate from", 1)[1].split("\ntotal:", 1)[0].splitlines()[3:]
 
 
 def test_carried_wheels_fill_what_is_missing_or_older_and_never_replace_a_newer_one(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def test_dry_run_calibrate_and_fetch_each_expand_the_sweep_once(
     capsys.readouterr()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 def test_a_sweep_run_expands_once_and_the_driver_never_replans(tmp_path: Path, expansions: list[int]) -> None:
     sweep = _sweep_file(tmp_path, tracking={"enabled": False})
     assert main(["run", str(sweep), "--storage-path", str(tmp_path / "results")]) == 0

@@ -22,7 +22,7 @@ from tests.sweep_helpers import TINY_DATA, stop_process_tree, tiny_base
 ray = pytest.importorskip("ray")
 pytest.importorskip("grpc", reason="Ray Client needs ray[client] (pyproject.toml installs it)")
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=80)
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180.0
 
@@ -65,7 +65,7 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
             time.sleep(0.5)
         yield f"ray://127.0.0.1:{client_port}"
     finally:
-        stop_process_tree(head)
+        stop_process_tree(head, grace_s=5)  # some of the head's processes outlive a SIGTERM (30 s wasted): 5 s
         log.close()
         for log_file in sorted(Path(temp_dir).glob("session_latest/logs/ray_client_server*.err")):
             print(f"--- {log_file.name}:\n{log_file.read_text(errors='replace')[-2000:]}")  # shown if the test failed

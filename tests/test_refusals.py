@@ -759,7 +759,7 @@ class StallingProxy:
             conn.close()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=35)
 def test_report_against_a_server_that_stalls_after_the_preflight_ends_in_seconds(
     mlflow_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -83,7 +83,7 @@ def test_a_failed_extraction_releases_its_claim(tmp_path: Path) -> None:
     assert extracted and torch.equal(feats, torch.zeros(1))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_frozen_sweep_extracts_each_distinct_image_once_across_two_ray_workers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -122,7 +122,7 @@ def test_stale_attempts_are_closed_not_rewritten(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ resume
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=40)
 def test_resume_refuses_changed_entries_and_reruns_only_their_trials(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     from mlflow import MlflowClient

@@ -26,7 +26,7 @@ from vfm_ablate.sweep.plan import plan  # noqa: E402
 from vfm_ablate.sweep.spec import parse_sweep  # noqa: E402
 from vfm_ablate.sweep.store import TrialStore  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=35)
 
 
 @pytest.fixture()

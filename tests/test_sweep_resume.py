@@ -18,7 +18,7 @@ import yaml
 
 from tests.sweep_helpers import TINY_DATA, tiny_base
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=65)
 
 SWEEP = {
     "name": "resumable",

@@ -17,7 +17,7 @@ from vfm_ablate.config import DataSpec, LoraSpec, TrialSpec
 from vfm_ablate.errors import ConfigError, VfmAblateError
 from vfm_ablate.tracking.runs import SweepTracker, TrialTracker
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=2)
 
 FINAL_METRICS = {
     "iou_fg/lucchi_pp": 0.71,

@@ -15,7 +15,7 @@ from vfm_ablate.errors import ConfigError, VfmAblateError
 from vfm_ablate.tracking.runs import SweepTracker, TrialTracker
 from vfm_ablate.tracking.store import default_tracking_uri, sqlite_path
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=2)
 
 N_PROCESSES = 5
 N_EPOCHS = 15

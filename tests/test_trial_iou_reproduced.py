@@ -22,7 +22,7 @@ from vfm_ablate.config import TrialSpec
 from vfm_ablate.trial import run_trial
 from vfm_ablate.validation import validate
 
-pytestmark = pytest.mark.slow  # trains trials to a verdict: the full suite, not the inner loop
+pytestmark = pytest.mark.slow(seconds=15)  # trains trials to a verdict: the full suite, not the inner loop
 
 REPO = Path(__file__).resolve().parents[1]
 EPS = 1e-7  # the study's IoU_fg = intersection / (union + 1e-7)

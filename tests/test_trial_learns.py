@@ -19,7 +19,7 @@ from vfm_ablate.config import TrialSpec
 from vfm_ablate.trial import TrialResult, run_trial
 from vfm_ablate.validation import validate
 
-pytestmark = pytest.mark.slow  # trains trials to a verdict: the full suite, not the inner loop
+pytestmark = pytest.mark.slow(seconds=6)  # trains trials to a verdict: the full suite, not the inner loop
 
 SIZE = (62, 76)  # native; the network sees 56 x 70 (patch-14 multiples, policy native)
 NETWORK_SIZE = (56, 70)

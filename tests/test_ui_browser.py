@@ -12,7 +12,7 @@ import pytest
 from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
 from tests.sweep_helpers import TINY_DATA, tiny_base
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=40)
 
 ray = pytest.importorskip("ray")
 
