@@ -23,16 +23,16 @@ def expected_seconds(item: pytest.Item) -> float:
     return FAST_S if mark is None else float(mark.kwargs.get("seconds", SLOW_DEFAULT_S))
 
 
-def longest_files_first(items: list[pytest.Item]) -> None:
-    """Files by their tests' summed cost, longest first; a file's tests stay together and in their order."""
-    per_file: dict[str, float] = defaultdict(float)
-    for item in items:
-        per_file[item.nodeid.split("::", 1)[0]] += expected_seconds(item)
-    items.sort(key=lambda item: -per_file[item.nodeid.split("::", 1)[0]])  # stable: ties keep collection order
+def file_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    longest_files_first(items)
+    """Files by their tests' summed cost, longest first; a file's tests stay together and in their order."""
+    per_file: dict[str, float] = defaultdict(float)
+    for item in items:
+        per_file[file_of(item)] += expected_seconds(item)
+    items.sort(key=lambda item: -per_file[file_of(item)])  # stable: ties keep collection order
 
 
 try:
@@ -49,17 +49,11 @@ else:
             super().__init__(config, log)
 
         def _reschedule(self, node) -> None:  # noqa: ANN001 (xdist's WorkerController)
-            if node.shutting_down:
-                return
-            if not self.workqueue:
-                node.shutdown()
-                return
-            pending = self._pending_of(self.assigned_work[node])
-            if pending > 2:
-                return
-            if pending == 1:  # a lone test waits for a next one: the lightest file, so no long test waits behind it
+            """xdist's rule, except that a lone test waiting for a next one (xdist runs a test only once it knows the
+            next) gets the lightest file, so that no long test waits behind it."""
+            if self.workqueue and not node.shutting_down and self._pending_of(self.assigned_work[node]) == 1:
                 self.workqueue.move_to_end(next(reversed(self.workqueue)), last=False)
-            self._assign_work_unit(node)
+            super()._reschedule(node)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> LoadFileScheduling | None:
