@@ -3,7 +3,12 @@ same global random state at the start of every test, whatever ran before it in t
 
 from __future__ import annotations
 
+import os
 import random
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +21,22 @@ pytest_plugins = [
     "tests.local_server",  # `local_server`: archives and a Hugging Face hub endpoint on 127.0.0.1 (fetch tests)
     "tests.scheduling",  # longest files first; README's `pytest -n 4` hands them out so the run ends with its longest
 ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One Ray authentication token for the whole run, made before xdist starts its workers, outside the user's home.
+    Ray 2.60 turns token authentication on for every local cluster and, on a fresh account, writes ~/.ray/auth_token
+    at its first start, not atomically: parallel workers starting their first Ray at once read each other's empty
+    file ("Token authentication is enabled but no authentication token was found")."""
+    if hasattr(config, "workerinput") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return  # a worker inherits the controller's; a token the user points at is theirs to keep
+    folder = Path(tempfile.mkdtemp(prefix="vfm-ray-token-"))
+    token = folder / "auth_token"
+    token.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+    token.chmod(0o600)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+    config.add_cleanup(lambda: (os.environ.pop("RAY_AUTH_TOKEN_PATH", None), shutil.rmtree(folder, True)))
+
 
 # Not 0, and no seed a test gives a trial: code that forgets to seed itself (a trial that skips seeding torch before
 # building its random-init backbone) then draws from this state, not by chance from the state its own seed sets, so
