@@ -232,9 +232,13 @@ class Check:
         env["HF_HUB_OFFLINE"] = "1"  # random-init weights only; nothing is downloaded
         return env
 
-    def cli(self, name: str, *argv: str, echo: bool = True) -> Job:
+    def cli(self, name: str, *argv: str, echo: bool = True, threads: int | None = None) -> Job:
+        """`threads`: torch's CPU threads for this process (OMP_NUM_THREADS), unless the caller of the check set it."""
         command = [sys.executable, "-c", CLI, *argv]
-        return Job(name, command, self.env, self.work, self.log, echo)
+        env = dict(self.env)
+        if threads is not None and "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(threads)
+        return Job(name, command, env, self.work, self.log, echo)
 
     def python(self, name: str, *argv: str, echo: bool = True) -> Job:
         return Job(name, [sys.executable, *argv], self.env, self.work, self.log, echo)
@@ -336,13 +340,17 @@ class Check:
         runs = {"cpu_fp32": ("cpu", "fp32"), "device_fp32": (self.mode.device, "fp32")}
         runs["device_bf16"] = (self.mode.device, "bf16")
         self.trial_runs = runs
+        # on a CPU the device's fp32 run is the reference itself
+        runs = {name: run for name, run in runs.items() if run != ("cpu", "fp32") or name == "cpu_fp32"}
+        # on a CPU the trials share its cores: with torch's default (a thread per core each) they spin against each
+        # other (the tiny pair on 2 cores: 63 s, against 11 s with a core each)
+        threads = max(1, (os.cpu_count() or 1) // len(runs)) if self.mode.device == "cpu" else None
         jobs = {}
         for name, (device, precision) in runs.items():
-            if (device, precision) == ("cpu", "fp32") and name != "cpu_fp32":
-                continue  # on a CPU the device's fp32 run is the reference itself
             out = self.work / "trials" / name
             sets = ["--set", f"device={device}", "--set", f"precision={precision}"]
-            jobs[name] = self.cli(f"train-{name}", "train", "--config", str(trial_file), *sets, "--out", str(out))
+            argv = ["train", "--config", str(trial_file), *sets, "--out", str(out)]
+            jobs[name] = self.cli(f"train-{name}", *argv, threads=threads)
         return jobs
 
     def _finish_trials(self, jobs: dict[str, Job], deadline: float) -> dict[str, Any]:

@@ -24,12 +24,27 @@ pytest_plugins = [
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """One Ray authentication token for the whole run, made before xdist starts its workers, outside the user's home.
-    Ray 2.60 turns token authentication on for every local cluster and, on a fresh account, writes ~/.ray/auth_token
-    at its first start, not atomically: parallel workers starting their first Ray at once read each other's empty
-    file ("Token authentication is enabled but no authentication token was found")."""
-    if hasattr(config, "workerinput") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        return  # a worker inherits the controller's; a token the user points at is theirs to keep
+    one_thread_per_process()
+    if not hasattr(config, "workerinput"):  # the controller, before xdist starts its workers: they inherit both
+        one_ray_token(config)
+
+
+def one_thread_per_process() -> None:
+    """One OpenMP thread in every process the tests start (CLIs, Ray, servers), unless the caller chose: README's
+    `-n 4` runs four workers and their subprocesses on 2 cores, and torch processes that each start a thread per
+    core spin against each other (two tiny trials side by side: 63 s with torch's default, 11 s with one thread
+    each)."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+
+
+def one_ray_token(config: pytest.Config) -> None:
+    """One Ray authentication token for the whole run, outside the user's home. Ray 2.60 turns token authentication
+    on for every local cluster and, on a fresh account, writes ~/.ray/auth_token at its first start, not atomically:
+    workers starting their first Ray at once read each other's empty file ("Token authentication is enabled but no
+    authentication token was found")."""
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return  # a token the caller points at is theirs to keep
     folder = Path(tempfile.mkdtemp(prefix="vfm-ray-token-"))
     token = folder / "auth_token"
     token.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
