@@ -1,6 +1,6 @@
 """README's Slurm recipe, run for real: Debian's Slurm (single node, CPU only) runs the batch script taken from
 README.md, changed only where a user must (paths, one node, its CPUs, the GPU line deleted, the demo sweep, with 3x
-its epochs so that a time-limit cut finds trials running).
+its epochs and one trial at a time so that a time-limit cut finds trials running).
 
 One flow, three submissions of the same script:
 1. cut at its time limit while trials run (the limit lowered once a trial has finished, as `scontrol update` lets a
@@ -75,10 +75,12 @@ def user_script(work: Path, cpus: int) -> str:
 
 
 def slow_demo(work: Path) -> Path:
-    """The demo sweep with 3x its epochs: on an idle machine the demo's 16 trials end in about half a minute, within
-    one of Slurm's 30 s time-limit checks, and the cut would find nothing left to interrupt."""
+    """The demo sweep with 3x its epochs, one trial at a time: on an idle machine the demo's 16 trials end in about
+    half a minute, within one of Slurm's 30 s time-limit checks, and the cut would find nothing left to interrupt.
+    One at a time, the trials take longer for the same CPU time (the suite runs beside it on 2 cores)."""
     data = yaml.safe_load((REPO / "sweeps" / "demo.yaml").read_text())
     data["base"]["optim"]["max_epochs"] = 3 * data["base"]["optim"]["max_epochs"]
+    data["run"]["max_concurrent_trials"] = 1
     path = work / "demo.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -159,6 +161,7 @@ def test_readme_slurm_recipe_survives_its_time_limit_and_ends_quietly(
     done_before, attempts = trial_records(work)
     interrupted = {t for t, a in attempts.items() if t not in done_before}
     assert 0 < len(done_before) < TRIALS and interrupted, (sorted(done_before), attempts)
+    print(f"cut: {len(done_before)} trials finished, {len(interrupted)} interrupted")
 
     # 2. resubmitted: every trial finishes, one MLflow run each; quiet, exit 0
     job, started = submit(slurm, work, env)

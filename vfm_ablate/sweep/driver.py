@@ -196,6 +196,9 @@ def run_sweep(
         with quiet_ray_logs(verbose):
             paths, interrupted = run(launch)
         outcome = collect_outcome(the_plan, store, paths)
+        for t in outcome.trials:  # a stopped trial's actor can end before the trial's thread records its stop
+            if t.status == "STOPPED":
+                store.close_running_attempts(t.trial_id, t.shown_status)
         outcome.tracking_uri = target.uri if target else None
         outcome.interrupted = interrupted
         write_results_csv(store, outcome)
