@@ -74,7 +74,7 @@ TRIAL_SETTINGS = {"data.sampling": "balanced", "seed": 0, "split_seed": 0, "num_
 # 1e-6 to 1e-3, which a few epochs carry into a handful of boundary pixels (on the CPU, one thread against two
 # moves it by 2e-4). bf16 (8 significant bits) moves more: on the CPU the same trial in bf16 lands within 0.017 of
 # fp32 (README, "The study's cost on a GPU"; the tiny check runs it).
-# on a CPU (tiny, rehearsal): the demo's two synthetic domains with fewer, smaller images; bf16 is very slow there
+# on a CPU (tiny, rehearsal): the demo's two synthetic domains with fewer, smaller images
 CPU_TRIAL = {
     "datasets": {
         f"tiny_{d}": {"layout": "synthetic", "domain": d, "n_train": 6, "n_test": 2, "size": [32, 32]} for d in "ab"
