@@ -50,7 +50,12 @@ def one_ray_token(config: pytest.Config) -> None:
     token.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
     token.chmod(0o600)
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
-    config.add_cleanup(lambda: (os.environ.pop("RAY_AUTH_TOKEN_PATH", None), shutil.rmtree(folder, True)))
+
+    def remove() -> None:
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    config.add_cleanup(remove)
 
 
 # Not 0, and no seed a test gives a trial: code that forgets to seed itself (a trial that skips seeding torch before

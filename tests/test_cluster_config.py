@@ -149,23 +149,25 @@ def test_no_secret_in_a_committed_recipe() -> None:
     assert not found
 
 
-def mlflow_server_commands() -> dict[str, list[str]]:
-    """Every command of a committed recipe that starts `mlflow server`, by recipe."""
-    yaml_commands = {
-        name: [c for c in yaml.safe_load((REPO / name).read_text())["head_start_ray_commands"] if "mlflow server" in c]
-        for name in ("cluster.yaml", "cluster-onprem.yaml")
-    }
-    slurm = slurm_script().replace("\\\n", " ").splitlines()
-    return {"README.md (Slurm)": [line for line in slurm if "mlflow server" in line], **yaml_commands}
+RECIPES = ("README.md (Slurm)", "cluster.yaml", "cluster-onprem.yaml")
 
 
-@pytest.mark.parametrize("recipe", ["README.md (Slurm)", "cluster.yaml", "cluster-onprem.yaml"])
+def mlflow_server_commands(recipe: str) -> list[str]:
+    """Every command of a committed recipe (one of RECIPES) that starts `mlflow server`."""
+    if recipe == RECIPES[0]:
+        commands = slurm_script().replace("\\\n", " ").splitlines()
+    else:
+        commands = yaml.safe_load((REPO / recipe).read_text())["head_start_ray_commands"]
+    return [c for c in commands if "mlflow server" in c]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_recipes_start_mlflow_without_its_job_runner(recipe: str) -> None:
     """By default `mlflow server` also starts a job runner and eight huey consumers (about 28 CPU-seconds at each
     start, on a head node that also runs Ray and trials); vfm-ablate submits no server-side job."""
     import re
 
-    commands = mlflow_server_commands()[recipe]
+    commands = mlflow_server_commands(recipe)
     assert commands
     for command in commands:
         servers = command.count("mlflow server --backend-store-uri")
